@@ -1,0 +1,50 @@
+# fastlt — every target installs what it needs, idempotently.
+#   make demo   install, convert the embedded digits-lt dataset, train it with bs and cpmix
+#   make test   install, run the test suite (tests/gpu runs only where a CUDA GPU is present)
+#   make bench  install, run every throughput benchmark (tools/bench all)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fastlt-installed
+APT_STAMP := $(VENV)/.fastlt-apt
+# FFCV 1.0.2 compiles against OpenCV and libjpeg-turbo; pkg-config finds them.
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+DATA ?= data
+RUNS ?= runs
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(APT_STAMP):
+	@if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then \
+	  echo "fastlt: installing Debian packages FFCV needs: $(APT_PACKAGES)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+# Re-install whenever the package metadata changes.
+$(STAMP): pyproject.toml $(APT_STAMP)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[all,dev]'
+	@touch $@
+
+demo: setup
+	$(PY) -m fastlt demo --data $(DATA) --runs $(RUNS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) tools/bench all --out bench-results
+
+lint: setup
+	$(VENV)/bin/ruff check fastlt kernels pipelines tools tests
+
+clean:
+	rm -rf $(RUNS) bench-results .pytest_cache

@@ -1,0 +1,3 @@
+"""fastlt: a data-pipeline-centric trainer for long-tailed image recognition."""
+
+__version__ = "0.1.0"

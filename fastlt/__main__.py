@@ -1,0 +1,5 @@
+import sys
+
+from fastlt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""``fastlt <command> ...`` — one entry point, each command a module with ``main(argv) -> int``.
+
+Commands are imported lazily so ``fastlt --help`` does not pay for torch, FFCV or DALI.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+
+COMMANDS = {
+    "convert": ("fastlt.convert", "convert a dataset into class-indexed .beton shards"),
+    "train": ("fastlt.train", "train a recipe (dataset × method) and evaluate it"),
+    "eval": ("fastlt.evaluate", "evaluate a run directory's checkpoint on a shard"),
+    "bench": ("fastlt.bench", "throughput benchmarks: convert, loader, sampler, kernels, step"),
+    "demo": ("fastlt.demo", "convert the embedded digits-lt dataset and train it with bs and cpmix"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: fastlt <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += ["", "Run `fastlt <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from fastlt import __version__
+
+        print(f"fastlt {__version__}")
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        near = difflib.get_close_matches(cmd, COMMANDS, n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        print(f"fastlt: unknown command {cmd!r}{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[cmd][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

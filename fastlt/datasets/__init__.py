@@ -1,0 +1,1 @@
+"""Dataset converters: each reads one source format and hands fastlt.shards.write_shard an ImageSource."""

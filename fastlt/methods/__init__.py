@@ -1,0 +1,1 @@
+"""Training methods: each is a recipe, a plan producer and a loss."""

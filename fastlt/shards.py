@@ -1,0 +1,394 @@
+"""Class-indexed shards: one FFCV ``.beton`` per split plus ``<split>.index.json``.
+
+Rows are sorted by class, so class ``c`` owns rows ``class_offsets[c]:class_offsets[c+1]``.
+That single fact is what lets every sampler draw "an image of class c" with one integer draw
+and lets the trainer build its class priors without decoding a single image.
+
+Layout::
+
+    <root>/<dataset>/<split>.beton         FFCV file, fields ``image`` (RGBImageField) and ``label`` (IntField)
+    <root>/<dataset>/<split>.index.json    the index described in DESIGN.md §3
+    <root>/<dataset>/<split>.verified      cache of the last full checksum (size, mtime_ns, sha256)
+
+Both outputs are written under temporary names in the destination folder and renamed only when
+complete, so an interrupted conversion never leaves a ``.beton`` or ``.index.json`` under its final
+name. The ``.beton`` is renamed first and the index last: the index is the commit marker, and
+``open_shard`` refuses a ``.beton`` that has none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SHARD_FORMAT_VERSION = 1
+GROUPS = ("many", "medium", "few")
+IMAGE_FIELD = "image"
+LABEL_FIELD = "label"
+
+
+class ShardError(ValueError):
+    """A shard (or its index) is missing, malformed, or does not match its index."""
+
+
+def class_groups(train_counts: Sequence[int]) -> list[str]:
+    """many if n > 100, few if n < 20, medium otherwise (20..100 inclusive) — REFERENCE.md."""
+    out = []
+    for n in train_counts:
+        n = int(n)
+        out.append("many" if n > 100 else ("few" if n < 20 else "medium"))
+    return out
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """Everything the trainer needs to know about a split without opening the ``.beton``."""
+
+    version: int
+    dataset: str
+    split: str
+    num_classes: int
+    class_names: list[str]
+    class_counts: list[int]
+    class_offsets: list[int]
+    class_groups: list[str]
+    train_class_counts: list[int]
+    source_ids: list[str]
+    settings: dict
+    skipped: list[dict] = field(default_factory=list)
+    beton_file: str = ""
+    beton_size: int = 0
+    beton_sha256: str = ""
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def num_rows(self) -> int:
+        return self.class_offsets[-1]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.asarray(self.class_offsets, dtype=np.int64)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.asarray(self.class_counts, dtype=np.int64)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.asarray(self.train_class_counts, dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64[N] label of every row, derived from the offsets (rows are class-sorted)."""
+        return np.repeat(np.arange(self.num_classes, dtype=np.int64), self.counts)
+
+    @property
+    def group_ids(self) -> np.ndarray:
+        """int64[C]: 0 many, 1 medium, 2 few."""
+        return np.asarray([GROUPS.index(g) for g in self.class_groups], dtype=np.int64)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict, path: str | os.PathLike = "<index>") -> ShardIndex:
+        names = {f for f in cls.__dataclass_fields__}
+        required = names - {"skipped", "beton_file", "beton_size", "beton_sha256"}
+        missing = sorted(required - d.keys())
+        if missing:
+            raise ShardError(f"{path}: index is missing keys {missing}")
+        unknown = sorted(d.keys() - names)
+        if unknown:
+            raise ShardError(f"{path}: index has unknown keys {unknown} (written by a newer fastlt?)")
+        if d["version"] != SHARD_FORMAT_VERSION:
+            raise ShardError(
+                f"{path}: index format version {d['version']}, this fastlt reads version "
+                f"{SHARD_FORMAT_VERSION}; re-run tools/convert"
+            )
+        idx = cls(**d)
+        idx.check_consistent(path)
+        return idx
+
+    def check_consistent(self, path: str | os.PathLike = "<index>") -> None:
+        C = self.num_classes
+        for key in ("class_names", "class_counts", "class_groups", "train_class_counts"):
+            if len(getattr(self, key)) != C:
+                raise ShardError(f"{path}: {key} has {len(getattr(self, key))} entries, expected num_classes={C}")
+        if len(self.class_offsets) != C + 1:
+            raise ShardError(f"{path}: class_offsets has {len(self.class_offsets)} entries, expected {C + 1}")
+        offs = self.offsets
+        if offs[0] != 0 or np.any(np.diff(offs) != self.counts):
+            raise ShardError(f"{path}: class_offsets are not the cumulative sum of class_counts")
+        if len(self.source_ids) != self.num_rows:
+            raise ShardError(f"{path}: {len(self.source_ids)} source_ids for {self.num_rows} rows")
+        bad = [g for g in self.class_groups if g not in GROUPS]
+        if bad:
+            raise ShardError(f"{path}: unknown class groups {sorted(set(bad))}, expected one of {GROUPS}")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """An opened, validated shard."""
+
+    beton_path: Path
+    index_path: Path
+    index: ShardIndex
+
+    @property
+    def num_rows(self) -> int:
+        return self.index.num_rows
+
+    @property
+    def num_classes(self) -> int:
+        return self.index.num_classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.index.labels
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.index.offsets
+
+    def reader(self):
+        """FFCV's own parser of the ``.beton`` (header, field descriptors, metadata, allocation table)."""
+        from ffcv.reader import Reader
+
+        return Reader(str(self.beton_path))
+
+
+def shard_paths(root: str | os.PathLike, dataset: str, split: str) -> tuple[Path, Path]:
+    d = Path(root) / dataset
+    return d / f"{split}.beton", d / f"{split}.index.json"
+
+
+def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    name = p.name
+    for suffix in (".index.json", ".beton"):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            return p.with_name(stem + ".beton"), p.with_name(stem + ".index.json")
+    raise ShardError(f"{path}: expected a path ending in .beton or .index.json")
+
+
+def open_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
+    """Open ``<split>.beton`` (or its ``.index.json``), refusing a file that does not match its index.
+
+    Size is always checked. The full sha256 is checked when ``verify`` is true, and its result is cached
+    in ``<split>.verified`` keyed on (size, mtime_ns) so that opening a 40 GB shard twice costs one hash.
+    """
+    beton, index_path = _resolve(path)
+    if not index_path.exists():
+        hint = " (the .beton exists but its index does not: an interrupted conversion?)" if beton.exists() else ""
+        raise ShardError(f"{index_path}: shard index not found{hint}")
+    try:
+        raw = json.loads(index_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{index_path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    index = ShardIndex.from_json(raw, index_path)
+    if not beton.exists():
+        raise ShardError(f"{beton}: shard file not found (its index {index_path.name} exists)")
+    st = beton.stat()
+    if st.st_size != index.beton_size:
+        raise ShardError(
+            f"{beton}: size {st.st_size} bytes does not match its index ({index.beton_size} bytes); "
+            "the file was modified or truncated — re-run tools/convert"
+        )
+    if verify:
+        stamp = beton.with_suffix(".verified")
+        key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": index.beton_sha256}
+        cached = None
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            cached = json.loads(stamp.read_text())
+        if cached != key:
+            digest = sha256_file(beton)
+            if digest != index.beton_sha256:
+                raise ShardError(
+                    f"{beton}: sha256 {digest[:16]}… does not match its index ({index.beton_sha256[:16]}…); "
+                    "the file was modified — re-run tools/convert"
+                )
+            with contextlib.suppress(OSError):
+                _atomic_write_text(stamp, json.dumps(key))
+    return Shard(beton, index_path, index)
+
+
+# ---------------------------------------------------------------------------------------- writing
+class ImageSource:
+    """What a converter hands :func:`write_shard`: labels and ids up front, pixels on demand.
+
+    ``load(i)`` returns the i-th image as ``uint8[H, W, 3]``. It runs inside FFCV's writer worker
+    processes, so it must not raise: converters validate every entry before writing.
+    """
+
+    def __init__(self, labels: Sequence[int], source_ids: Sequence[str]):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.source_ids = [str(s) for s in source_ids]
+        if len(self.labels) != len(self.source_ids):
+            raise ValueError("labels and source_ids differ in length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int):
+        return self.load(int(i)), int(self.labels[i])
+
+
+class ArraySource(ImageSource):
+    """Images already in memory: ``uint8[N, H, W, 3]`` (CIFAR, digits)."""
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], source_ids: Sequence[str]):
+        super().__init__(labels, source_ids)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8[N,H,W,3] images, got {images.dtype}{list(images.shape)}")
+        self.images = images
+
+    def load(self, i: int) -> np.ndarray:
+        return np.ascontiguousarray(self.images[i])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C while writing, so temporary files are cleaned up either way."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def remove_stale_temporaries(folder: Path, split: str) -> None:
+    """Temporary files a SIGKILLed conversion left behind never carry a final name; sweep them."""
+    for p in folder.glob(f".{split}.*.tmp"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def write_shard(
+    root: str | os.PathLike,
+    dataset: str,
+    split: str,
+    source: ImageSource,
+    class_names: Sequence[str],
+    *,
+    train_class_counts: Sequence[int] | None = None,
+    write_mode: str = "jpg",
+    max_resolution: int | None = None,
+    jpeg_quality: int = 90,
+    workers: int = 2,
+    skipped: Sequence[dict] = (),
+    settings: dict | None = None,
+) -> Shard:
+    """Write ``source`` as a class-sorted shard; return it opened.
+
+    ``train_class_counts`` defines the many/medium/few groups; it defaults to this split's own counts
+    (right for the train split; converters pass the train counts when writing val/test).
+    """
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    if write_mode not in ("jpg", "raw"):
+        raise ValueError(f"write_mode must be 'jpg' or 'raw', got {write_mode!r}")
+    C = len(class_names)
+    labels = source.labels
+    if len(labels) == 0:
+        raise ValueError(f"{dataset}/{split}: no images to write")
+    if labels.min() < 0 or labels.max() >= C:
+        raise ValueError(f"{dataset}/{split}: labels must lie in [0, {C}), got [{labels.min()}, {labels.max()}]")
+    counts = np.bincount(labels, minlength=C).astype(np.int64)
+    train_counts = counts if train_class_counts is None else np.asarray(train_class_counts, dtype=np.int64)
+    if len(train_counts) != C:
+        raise ValueError(f"train_class_counts has {len(train_counts)} entries, expected {C}")
+    # Stable sort: inside a class, rows keep the source order (deterministic, and reproducible ids).
+    order = np.argsort(labels, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    folder = Path(root) / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder, split)
+    beton, index_path = shard_paths(root, dataset, split)
+    tmp_beton = folder / f".{split}.beton.{os.getpid()}.tmp"
+
+    fields = {
+        IMAGE_FIELD: RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
+        LABEL_FIELD: IntField(),
+    }
+    all_settings = {
+        "write_mode": write_mode,
+        "max_resolution": max_resolution,
+        "jpeg_quality": jpeg_quality,
+        **(settings or {}),
+    }
+    try:
+        with _sigterm_as_interrupt():
+            writer = DatasetWriter(str(tmp_beton), fields, num_workers=max(1, int(workers)))
+            writer.from_indexed_dataset(source, indices=order.tolist(), chunksize=64)
+            index = ShardIndex(
+                version=SHARD_FORMAT_VERSION,
+                dataset=dataset,
+                split=split,
+                num_classes=C,
+                class_names=[str(n) for n in class_names],
+                class_counts=counts.tolist(),
+                class_offsets=offsets.tolist(),
+                class_groups=class_groups(train_counts),
+                train_class_counts=train_counts.tolist(),
+                source_ids=[source.source_ids[i] for i in order],
+                settings=all_settings,
+                skipped=list(skipped),
+                beton_file=beton.name,
+                beton_size=tmp_beton.stat().st_size,
+                beton_sha256=sha256_file(tmp_beton),
+            )
+            # A stale index must never describe the new file: remove it before the new .beton lands.
+            with contextlib.suppress(FileNotFoundError):
+                index_path.unlink()
+            os.replace(tmp_beton, beton)
+            _atomic_write_text(index_path, json.dumps(index.to_json(), indent=1))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_beton.unlink()
+        raise
+    return open_shard(beton)

@@ -1,0 +1,1 @@
+"""fastlt.kernels: Triton kernels, each beside a torch reference with identical semantics and a dispatcher."""

@@ -1,0 +1,242 @@
+"""StepPlan, Batch and the bounded plan queue: the two types that cross the sampler → pipeline → trainer arrows.
+
+A **StepPlan** names the shard rows one training step needs, repeats allowed (two views of one image, the same
+tail image drawn twice). Its rows are laid out as named contiguous *segments*:
+
+    rows = [ main (B) | a (B_m) | b (B_m) | ... ]
+
+Segments of equal length that a method pairs element-wise (``a[k]`` with ``b[k]``, a background with its
+contrastive views) are *aligned*: splitting a plan across DDP ranks cuts every segment at the same relative
+boundaries, so element k of aligned segments always lands on the same rank — partner rows follow their anchors.
+
+A **Batch** is what a pipeline returns for a plan: ``rows int64[R]``, ``images uint8[R, H, W, 3]`` (NHWC, the
+layout every decoder produces and ``kernels.mix`` reads), ``labels int64[R]``, all on the training device, plus
+the plan itself so the trainer can slice segments by name.
+
+The **PlanQueue** produces plans on a background thread ahead of the loader, but never more than ``lookahead``
+steps ahead of what the trainer has finished. The trainer reports each finished step with a payload (CP-Mix:
+the step's mispredicted ``(y, ŷ)`` pairs); the producer thread applies payload ``s − lookahead − 1`` right
+before it makes plan ``s``. Because the producer is the only thread that mutates the sampler state, plan ``s``
+sees *exactly* the updates of steps ``≤ s − lookahead − 1`` whatever the timing: the plan stream is a pure
+function of (seed, step, earlier payloads), and a run resumed from an epoch-boundary checkpoint replays it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Rows of the shard to load for one step, as named contiguous segments."""
+
+    epoch: int
+    step: int
+    rows: np.ndarray  # int64[R]
+    segments: tuple[tuple[str, int, int], ...]  # (name, start, stop), contiguous, in order, covering rows
+    seed: int = 0  # augmentation seed of this step (pipelines derive per-row randomness from it)
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)  # small per-segment arrays (e.g. λ)
+
+    def __post_init__(self):
+        rows = np.ascontiguousarray(self.rows, dtype=np.int64)
+        object.__setattr__(self, "rows", rows)
+        pos = 0
+        for name, start, stop in self.segments:
+            if start != pos or stop < start:
+                raise ValueError(f"segment {name!r} [{start}, {stop}) is not contiguous after position {pos}")
+            pos = stop
+        if pos != len(rows):
+            raise ValueError(f"segments cover {pos} rows, plan has {len(rows)}")
+
+    @classmethod
+    def from_segments(cls, epoch: int, step: int, seed: int = 0, **named: np.ndarray) -> StepPlan:
+        """``StepPlan.from_segments(e, s, main=rows0, a=rows1, b=rows2)`` — keyword order is layout order."""
+        parts, segs, pos = [], [], 0
+        for name, r in named.items():
+            r = np.asarray(r, dtype=np.int64).ravel()
+            parts.append(r)
+            segs.append((name, pos, pos + len(r)))
+            pos += len(r)
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return cls(epoch, step, rows, tuple(segs), seed)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s[0] for s in self.segments)
+
+    def segment(self, name: str) -> slice:
+        for n, start, stop in self.segments:
+            if n == name:
+                return slice(start, stop)
+        raise KeyError(f"plan has no segment {name!r}; segments are {list(self.names)}")
+
+    def rows_of(self, name: str) -> np.ndarray:
+        return self.rows[self.segment(name)]
+
+    def shard(self, rank: int, world_size: int) -> StepPlan:
+        """This rank's part: every segment cut into ``world_size`` near-equal contiguous pieces, piece ``rank``.
+
+        Aligned segments (equal length) are cut at identical boundaries, so pairs stay on one rank.
+        The union over ranks of each segment is the whole segment, and the pieces are disjoint.
+        """
+        if world_size == 1:
+            return self
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, {world_size})")
+        parts = {}
+        for name, start, stop in self.segments:
+            n = stop - start
+            lo = start + (n * rank) // world_size
+            hi = start + (n * (rank + 1)) // world_size
+            parts[name] = self.rows[lo:hi]
+        out = StepPlan.from_segments(self.epoch, self.step, self.seed * 1_000_003 + rank, **parts)
+        return out
+
+
+@dataclass
+class Batch:
+    """A loaded plan, on the training device."""
+
+    plan: StepPlan
+    rows: torch.Tensor  # int64[R]
+    images: torch.Tensor  # uint8[R, H, W, 3]
+    labels: torch.Tensor  # int64[R]
+
+    def segment(self, name: str) -> slice:
+        return self.plan.segment(name)
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def eval_plans(num_rows: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[StepPlan]:
+    """Every row exactly once, in order, last batch kept (possibly short). Under DDP each batch is split
+    across ranks with :meth:`StepPlan.shard`, so the union over ranks is still every row once."""
+    for step, start in enumerate(range(0, num_rows, batch_size)):
+        rows = np.arange(start, min(start + batch_size, num_rows), dtype=np.int64)
+        yield StepPlan.from_segments(0, step, main=rows).shard(rank, world_size)
+
+
+def step_seed(seed: int, epoch: int, step: int, offset: int = 0) -> int:
+    """Randomness depends only on (seed, epoch, step, offset): a 63-bit value from SeedSequence."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(step), int(offset)])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class PlanQueue:
+    """Bounded, deterministic producer of StepPlans (see the module docstring).
+
+    ``make_plan(step) -> StepPlan`` builds the *global* plan of a step; ``apply(payload)`` feeds one finished
+    step's payload into the sampler state. The queue shards plans to ``(rank, world_size)``.
+
+        queue = PlanQueue(make_plan, steps=range(s0, s1), lookahead=2, apply=counts.update_pairs)
+        for plan in queue:                # the pipeline iterates this
+            ...                           # the trainer, after step `plan.step`:
+            queue.done(plan.step, pairs)
+        queue.close()                     # applies the payloads still pending
+    """
+
+    def __init__(
+        self,
+        make_plan: Callable[[int], StepPlan],
+        steps: Iterable[int],
+        lookahead: int = 2,
+        apply: Callable[[object], None] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
+        self.make_plan = make_plan
+        self.steps = list(steps)
+        self.lookahead = int(lookahead)
+        self.apply = apply
+        self.rank, self.world_size = rank, world_size
+        self._cv = threading.Condition()
+        self._payloads: dict[int, object] = {}
+        self._applied_through = self.steps[0] - 1 if self.steps else -1  # payloads applied for steps ≤ this
+        self._ready: list[StepPlan] = []
+        self._made = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self.produced_at: dict[int, int] = {}  # step -> last finished step when it was produced (for tests)
+        self._finished_through = self._applied_through
+        self._thread = threading.Thread(target=self._run, name="fastlt-plans", daemon=True)
+        self._thread.start()
+
+    # -------------------------------------------------------------------------------- producer side
+    def _apply_through(self, target: int) -> None:
+        """Apply payloads of steps (applied_through, target] in order. Called with the lock held."""
+        while self._applied_through < target:
+            s = self._applied_through + 1
+            payload = self._payloads.pop(s, None)
+            if payload is not None and self.apply is not None:
+                self.apply(payload)
+            self._applied_through = s
+
+    def _run(self) -> None:
+        try:
+            for s in self.steps:
+                with self._cv:
+                    need = s - self.lookahead - 1  # plan s sees exactly the steps ≤ need
+                    while not self._closed and self._finished_through < need:
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                    self._apply_through(need)
+                    self.produced_at[s] = self._finished_through
+                plan = self.make_plan(s).shard(self.rank, self.world_size)
+                with self._cv:
+                    self._ready.append(plan)
+                    self._made += 1
+                    self._cv.notify_all()
+        except BaseException as e:  # surfaced to the consumer
+            with self._cv:
+                self._error = e
+                self._cv.notify_all()
+
+    # -------------------------------------------------------------------------------- consumer side
+    def __iter__(self) -> Iterator[StepPlan]:
+        for _ in range(len(self.steps)):
+            with self._cv:
+                while not self._ready and self._error is None and not self._closed:
+                    self._cv.wait()
+                if self._error is not None:
+                    raise RuntimeError("plan producer failed") from self._error
+                if self._closed:
+                    return
+                plan = self._ready.pop(0)
+            yield plan
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def done(self, step: int, payload: object = None) -> None:
+        """The trainer finished ``step`` (in order); ``payload`` is applied before plan ``step+lookahead+1``."""
+        with self._cv:
+            if step != self._finished_through + 1:
+                raise ValueError(f"steps must finish in order: got {step}, expected {self._finished_through + 1}")
+            if payload is not None:
+                self._payloads[step] = payload
+            self._finished_through = step
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        """Stop producing and apply every payload still pending, so the sampler state covers all finished steps."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
+        with self._cv:
+            self._apply_through(self._finished_through)
+
+    def __enter__(self) -> PlanQueue:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
