@@ -1,1 +1,39 @@
+"""``tools/bench <name>`` / ``fastlt bench <name>``: throughput figures, always as a ratio to a baseline
+measured in the same command. Each benchmark is a module ``fastlt.bench.<name>`` with ``main(argv) -> int``."""
 
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+
+BENCHES = {
+    "convert": "images/s converting iNat-sized JPEGs into a shard",
+    "loader": "images/s of each pipeline vs torchvision ImageFolder and the JPEG-decode ceiling",
+    "sampler": "confusion-pair draw and update time vs a numpy reference",
+    "kernels": "fused mix and sparse soft-label CE vs timm / torchvision / dense CE",
+    "step": "training steps/s and data-wait fraction, ce vs cpmix",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: tools/bench <benchmark|all> [options]\n\nbenchmarks:")
+        for k, v in BENCHES.items():
+            print(f"  {k:<8} {v}")
+        print("  all      run every benchmark with its defaults (`--out DIR` for the JSON files)")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name == "all":
+        rc = 0
+        for b in BENCHES:
+            print(f"\n=== tools/bench {b}", flush=True)
+            rc |= importlib.import_module(f"fastlt.bench.{b}").main(rest)
+        return rc
+    if name not in BENCHES:
+        near = difflib.get_close_matches(name, BENCHES, n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        print(f"tools/bench: unknown benchmark {name!r}{hint}; choose from {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(f"fastlt.bench.{name}").main(rest) or 0)
