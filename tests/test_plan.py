@@ -1,0 +1,132 @@
+"""StepPlan layout, DDP sharding and the PlanQueue's lookahead bound and determinism."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fastlt.pipelines.plan import PlanQueue, StepPlan, eval_plans, step_seed
+
+
+def test_segments_layout_and_lookup():
+    p = StepPlan.from_segments(1, 7, seed=3, main=[5, 6, 7, 8], a=[1, 2], b=[9, 9])
+    assert p.rows.dtype == np.int64
+    assert p.rows.tolist() == [5, 6, 7, 8, 1, 2, 9, 9]
+    assert p.names == ("main", "a", "b")
+    assert p.rows_of("b").tolist() == [9, 9]
+    with pytest.raises(KeyError, match="segments are"):
+        p.segment("fg")
+
+
+def test_segments_must_be_contiguous():
+    with pytest.raises(ValueError, match="not contiguous"):
+        StepPlan(0, 0, np.arange(4), (("main", 0, 2), ("a", 3, 4)))
+    with pytest.raises(ValueError, match="cover 2 rows"):
+        StepPlan(0, 0, np.arange(4), (("main", 0, 2),))
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_shard_disjoint_union_and_pairs_stay_together(world):
+    rng = np.random.default_rng(0)
+    B, Bm = 37, 11
+    main = rng.permutation(1000)[:B]
+    a = rng.integers(0, 1000, Bm)
+    b = a + 100_000  # partner k of anchor k is recognisable
+    plan = StepPlan.from_segments(0, 5, seed=9, main=main, a=a, b=b)
+    parts = [plan.shard(r, world) for r in range(world)]
+    # main slices are disjoint and their union (in rank order) is the batch
+    assert np.concatenate([p.rows_of("main") for p in parts]).tolist() == main.tolist()
+    # partner rows follow their anchors: element k of a and b land on the same rank
+    for p in parts:
+        np.testing.assert_array_equal(p.rows_of("b"), p.rows_of("a") + 100_000)
+    assert sum(len(p.rows_of("a")) for p in parts) == Bm
+    # ranks draw different augmentation randomness
+    assert len({p.seed for p in parts}) == world
+
+
+def test_eval_plans_cover_every_row_once_in_order_with_short_last_batch():
+    plans = list(eval_plans(103, 25))
+    assert [len(p.rows) for p in plans] == [25, 25, 25, 25, 3]
+    assert np.concatenate([p.rows for p in plans]).tolist() == list(range(103))
+    ranks = [list(eval_plans(103, 25, rank=r, world_size=2)) for r in range(2)]
+    rows = np.sort(np.concatenate([p.rows for plans in ranks for p in plans]))
+    assert rows.tolist() == list(range(103))
+
+
+def test_step_seed_depends_only_on_its_arguments():
+    assert step_seed(1, 2, 3) == step_seed(1, 2, 3)
+    seen = {step_seed(1, e, s, o) for e in range(3) for s in range(50) for o in range(2)}
+    assert len(seen) == 300
+
+
+class _Counter:
+    """A stand-in sampler state: the sum of payloads applied so far (the plan records what it saw)."""
+
+    def __init__(self):
+        self.total = 0
+
+    def apply(self, payload):
+        self.total += payload
+
+    def make_plan(self, step):
+        return StepPlan.from_segments(0, step, seed=self.total, main=np.array([step]))
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+def test_lookahead_bound_and_deterministic_state(lookahead):
+    state = _Counter()
+    steps = range(10, 30)
+    queue = PlanQueue(state.make_plan, steps, lookahead=lookahead, apply=state.apply)
+    seen = []
+    for plan in queue:
+        # the consumer is slow and irregular; the producer must not run ahead regardless
+        time.sleep(0.002 * (plan.step % 3))
+        seen.append(plan.seed)
+        queue.done(plan.step, plan.step)
+    queue.close()
+    for s in steps:
+        # plan s was produced when steps < s - lookahead were finished, never earlier
+        assert s - queue.produced_at[s] - 1 <= lookahead
+    # plan s saw exactly the payloads of steps <= s - lookahead - 1
+    expected = [sum(range(10, max(10, s - lookahead))) for s in steps]
+    assert seen == expected
+    # close() applied every pending payload
+    assert state.total == sum(steps)
+
+
+def test_done_out_of_order_is_an_error_and_producer_errors_surface():
+    state = _Counter()
+    q = PlanQueue(state.make_plan, range(3), lookahead=1, apply=state.apply)
+    with pytest.raises(ValueError, match="in order"):
+        q.done(1)
+    q.close()
+
+    def boom(step):
+        raise RuntimeError("sampler exploded")
+
+    q = PlanQueue(boom, range(3), lookahead=1)
+    with pytest.raises(RuntimeError, match="plan producer failed"):
+        list(q)
+    q.close()
+
+
+def test_producer_blocks_until_trainer_catches_up():
+    state = _Counter()
+    q = PlanQueue(state.make_plan, range(10), lookahead=2, apply=state.apply)
+    it = iter(q)
+    first = next(it)
+    time.sleep(0.05)
+    # only steps 0..2 can exist before step 0 is finished
+    assert max(q.produced_at) == 2
+    q.done(first.step, 1)
+    deadline = time.time() + 2
+    while max(q.produced_at) < 3 and time.time() < deadline:
+        time.sleep(0.005)
+    assert max(q.produced_at) == 3
+    t = threading.Thread(target=q.close)
+    t.start()
+    t.join(2)
+    assert not t.is_alive()
