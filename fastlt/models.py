@@ -156,7 +156,7 @@ def _torchvision(name: str, pretrained: str | None) -> nn.Module:
     net = ctor(weights=None)  # never downloads
     if pretrained:
         if not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"pretrained weights {pretrained!r}: no such file (want a local state dict)")
+            raise FileNotFoundError(f"pretrained weights {pretrained!r}: no such file (want a state dict)")
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
