@@ -1,0 +1,137 @@
+"""Losses of the two representation-level methods: Balanced Contrastive Learning (ConCutMix) and the
+margin metric softmax (text-guided mixup). Formulas: REFERENCE.md §ConCutMix and §LFM.
+
+Both are plain torch: they act on ``[N, D]`` features or ``[B, C]`` cosine logits, so autograd is the
+backward pass and the cost is one ``[N, N + C]`` (BCL) or ``[B, C]`` (MMS) matrix — small next to the
+backbone. The label-level losses (soft-label CE with logit adjustment) live in ``fastlt.kernels.soft_ce``.
+
+**BCL** (Zhu et al. 2022). Anchors are the ``N`` view embeddings ``z_i`` (two views of every background
+image). The *members* are the ``N`` views plus the ``C`` class prototypes ``p_c``, each prototype a member
+of its own class ("class-complement": every class is represented in every batch, even one absent from it).
+With ``M_c`` the members of class ``c`` and ``A(i) = M_{y_i} \\ {i}`` the anchor's own class without itself,
+
+    den_i = Σ_c  1/|M_c \\ {i}| · Σ_{j ∈ M_c, j ≠ i} exp(z_i·m_j / T)          ("class-averaging")
+    L_i   = −1/|A(i)| · Σ_{p ∈ A(i)} log( exp(z_i·m_p / T) / den_i )
+    L     = mean_i L_i
+
+Averaging inside each class before summing over classes removes the head classes' dominance of the
+denominator: each class contributes one mean term, whatever its batch frequency. ``|A(i)| ≥ 1`` always,
+because the anchor's own prototype is a positive.
+
+**MMS** (CLIPood). For a hard label ``y`` the logits get a class-pair margin that grows with the
+*dissimilarity* of the text features, ``ℓ_k = (cos_k + λ_m·(1 − s_{y,k})) / T``, and the loss is CE on them;
+the target's own margin is ``λ_m·(1 − s_{y,y}) = 0``. Pushing dissimilar classes further than similar ones
+keeps the text geometry in the image features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bcl_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Balanced contrastive loss with class-averaging and class-complement (module docstring).
+
+    ``features``: ``[N, D]`` view embeddings, or ``[B, V, D]`` (V views of B images, flattened view-major
+    like ``cat(view_1, …, view_V)``); ``labels``: ``int64[N]`` or ``int64[B]`` (repeated over the views);
+    ``prototypes``: ``[C, D]``. Features and prototypes are L2-normalised here (idempotent for inputs that
+    already are). Returns the scalar mean over anchors.
+    """
+    if features.ndim == 3:
+        B, V, _ = features.shape
+        if labels.shape != (B,):
+            raise ValueError(f"bcl_loss: [B={B}, V={V}, D] need labels [B], got {list(labels.shape)}")
+        features = features.transpose(0, 1).reshape(B * V, -1)
+        labels = labels.repeat(V)
+    if features.ndim != 2 or prototypes.ndim != 2 or features.shape[1] != prototypes.shape[1]:
+        raise ValueError(
+            f"bcl_loss: expected features [N, D] and prototypes [C, D], got {list(features.shape)} "
+            f"and {list(prototypes.shape)}"
+        )
+    if labels.shape != (features.shape[0],):
+        raise ValueError(f"bcl_loss: {features.shape[0]} features but labels of shape {list(labels.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"bcl_loss: temperature must be > 0, got {temperature}")
+    N, C = features.shape[0], prototypes.shape[0]
+    labels = labels.to(device=features.device, dtype=torch.long)
+
+    z = F.normalize(features.float(), dim=1)
+    members = torch.cat([z, F.normalize(prototypes.float(), dim=1)], dim=0)  # [N + C, D]
+    member_labels = torch.cat([labels, torch.arange(C, device=labels.device)])
+    class_size = torch.bincount(member_labels, minlength=C)  # |M_c| = views of c + its prototype
+
+    logits = z @ members.T / temperature  # [N, N + C]
+    same = labels[:, None] == member_labels[None, :]
+    is_self = torch.zeros_like(same)
+    is_self[:, :N] = torch.eye(N, dtype=torch.bool, device=same.device)
+    positive = same & ~is_self
+    # Class-averaging weight of member j for anchor i: |M_{y_j} \ {i}| (the anchor leaves its own class).
+    size = class_size[member_labels][None, :] - same.long()
+    # log den_i = logsumexp_j (logit_ij − log size_ij) over j ≠ i: the weighted sum, computed stably.
+    weighted = logits - torch.log(size.clamp_min(1).float())
+    log_den = torch.logsumexp(weighted.masked_fill(is_self, float("-inf")), dim=1)
+    mean_pos_logit = (logits * positive).sum(1) / positive.sum(1)
+    return (log_den - mean_pos_logit).mean()
+
+
+def top2_label(target: torch.Tensor | tuple[torch.Tensor, torch.Tensor], num_classes: int):
+    """The two largest entries ``(v0, c0), (v1, c1)`` of a label, as ``w float[B, 2]``, ``idx int64[B, 2]``.
+
+    ``target`` is a hard label ``int64[B]`` (→ ``(1, y), (0, y)``), a dense soft label ``[B, C]``, or a
+    sparse one ``(idx int64[B, K], w float[B, K])``; sparse entries naming one class twice are merged first,
+    so "largest" means largest total mass of a class.
+    """
+    if isinstance(target, (tuple, list)):
+        idx, w = target
+        dense = torch.zeros(idx.shape[0], num_classes, dtype=w.dtype, device=w.device)
+        target = dense.scatter_add_(1, idx.long(), w)
+    if target.ndim == 1:
+        y = target.long()
+        one = torch.ones_like(y, dtype=torch.float32)
+        return torch.stack([one, torch.zeros_like(one)], 1), torch.stack([y, y], 1)
+    if target.ndim != 2 or target.shape[1] != num_classes:
+        raise ValueError(f"label must be int64[B], [B, {num_classes}] or (idx, w); got {list(target.shape)}")
+    w, idx = torch.topk(target, 2, dim=1)
+    return w, idx
+
+
+def mms_loss(
+    cosine_logits: torch.Tensor,
+    target: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    text_similarity: torch.Tensor,
+    margin: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Margin metric softmax: ``CE((cos + margin·(1 − S[y])) / temperature, y)``, mean over the batch.
+
+    ``cosine_logits [B, C]``: cosines between image and class text features (no logit scale);
+    ``text_similarity [C, C]``: cosine similarity of the class text features; ``target``: a hard label
+    ``int64[B]`` or a mixed one (dense ``[B, C]`` or sparse ``(idx, w)``). A mixed label contributes its two
+    largest entries, ``v0·CE_MMS(c0) + v1·CE_MMS(c1)`` — the LFM label has exactly two classes, so nothing
+    is dropped there; for wider labels the rest is ignored (REFERENCE.md §LFM).
+    """
+    B, C = cosine_logits.shape
+    if C < 2:
+        raise ValueError(f"mms_loss: needs at least 2 classes, got cosine_logits {list(cosine_logits.shape)}")
+    if text_similarity.shape != (C, C):
+        raise ValueError(f"mms_loss: text_similarity must be [{C}, {C}], got {list(text_similarity.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"mms_loss: temperature must be > 0, got {temperature}")
+    w, idx = top2_label(target, C)
+    if idx.shape[0] != B:
+        raise ValueError(f"mms_loss: {B} logits rows but a label for {idx.shape[0]} rows")
+    cos = cosine_logits.float()
+    sim = text_similarity.to(device=cos.device, dtype=torch.float32)
+    total = cos.new_zeros(B)
+    for k in range(2):  # the two CE terms; each needs its own [B, C] margin rows
+        c = idx[:, k].to(cos.device)
+        logits = (cos + margin * (1.0 - sim[c])) / temperature
+        ce = torch.logsumexp(logits, dim=1) - logits.gather(1, c[:, None]).squeeze(1)
+        total = total + w[:, k].to(cos) * ce
+    return total.mean()
