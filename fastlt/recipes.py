@@ -1,0 +1,420 @@
+"""Recipes: every setting of a run in one frozen dataclass, with presets per (dataset, method).
+
+``preset(dataset, method)`` starts from the dataset's standard long-tailed schedule (model, epochs, optimiser,
+batch size) and applies the method's parameters. Each preset carries ``source``: where its numbers come
+from — a paper, a released code base, or "fastlt default" where no source gives them (CP-Mix's α, η, κ,
+batch sizes and stage lengths are not published in any text we could reach; see REFERENCE.md).
+
+The CLI applies ``--key value`` overrides with :func:`apply_overrides`: values are parsed by the field's type
+(bool, int, float, str, tuples such as ``--milestones 160,180``); unknown keys fail with the nearest names.
+A run saves the resolved recipe as ``recipe.json`` and in every checkpoint; ``--resume`` refuses a checkpoint
+whose recipe differs (:func:`recipe_diff` names the keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+DATASETS = ("digits-lt", "cifar10-lt", "cifar100-lt", "imagenet-lt", "places-lt", "inat2018")
+METHODS = ("ce", "bs", "ldam-drw", "mixup", "cutmix", "remix", "cpmix", "concutmix", "lfm")
+PIPELINES = ("auto", "resident", "ffcv", "dali", "torch")
+SCHEDULES = ("multistep", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+# Keys that change how fast a run goes or where it reads from, never what it computes:
+# --resume accepts a checkpoint whose recipe differs only in these.
+RUNTIME_KEYS = frozenset({"name", "data_root", "workers", "progress", "memory_budget_gb", "device"})
+
+
+class RecipeError(ValueError):
+    """An unknown dataset / method / key, or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    # -- what ---------------------------------------------------------------------------------------------
+    dataset: str = "digits-lt"
+    method: str = "bs"
+    name: str = ""  # run directory name under runs/ ("" → <dataset>-<method>-s<seed>)
+    source: str = "fastlt default"
+    data_root: str = "data"
+    train_split: str = "train"
+    eval_split: str = "test"
+    seed: int = 0
+    # -- model --------------------------------------------------------------------------------------------
+    model: str = "smallnet"
+    model_width: int = 16  # smallnet only
+    classifier: str = "linear"  # linear | cosine
+    cosine_scale: float = 30.0
+    pretrained: str = ""  # local state-dict path for torchvision backbones ("" = random init)
+    image_size: int = 32
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    # -- optimisation -------------------------------------------------------------------------------------
+    epochs: int = 30
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # multistep | cosine | constant (per step, after warmup)
+    warmup_epochs: int = 0
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1  # multistep factor per milestone
+    steps_per_epoch: int = 0  # 0: one pass over the training split; >0 caps it (quick runs, tests)
+    # -- data path ----------------------------------------------------------------------------------------
+    pipeline: str = "auto"  # auto: resident when the decoded split fits memory_budget_gb, else ffcv
+    memory_budget_gb: float = 4.0
+    workers: int = 2
+    lookahead: int = 2  # plans made ahead of the trainer; CP-Mix pairs are at most this many steps stale
+    # -- runtime ------------------------------------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
+    channels_last: bool = True  # on CUDA
+    progress: bool = True
+    # -- mixing baselines (Mixup / CutMix / Remix) -----------------------------------------------------
+    mix_alpha: float = 1.0  # λ ~ Beta(α, α)
+    remix_kappa: float = 3.0
+    remix_tau: float = 0.5
+    # -- LDAM-DRW ---------------------------------------------------------------------------------------
+    ldam_max_m: float = 0.5
+    ldam_s: float = 30.0
+    drw_epoch: int = 160  # class re-weighting starts at this epoch (0-based)
+    drw_beta: float = 0.9999
+    # -- CP-Mix (fastlt defaults; the paper's tables are unavailable) -----------------------------------
+    cpmix_alpha: float = 1.0
+    cpmix_eta: float = 0.5
+    cpmix_kappa: float = 0.5  # λ_y = (1−κ)·λ_x + κ·n_b/(n_a+n_b) — fastlt's reconstruction
+    cpmix_batch_size: int = 0  # B_m (0: same as batch_size)
+    cpmix_start_epoch: int = 0  # first epoch of the mixing stage (0: 2/3 of `epochs`)
+    finetune_epochs: int = 0  # classifier fine-tune with frozen backbone on class-balanced batches
+    finetune_lr: float = 0.01
+    # -- ConCutMix / BCL (released code; REFERENCE.md) --------------------------------------------------
+    ccm_alpha: float = 2.0  # weight of the LA-CE term
+    ccm_beta: float = 0.6  # weight of the BCL term
+    ccm_temperature: float = 0.1  # T
+    ccm_feat_dim: int = 128
+    ccm_tau_la: float = 0.9  # logit adjustment τ
+    ccm_topk: int = 30
+    ccm_omega: float = 20 / 255
+    ccm_l_d_warm: int = 100  # epoch after which the rectified label is used
+    ccm_cutmix_prob: float = 0.5
+    # -- LFM (text-guided mixup; REFERENCE.md) ---------------------------------------------------------
+    lfm_alpha: tuple[float, ...] = (1.0, 1.0)  # label-shift α per stage
+    lfm_beta: float = 0.2  # λ_x ~ Beta(b, b): released code 0.2, paper 0.5
+    lfm_lambda_per: str = "batch"  # batch | sample
+    lfm_tau: float = 0.05  # partner temperature
+    lfm_mms_lambda: float = 0.3
+    lfm_mms_T: float = 0.01
+    lfm_loss: str = "mms"  # ce | mms
+    lfm_clip_checkpoint: str = ""  # local open_clip checkpoint ("" = offline sentence encoder)
+    lfm_text_encoder: str = "all-MiniLM-L6-v2"
+    lfm_epochs: tuple[int, ...] = (50, 10)
+    lfm_lrs: tuple[float, ...] = (1e-6, 1e-2)
+
+    # ----------------------------------------------------------------------------------------------------
+    def __post_init__(self):
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("pipeline", self.pipeline, PIPELINES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("classifier", self.classifier, ("linear", "cosine"))
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("lfm_lambda_per", self.lfm_lambda_per, ("batch", "sample"))
+        _check_choice("lfm_loss", self.lfm_loss, ("ce", "mms"))
+        for k in ("epochs", "batch_size", "eval_batch_size", "image_size"):
+            if getattr(self, k) <= 0:
+                raise RecipeError(f"recipe key {k!r} must be > 0, got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise RecipeError(f"recipe key 'lr' must be > 0, got {self.lr}")
+        if not 0 <= self.cpmix_kappa <= 1:
+            raise RecipeError(f"recipe key 'cpmix_kappa' must lie in [0, 1], got {self.cpmix_kappa}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise RecipeError(f"recipe key 'milestones' must be increasing, got {self.milestones}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise RecipeError("recipe keys 'mean' and 'std' need 3 values (R,G,B)")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.dataset}-{self.method}-s{self.seed}"
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "recipe") -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RecipeError(f"{where}: unknown recipe keys {unknown}{_nearest(unknown[0], known)}")
+        hints = typing.get_type_hints(cls)
+        kw = {}
+        for k, v in d.items():
+            kw[k] = _coerce_json(k, v, hints[k], where)
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+        return cls.from_json(d, str(path))
+
+
+def _nearest(key: str, names) -> str:
+    near = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        hint = _nearest(value, choices)
+        raise RecipeError(f"unknown {key} {value!r}{hint} (choose from {', '.join(choices)})")
+
+
+# ------------------------------------------------------------------------------------------ parsing
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(key: str, text: str, typ) -> object:
+    """Parse the command-line text of ``--key text`` as the field's type, or raise RecipeError saying why."""
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            t = text.strip().lower()
+            if t in _TRUE:
+                return True
+            if t in _FALSE:
+                return False
+            raise ValueError
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+        if typ is str:
+            return text
+        if origin is tuple:
+            (elem, _) = typing.get_args(typ)
+            items = [s for s in text.replace(" ", "").strip("()[]").split(",") if s != ""]
+            return tuple(elem(s) for s in items)
+    except ValueError:
+        pass
+    expected = {bool: "a bool (true/false)", int: "an integer", float: "a number", str: "a string"}.get(typ)
+    if origin is tuple:
+        expected = f"a comma-separated list of {typing.get_args(typ)[0].__name__} (e.g. 160,180)"
+    raise RecipeError(f"--{key.replace('_', '-')}: expected {expected or typ}, got {text!r}")
+
+
+def _coerce_json(key: str, v, typ, where: str):
+    origin = typing.get_origin(typ)
+    ok = (
+        (typ is bool and isinstance(v, bool))
+        or (typ is int and isinstance(v, int) and not isinstance(v, bool))
+        or (typ is float and isinstance(v, (int, float)) and not isinstance(v, bool))
+        or (typ is str and isinstance(v, str))
+        or (origin is tuple and isinstance(v, (list, tuple)))
+    )
+    if not ok:
+        raise RecipeError(f"{where}: key {key!r} must be {getattr(typ, '__name__', typ)}, got {v!r}")
+    if origin is tuple:
+        elem = typing.get_args(typ)[0]
+        return tuple(elem(x) for x in v)
+    return float(v) if typ is float else v
+
+
+def split_overrides(argv: list[str]) -> list[tuple[str, str]]:
+    """``['--lr', '0.1', '--milestones=160,180']`` → ``[('lr', '0.1'), ('milestones', '160,180')]``."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            raise RecipeError(f"expected --key value, got {a!r}")
+        if "=" in a:
+            k, v = a[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise RecipeError(f"{a} needs a value")
+            k, v = a[2:], argv[i + 1]
+            i += 2
+        out.append((k.replace("-", "_"), v))
+    return out
+
+
+def apply_overrides(recipe: Recipe, pairs) -> Recipe:
+    """Apply ``(key, text)`` pairs (or a ``--key value`` argv list) to a recipe, type-checked."""
+    if pairs and isinstance(pairs[0], str):
+        pairs = split_overrides(list(pairs))
+    hints = typing.get_type_hints(Recipe)
+    known = [f.name for f in fields(Recipe)]
+    changes = {}
+    for k, v in pairs:
+        if k not in hints:
+            near = difflib.get_close_matches(k, known, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join('--' + n.replace('_', '-') for n in near)}?" if near else ""
+            raise RecipeError(f"unknown recipe key --{k.replace('_', '-')}{hint}")
+        changes[k] = parse_value(k, v, hints[k])
+    return replace(recipe, **changes)
+
+
+def recipe_diff(a: Recipe, b: Recipe, ignore=RUNTIME_KEYS) -> dict[str, tuple]:
+    """Keys whose values differ (runtime-only keys ignored): ``{key: (a_value, b_value)}``."""
+    return {
+        f.name: (getattr(a, f.name), getattr(b, f.name))
+        for f in fields(Recipe)
+        if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)
+    }
+
+
+# ------------------------------------------------------------------------------------------ presets
+# The dataset's standard long-tailed schedule. Sources as noted; "fastlt default" where none applies.
+_DATASET_BASE: dict[str, dict] = {
+    "digits-lt": dict(
+        model="smallnet", image_size=32, epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4,
+        schedule="cosine", warmup_epochs=1, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), drw_epoch=20,
+        source="fastlt default (digits-lt is fastlt's own embedded dataset)",
+    ),
+    "cifar10-lt": dict(
+        model="resnet32", image_size=32, epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4,
+        schedule="multistep", warmup_epochs=5, milestones=(160, 180), lr_decay=0.01, mean=CIFAR_MEAN,
+        std=CIFAR_STD, drw_epoch=160,
+        source="CIFAR-LT schedule of LDAM-DRW (Cao et al. 2019, paper + released code)",
+    ),
+    "imagenet-lt": dict(
+        model="resnet50", image_size=224, epochs=90, batch_size=256, lr=0.1, weight_decay=5e-4,
+        schedule="cosine", warmup_epochs=0, drw_epoch=60, pipeline="auto",
+        source="ImageNet-LT ResNet-50 cosine schedule (standard LT setting); epochs/batch fastlt default",
+    ),
+    "places-lt": dict(
+        model="resnet152", image_size=224, epochs=30, batch_size=128, lr=0.01, weight_decay=5e-4,
+        schedule="multistep", milestones=(10, 20), lr_decay=0.1, drw_epoch=20,
+        source="Places-LT: ImageNet-pretrained ResNet-152, lr 0.01, ×0.1 steps (OLTR-style); "
+        "epochs/milestones fastlt default; set --pretrained to a local ResNet-152 state dict",
+    ),
+    "inat2018": dict(
+        model="resnet50", classifier="cosine", image_size=224, epochs=90, batch_size=512, lr=0.2,
+        weight_decay=1e-4, schedule="multistep", warmup_epochs=5, milestones=(30, 60), lr_decay=0.1,
+        drw_epoch=60,
+        source="iNat2018 schedule of LDAM-DRW (Cao et al. 2019: 90 ep, batch 512, lr 0.2, ×0.1 at 30/60) "
+        "with the cosine classifier CP-Mix uses",
+    ),
+}
+_DATASET_BASE["cifar100-lt"] = dict(_DATASET_BASE["cifar10-lt"])
+
+_CCM_CIFAR100 = dict(
+    epochs=200, batch_size=256, lr=0.15, weight_decay=5e-4, warmup_epochs=5, milestones=(160, 180),
+    lr_decay=0.1, ccm_alpha=2.0, ccm_beta=0.6, ccm_temperature=0.1, ccm_feat_dim=128, ccm_tau_la=0.9,
+    ccm_topk=30, ccm_omega=20 / 255, ccm_l_d_warm=100,
+    source="ConCutMix released code (CIFAR-100-LT IF100)",
+)
+_CCM_LARGE = dict(
+    classifier="cosine", epochs=100, batch_size=256, lr=0.1, schedule="cosine", weight_decay=5e-4,
+    milestones=(), ccm_alpha=1.0, ccm_beta=0.35, ccm_temperature=0.07, ccm_feat_dim=1024, ccm_tau_la=0.99,
+    ccm_topk=30, ccm_omega=200 / 255, ccm_l_d_warm=70, source="ConCutMix released code (ImageNet-LT)",
+)
+
+# Method parameters per dataset (on top of the dataset base). `None` key: every dataset.
+_METHOD: dict[str, dict[str | None, dict]] = {
+    "ce": {None: dict()},
+    "bs": {None: dict(source_extra="Balanced Softmax (Ren et al. 2020): loss has no hyperparameters")},
+    "ldam-drw": {
+        None: dict(classifier="cosine", ldam_max_m=0.5, ldam_s=30.0, drw_beta=0.9999,
+                   source_extra="LDAM-DRW (Cao et al. 2019): max margin 0.5, s 30, DRW β 0.9999"),
+    },
+    "mixup": {None: dict(mix_alpha=1.0, source_extra="Mixup α 1 (Zhang et al. 2018)")},
+    "cutmix": {None: dict(mix_alpha=1.0, source_extra="CutMix α 1 (Yun et al. 2019)")},
+    "remix": {None: dict(mix_alpha=1.0, remix_kappa=3.0, remix_tau=0.5,
+                         source_extra="Remix κ 3, τ 0.5 (Chou et al. 2020)")},
+    "cpmix": {
+        None: dict(cpmix_alpha=1.0, cpmix_eta=0.5, cpmix_kappa=0.5, finetune_epochs=10, finetune_lr=0.01,
+                   source_extra="CP-Mix: stage split 2/3 (paper prose); α 1, η 0.5, κ 0.5, B_m = B and "
+                   "fine-tune length/lr are fastlt defaults (the paper's tables are unavailable)"),
+        "digits-lt": dict(finetune_epochs=3, finetune_lr=0.01),
+        "places-lt": dict(finetune_epochs=0),  # the paper does not fine-tune on Places-LT
+        "imagenet-lt": dict(finetune_lr=0.01),
+        "inat2018": dict(finetune_lr=0.01),
+    },
+    "concutmix": {
+        None: dict(ccm_cutmix_prob=0.5),
+        "cifar100-lt": _CCM_CIFAR100,
+        "cifar10-lt": dict(_CCM_CIFAR100, ccm_tau_la=0.85, ccm_topk=3, ccm_omega=2 / 255,
+                           source="ConCutMix released code (CIFAR-10-LT IF100)"),
+        "imagenet-lt": _CCM_LARGE,
+        "inat2018": dict(_CCM_LARGE, lr=0.2, weight_decay=1e-4, ccm_omega=1628 / 255, ccm_l_d_warm=80,
+                         batch_size=256, source="ConCutMix released code (iNat2018)"),
+        "places-lt": dict(_CCM_LARGE, source="fastlt default (ConCutMix has no released Places-LT settings; "
+                          "ImageNet-LT values)"),
+        "digits-lt": dict(ccm_feat_dim=32, ccm_topk=3, ccm_omega=2 / 255, ccm_l_d_warm=10,
+                          ccm_temperature=0.1, ccm_tau_la=1.0, source="fastlt default"),
+    },
+    "lfm": {
+        None: dict(optimizer="adam", schedule="cosine", weight_decay=0.0, lfm_loss="mms",
+                   lfm_lambda_per="batch", lfm_beta=0.2),
+        "cifar100-lt": dict(batch_size=32, lfm_epochs=(50, 10), lfm_lrs=(1e-6, 1e-2), lfm_alpha=(1.0, 1.0),
+                            lfm_tau=0.05, source="LFM released code (CIFAR-100-LT, ViT-B/32)"),
+        "cifar10-lt": dict(batch_size=32, lfm_epochs=(10, 10), lfm_lrs=(1e-9, 0.5), lfm_alpha=(1.0, 1.0),
+                           lfm_tau=0.05, source="LFM released code (CIFAR-10-LT)"),
+        "imagenet-lt": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(5e-6, 1e-2), lfm_alpha=(1.0, 1.0),
+                            lfm_tau=0.05, source="LFM released code (ImageNet-LT, ViT-B/16)"),
+        "places-lt": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(1e-7, 5e-4), lfm_alpha=(1.25, 1.5),
+                          lfm_tau=1.0, source="LFM released code (Places-LT)"),
+        "inat2018": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(5e-6, 1e-2), lfm_alpha=(1.0, 1.0),
+                         lfm_tau=0.05, 
+                         source="fastlt default (LFM reports no iNat2018 setting; ImageNet-LT values)"),
+        "digits-lt": dict(batch_size=64, lfm_epochs=(10, 3), lfm_lrs=(1e-3, 1e-2), lfm_alpha=(1.0, 1.0),
+                          lfm_tau=0.05, source="fastlt default"),
+    },
+}
+
+
+def preset(dataset: str, method: str) -> Recipe:
+    """The recipe for ``dataset`` × ``method`` with its source noted."""
+    _check_choice("dataset", dataset, DATASETS)
+    _check_choice("method", method, METHODS)
+    kw = dict(_DATASET_BASE[dataset])
+    base_source = kw.pop("source")
+    per = _METHOD[method]
+    m = {**per.get(None, {}), **per.get(dataset, {})}
+    extra = m.pop("source_extra", None)
+    kw.update(m)
+    src = kw.pop("source", base_source)
+    if extra:
+        src = f"{src}; {extra}"
+    return Recipe(dataset=dataset, method=method, source=src, **kw)
+
+
+def resolve(dataset: str, method: str, overrides=()) -> Recipe:
+    """Preset + overrides (``--key value`` list or ``(key, text)`` pairs)."""
+    return apply_overrides(preset(dataset, method), list(overrides))
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Recipe)]
+
+
+__all__ = [
+    "Recipe", "RecipeError", "preset", "resolve", "apply_overrides", "split_overrides", "parse_value",
+    "recipe_diff", "DATASETS", "METHODS", "RUNTIME_KEYS", "field_names",
+]
