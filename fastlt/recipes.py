@@ -381,7 +381,7 @@ _METHOD: dict[str, dict[str | None, dict]] = {
         "places-lt": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(1e-7, 5e-4), lfm_alpha=(1.25, 1.5),
                           lfm_tau=1.0, source="LFM released code (Places-LT)"),
         "inat2018": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(5e-6, 1e-2), lfm_alpha=(1.0, 1.0),
-                         lfm_tau=0.05, 
+                         lfm_tau=0.05,
                          source="fastlt default (LFM reports no iNat2018 setting; ImageNet-LT values)"),
         "digits-lt": dict(batch_size=64, lfm_epochs=(10, 3), lfm_lrs=(1e-3, 1e-2), lfm_alpha=(1.0, 1.0),
                           lfm_tau=0.05, source="fastlt default"),
