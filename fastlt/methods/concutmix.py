@@ -1,0 +1,112 @@
+"""ConCutMix: CutMix with semantically rectified labels, on top of Balanced Contrastive Learning (BCL).
+
+REFERENCE.md §ConCutMix. One step loads four segments of the same length B (``fastlt.sampling`` policy
+``concutmix``): ``main`` (background images A, instance-uniform), ``view1`` and ``view2`` (the same rows as
+``main``: the pipelines give every repeat of a row its own random crop, which is what makes them two
+contrastive views) and ``fg`` (foreground images B, class-balanced: class uniform, then an image uniform in
+the class).
+
+Per step:
+
+1. With probability ``concutmix_prob`` the batch is CutMixed: one ``λ ~ U(0, 1)`` per batch, one box of
+   area ``(1 − λ)·H·W`` with a uniform centre, clipped to the image; ``λ`` is recomputed from the clipped box
+   and the *area label* is ``λ·y_A + (1 − λ)·y_B``.
+2. One forward pass over ``[classification images | view1 | view2]`` (BatchNorm sees all three, as in the
+   released code); the projection head gives ``u`` for every image, the prototype head maps the classifier
+   weights to the class prototypes ``P``.
+3. After epoch ``l_d_warm`` the area label of a CutMix batch is *rectified* (:func:`rectified_label`) from
+   the distances between ``u`` of the mixed image and the prototypes.
+4. ``L = α·LA-CE(logits, label) + β·BCL(views, y_A, P)``, LA-CE = soft-label CE with ``τ_LA·log π`` added to
+   the logits in training only.
+
+Where fastlt and the released code differ, and why, is stated next to the code (tie handling at the top-k
+threshold, the γ clamp).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _as_counts(class_counts, like: torch.Tensor) -> torch.Tensor:
+    n = torch.as_tensor(class_counts, dtype=torch.float32, device=like.device)
+    return n.clamp_min(1.0)  # a class without training images counts as one image: logs stay finite
+
+
+def label_confidence(area_label, class_counts, omega: float) -> torch.Tensor:
+    """γ = ω·log(Σ_c ỹ_area,c·n_c) / Σ_c log n_c, clamped to [0, 1]; ``float32[B]``.
+
+    ``area_label``: dense ``[B, C]`` or sparse ``(idx int64[B, K], w float[B, K])``.
+
+    Bounds. ``Σ_c ỹ_c·n_c`` is an average of class counts (the label sums to 1), so it lies in
+    ``[n_min, n_max]`` and its log in ``[log n_min, log n_max]`` — never negative because ``n_c ≥ 1``. With
+    the released settings γ is far below 1 (CIFAR-100-LT IF100: ω = 20/255, Σ log n ≈ 391, γ ≤ 0.08·6.2/391 ≈
+    0.001), but nothing in the formula bounds it above: few classes or a large ω give γ > 1 and the final
+    label ``γ·ŷ_sem + (1 − γ)·ỹ_area`` would stop being a distribution (negative area weights). fastlt clamps
+    γ to [0, 1] so the label is always a convex combination; the clamp never binds at the released settings.
+    When every class has one image, ``Σ log n_c = 0`` and so is the numerator: γ = 0 (pure area label).
+    """
+    if isinstance(area_label, (tuple, list)):
+        idx, w = area_label
+        n = _as_counts(class_counts, w)
+        mean_count = (w.float() * n[idx.long()]).sum(1)
+    else:
+        n = _as_counts(class_counts, area_label)
+        mean_count = area_label.float() @ n
+    denom = n.log().sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return (omega * mean_count.clamp_min(1.0).log() / denom).clamp(0.0, 1.0)
+
+
+def semantic_label(u: torch.Tensor, prototypes: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ŷ_sem of REFERENCE.md as a sparse label ``(idx int64[B, k], w float32[B, k])``, rows summing to 1.
+
+    ``s_c = 1/‖u − P_c‖₂`` (Euclidean, no temperature); the k largest are kept and L1-normalised.
+
+    Ties at the top-k threshold: exactly k classes are kept, equal scores ordered by class index (a stable
+    descending sort), so the label has a fixed width — the trainer's sparse soft CE needs one. The released
+    code keeps *every* class whose score equals the k-th largest, which can give more than k entries; with
+    continuous features exact ties need two identical prototypes, so the two rules agree in practice.
+    A feature that coincides with a prototype (distance 0) has its distance floored at 1e-12 instead of
+    dividing by zero; it then takes all the semantic mass, the limit of the formula.
+    """
+    C = prototypes.shape[0]
+    if not 1 <= topk <= C:
+        raise ValueError(f"concutmix topk must lie in [1, num_classes={C}], got {topk}")
+    dist = torch.cdist(u.float(), prototypes.float())  # [B, C]
+    score = dist.clamp_min(1e-12).reciprocal()
+    score, idx = torch.sort(score, dim=1, descending=True, stable=True)
+    score, idx = score[:, :topk], idx[:, :topk]
+    return idx, score / score.sum(1, keepdim=True)
+
+
+@torch.no_grad()
+def rectified_label(
+    u: torch.Tensor,
+    prototypes: torch.Tensor,
+    area_label,
+    class_counts,
+    topk: int,
+    omega: float,
+):
+    """The ConCutMix label ``ỹ = γ·ŷ_sem + (1 − γ)·ỹ_area`` (no gradient flows through it).
+
+    ``u [B, D]``: projection-head outputs of the CutMix images; ``prototypes [C, D]``: the prototype head
+    applied to the classifier weights (the caller passes the *unnormalised* head outputs, as the released code
+    does); ``area_label``: dense ``[B, C]`` or sparse ``(idx int64[B, K], w float[B, K])`` (CutMix: K = 2,
+    ``(y_A, y_B)`` with weights ``(λ, 1 − λ)``); ``class_counts``: training counts ``n_c`` (``[C]``).
+
+    Returns the label in the representation it was given: dense ``float32[B, C]``, or sparse
+    ``(idx int64[B, topk + K], w float32[B, topk + K])`` — the top-k semantic classes weighted ``γ·ŷ_sem``
+    followed by the area entries weighted ``(1 − γ)·w``. A class may appear in both parts; soft CE sums
+    them, which is the dense label. See :func:`label_confidence` (γ and its clamp) and
+    :func:`semantic_label` (top-k ties).
+    """
+    gamma = label_confidence(area_label, class_counts, omega)[:, None]  # [B, 1]
+    sem_idx, sem_w = semantic_label(u.detach(), prototypes.detach(), topk)
+    if isinstance(area_label, (tuple, list)):
+        idx, w = area_label
+        out_idx = torch.cat([sem_idx, idx.long().to(sem_idx.device)], dim=1)
+        out_w = torch.cat([gamma * sem_w, (1.0 - gamma) * w.float()], dim=1)
+        return out_idx, out_w
+    dense = (1.0 - gamma) * area_label.float()
+    return dense.scatter_add_(1, sem_idx, gamma * sem_w)

@@ -1,0 +1,105 @@
+"""ConCutMix: the rectified label against its formula, and the method end to end on digits-lt."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastlt.methods.concutmix import label_confidence, rectified_label, semantic_label
+
+
+def rectified_by_formula(u, P, area, n, k, omega):
+    """REFERENCE.md, one sample at a time in float64: s_c = 1/‖u − P_c‖, top-k, ŷ_sem = s/Σs,
+    γ = ω·log(Σ ỹ_area·n)/Σ log n (clamped to [0, 1]), ỹ = γ·ŷ_sem + (1 − γ)·ỹ_area."""
+    out = []
+    for b in range(u.shape[0]):
+        s = [1.0 / math.dist(u[b].tolist(), P[c].tolist()) for c in range(P.shape[0])]
+        keep = sorted(range(len(s)), key=lambda c: (-s[c], c))[:k]
+        total = sum(s[c] for c in keep)
+        sem = [s[c] / total if c in keep else 0.0 for c in range(len(s))]
+        gamma = omega * math.log(sum(float(a) * m for a, m in zip(area[b], n))) / sum(math.log(m) for m in n)
+        gamma = min(max(gamma, 0.0), 1.0)
+        out.append([gamma * x + (1 - gamma) * float(a) for x, a in zip(sem, area[b])])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _case(seed, B=6, C=7, D=4):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, D, generator=g)
+    P = torch.randn(C, D, generator=g)
+    ya = torch.randint(0, C, (B,), generator=g)
+    yb = torch.randint(0, C, (B,), generator=g)
+    lam = torch.rand(B, generator=g)
+    n = torch.tensor([500, 200, 90, 40, 12, 5, 2][:C], dtype=torch.float32)
+    return u, P, ya, yb, lam, n
+
+
+def _dense(ya, yb, lam, C):
+    area = torch.zeros(len(ya), C)
+    area[torch.arange(len(ya)), ya] += lam
+    area[torch.arange(len(ya)), yb] += 1 - lam
+    return area
+
+
+def _densify(idx, w, C):
+    return torch.zeros(idx.shape[0], C, dtype=w.dtype).scatter_add_(1, idx, w)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+@pytest.mark.parametrize("omega", [20 / 255, 2.0, 50.0])  # 50: γ hits the clamp at 1
+def test_rectified_label_matches_formula_dense_and_sparse(k, omega):
+    u, P, ya, yb, lam, n = _case(k)
+    area = _dense(ya, yb, lam, P.shape[0])
+    want = rectified_by_formula(u.double(), P.double(), area.double(), n.tolist(), k, omega)
+    dense = rectified_label(u, P, area, n, topk=k, omega=omega)
+    assert torch.allclose(dense.double(), want, atol=1e-5)
+    idx, w = rectified_label(u, P, (torch.stack([ya, yb], 1), torch.stack([lam, 1 - lam], 1)), n, k, omega)
+    assert idx.shape == w.shape == (u.shape[0], k + 2)  # K = top-k + 2: fixed width for the sparse soft CE
+    assert torch.allclose(_densify(idx, w, P.shape[0]).double(), want, atol=1e-5)
+    assert torch.allclose(w.sum(1), torch.ones(u.shape[0]), atol=1e-5)  # a distribution
+
+
+def test_k1_puts_all_semantic_mass_on_the_nearest_prototype():
+    u, P, *_ = _case(5)
+    idx, w = semantic_label(u, P, 1)
+    nearest = torch.cdist(u, P).argmin(1)
+    assert idx[:, 0].tolist() == nearest.tolist() and torch.all(w == 1)
+
+
+def test_ties_at_the_threshold_keep_exactly_k_lowest_index_first():
+    # Prototypes 1, 2, 3 are equidistant from u (all at distance 1); 0 is nearer, 4 farther.
+    P = torch.tensor([[0.5, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [3.0, 0.0]])
+    u = torch.zeros(1, 2)
+    idx, w = semantic_label(u, P, 3)
+    assert idx.tolist() == [[0, 1, 2]]  # class 3 ties with 1 and 2 but loses on index
+    s = torch.tensor([2.0, 1.0, 1.0])
+    assert torch.allclose(w[0], s / s.sum())
+
+
+def test_gamma_bounds():
+    n = torch.tensor([1000.0, 10.0, 1.0])
+    # Tail-only label: Σ ỹ n = 1 → log 1 = 0 → γ = 0 whatever ω.
+    assert label_confidence(torch.tensor([[0.0, 0.0, 1.0]]), n, omega=100.0).item() == 0.0
+    # Formula value below 1 is kept as is.
+    g = label_confidence(torch.tensor([[0.5, 0.5, 0.0]]), n, omega=1.0).item()
+    assert g == pytest.approx(math.log(505) / (math.log(1000) + math.log(10)), rel=1e-6)
+    # Large ω: the formula exceeds 1 and is clamped, so the label stays a convex combination.
+    assert label_confidence(torch.tensor([[1.0, 0.0, 0.0]]), n, omega=10.0).item() == 1.0
+    # Every class with a single image: Σ log n = 0; γ = 0 rather than 0/0.
+    assert label_confidence(torch.tensor([[1.0, 0.0]]), torch.ones(2), omega=1.0).item() == 0.0
+
+
+def test_no_gradient_flows_through_the_label():
+    u, P, ya, yb, lam, n = _case(7)
+    u.requires_grad_(True)
+    P.requires_grad_(True)
+    idx, w = rectified_label(u, P, (torch.stack([ya, yb], 1), torch.stack([lam, 1 - lam], 1)), n, 3, 0.5)
+    assert not w.requires_grad
+
+
+def test_topk_outside_range_is_refused():
+    u, P, *_ = _case(8)
+    with pytest.raises(ValueError, match="topk"):
+        semantic_label(u, P, P.shape[0] + 1)
