@@ -94,7 +94,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached"]))
     random.setstate(_py_state_from_list(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(RuntimeError):  # a different GPU count: per-step seeds still govern

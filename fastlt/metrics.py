@@ -79,8 +79,8 @@ def format_row(label: str, s: dict) -> str:
 TABLE_HEADER = f"{'':<14}  many  medium  few    all"
 
 
-def write_eval(run_dir: str | os.PathLike, summary: dict, index, matrix: np.ndarray, extra: dict | None = None,
-               plots: bool = True) -> Path:
+def write_eval(run_dir: str | os.PathLike, summary: dict, index, matrix: np.ndarray,
+               extra: dict | None = None, plots: bool = True) -> Path:
     """``eval.json`` (+ ``confusion.png``, ``per_class_accuracy.png``) in ``run_dir``; atomic JSON write."""
     run_dir = Path(run_dir)
     record = {
