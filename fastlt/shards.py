@@ -6,7 +6,7 @@ and lets the trainer build its class priors without decoding a single image.
 
 Layout::
 
-    <root>/<dataset>/<split>.beton         FFCV file, fields ``image`` (RGBImageField) and ``label`` (IntField)
+    <root>/<dataset>/<split>.beton         FFCV file: ``image`` (RGBImageField), ``label`` (IntField)
     <root>/<dataset>/<split>.index.json    the index described in DESIGN.md §3
     <root>/<dataset>/<split>.verified      cache of the last full checksum (size, mtime_ns, sha256)
 
@@ -19,8 +19,10 @@ name. The ``.beton`` is renamed first and the index last: the index is the commi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import tempfile
@@ -130,7 +132,9 @@ class ShardIndex:
         C = self.num_classes
         for key in ("class_names", "class_counts", "class_groups", "train_class_counts"):
             if len(getattr(self, key)) != C:
-                raise ShardError(f"{path}: {key} has {len(getattr(self, key))} entries, expected num_classes={C}")
+                raise ShardError(
+                    f"{path}: {key} has {len(getattr(self, key))} entries, expected num_classes={C}"
+                )
         if len(self.class_offsets) != C + 1:
             raise ShardError(f"{path}: class_offsets has {len(self.class_offsets)} entries, expected {C + 1}")
         offs = self.offsets
@@ -173,6 +177,86 @@ class Shard:
 
         return Reader(str(self.beton_path))
 
+    @functools.cached_property
+    def _rows(self) -> _RowTable:
+        return _RowTable.build(self.reader(), self.beton_path)
+
+    def stored_labels(self) -> np.ndarray:
+        """int64[N]: the ``label`` field as stored in the ``.beton`` (the index's ``labels`` is derived
+        from the offsets; the two agree for every shard ``write_shard`` made)."""
+        return self._rows.labels.copy()
+
+    def image_bytes(self, row: int) -> tuple[str, int, int, np.ndarray]:
+        """``(mode, height, width, data)`` of one row: ``data`` is the JPEG file (``mode='jpg'``) or the
+        ``uint8[H*W*3]`` pixels (``mode='raw'``), a read-only view of the memory-mapped file."""
+        return self._rows.get(int(row))
+
+    def decode(self, row: int) -> np.ndarray:
+        """uint8[H, W, 3] RGB pixels of one row (PIL for JPEG rows). For tests and tools, not for training."""
+        mode, h, w, data = self.image_bytes(row)
+        if mode == "raw":
+            return np.array(data).reshape(h, w, 3)
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            return np.asarray(im.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class _RowTable:
+    """Where each row's image lives in the ``.beton``: FFCV's metadata gives the start of a row's data,
+    and the allocation table (sorted by pointer) gives its size."""
+
+    mm: np.ndarray
+    mode: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    ptr: np.ndarray
+    size: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def build(cls, reader, path: Path) -> _RowTable:
+        from ffcv.fields.rgb_image import IMAGE_MODES
+
+        # FFCV names the metadata columns f0, f1, ... in field order; the names live in field_names.
+        meta = reader.metadata
+        cols = {name: f"f{i}" for i, name in enumerate(reader.field_names)}
+        if IMAGE_FIELD not in cols or LABEL_FIELD not in cols:
+            raise ShardError(
+                f"{path}: fields {reader.field_names}, expected {IMAGE_FIELD!r} and {LABEL_FIELD!r}"
+            )
+        img = meta[cols[IMAGE_FIELD]]
+        table = np.sort(reader.alloc_table, order="ptr")
+        at = np.searchsorted(table["ptr"], img["data_ptr"])
+        if np.any(at >= len(table)) or np.any(
+            table["ptr"][np.minimum(at, len(table) - 1)] != img["data_ptr"]
+        ):
+            raise ShardError(f"{path}: a row's data pointer is missing from the allocation table")
+        names = {v: k for k, v in IMAGE_MODES.items()}
+        return cls(
+            mm=np.memmap(path, dtype=np.uint8, mode="r"),
+            mode=np.array([names[int(m)] for m in img["mode"]]),
+            height=img["height"].astype(np.int64),
+            width=img["width"].astype(np.int64),
+            ptr=img["data_ptr"].astype(np.int64),
+            size=table["size"][at].astype(np.int64),
+            labels=meta[cols[LABEL_FIELD]].astype(np.int64),
+        )
+
+    def get(self, row: int):
+        if not 0 <= row < len(self.ptr):
+            raise IndexError(f"row {row} out of range for a shard of {len(self.ptr)} rows")
+        p = self.ptr[row]
+        return (
+            str(self.mode[row]),
+            int(self.height[row]),
+            int(self.width[row]),
+            self.mm[p : p + self.size[row]],
+        )
+
 
 def shard_paths(root: str | os.PathLike, dataset: str, split: str) -> tuple[Path, Path]:
     d = Path(root) / dataset
@@ -197,7 +281,11 @@ def open_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
     """
     beton, index_path = _resolve(path)
     if not index_path.exists():
-        hint = " (the .beton exists but its index does not: an interrupted conversion?)" if beton.exists() else ""
+        hint = (
+            " (the .beton exists but its index does not: an interrupted conversion?)"
+            if beton.exists()
+            else ""
+        )
         raise ShardError(f"{index_path}: shard index not found{hint}")
     try:
         raw = json.loads(index_path.read_text())
@@ -243,6 +331,7 @@ class ImageSource:
         self.source_ids = [str(s) for s in source_ids]
         if len(self.labels) != len(self.source_ids):
             raise ValueError("labels and source_ids differ in length")
+        self.failure_log: Path | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -250,8 +339,28 @@ class ImageSource:
     def load(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def total_bytes(self) -> int | None:
+        """Raw pixel bytes of all images if known without decoding (sizes the writer's pages)."""
+        return None
+
+    def max_item_bytes(self) -> int | None:
+        return None
+
     def __getitem__(self, i: int):
-        return self.load(int(i)), int(self.labels[i])
+        # FFCV 1.0.2's writer waits forever for a worker that raised. Converters validate every entry
+        # first, but a file can still change between validation and writing: record the failure in
+        # ``failure_log`` (append-only, one line per row; O_APPEND writes of a short line are atomic
+        # across processes) and hand the writer a placeholder; write_shard then refuses the file.
+        try:
+            return self.load(int(i)), int(self.labels[i])
+        except Exception as e:
+            if self.failure_log is None:
+                raise
+            with open(self.failure_log, "a") as f:
+                f.write(
+                    json.dumps({"source_id": self.source_ids[i], "error": f"{type(e).__name__}: {e}"}) + "\n"
+                )
+            return np.zeros((8, 8, 3), dtype=np.uint8), int(self.labels[i])
 
 
 class ArraySource(ImageSource):
@@ -266,10 +375,20 @@ class ArraySource(ImageSource):
     def load(self, i: int) -> np.ndarray:
         return np.ascontiguousarray(self.images[i])
 
+    def total_bytes(self) -> int:
+        return int(self.images.nbytes)
+
+    def max_item_bytes(self) -> int:
+        return int(self.images[0].nbytes) if len(self.images) else 0
+
 
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; the index is as public as the .beton beside it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -306,6 +425,21 @@ def remove_stale_temporaries(folder: Path, split: str) -> None:
             p.unlink()
 
 
+def page_size_for(source: ImageSource, write_mode: str, workers: int) -> int:
+    """FFCV page size: every writer process fills its own pages, so a small shard written with FFCV's
+    8 MiB default wastes up to ``workers`` × 8 MiB. Use the 2 MiB minimum for small shards; a page
+    must still hold the largest raw image."""
+    from ffcv.writer import MIN_PAGE_SIZE
+
+    default = 4 * MIN_PAGE_SIZE
+    total = source.total_bytes()
+    biggest = source.max_item_bytes() or 0
+    page = MIN_PAGE_SIZE if total is not None and total < 16 * default * max(1, workers) else default
+    while page < biggest:
+        page *= 2
+    return page
+
+
 def write_shard(
     root: str | os.PathLike,
     dataset: str,
@@ -336,7 +470,9 @@ def write_shard(
     if len(labels) == 0:
         raise ValueError(f"{dataset}/{split}: no images to write")
     if labels.min() < 0 or labels.max() >= C:
-        raise ValueError(f"{dataset}/{split}: labels must lie in [0, {C}), got [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"{dataset}/{split}: labels must lie in [0, {C}), got [{labels.min()}, {labels.max()}]"
+        )
     counts = np.bincount(labels, minlength=C).astype(np.int64)
     train_counts = counts if train_class_counts is None else np.asarray(train_class_counts, dtype=np.int64)
     if len(train_counts) != C:
@@ -352,7 +488,9 @@ def write_shard(
     tmp_beton = folder / f".{split}.beton.{os.getpid()}.tmp"
 
     fields = {
-        IMAGE_FIELD: RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality),
+        IMAGE_FIELD: RGBImageField(
+            write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality
+        ),
         LABEL_FIELD: IntField(),
     }
     all_settings = {
@@ -361,10 +499,25 @@ def write_shard(
         "jpeg_quality": jpeg_quality,
         **(settings or {}),
     }
+    failure_log = folder / f".{split}.failures.{os.getpid()}.tmp"
+    source.failure_log = failure_log
+    children_before = set(multiprocessing.active_children())
     try:
         with _sigterm_as_interrupt():
-            writer = DatasetWriter(str(tmp_beton), fields, num_workers=max(1, int(workers)))
+            writer = DatasetWriter(
+                str(tmp_beton),
+                fields,
+                num_workers=max(1, int(workers)),
+                page_size=page_size_for(source, write_mode, workers),
+            )
             writer.from_indexed_dataset(source, indices=order.tolist(), chunksize=64)
+            if failure_log.exists():
+                failures = [json.loads(line) for line in failure_log.read_text().splitlines() if line]
+                shown = "; ".join(f"{f['source_id']}: {f['error']}" for f in failures[:5])
+                raise ShardError(
+                    f"{dataset}/{split}: {len(failures)} images failed to load while writing "
+                    f"(changed since validation?): {shown}; nothing was written"
+                )
             index = ShardIndex(
                 version=SHARD_FORMAT_VERSION,
                 dataset=dataset,
@@ -388,7 +541,17 @@ def write_shard(
             os.replace(tmp_beton, beton)
             _atomic_write_text(index_path, json.dumps(index.to_json(), indent=1))
     except BaseException:
+        # FFCV's writer processes are not daemons and keep writing into the file after the parent
+        # was interrupted; stop the ones this call started before removing what they write to.
+        for child in set(multiprocessing.active_children()) - children_before:
+            child.terminate()
+        for child in set(multiprocessing.active_children()) - children_before:
+            child.join(timeout=5)
         with contextlib.suppress(OSError):
             tmp_beton.unlink()
         raise
+    finally:
+        source.failure_log = None
+        with contextlib.suppress(OSError):
+            failure_log.unlink()
     return open_shard(beton)

@@ -1,0 +1,125 @@
+"""``fastlt convert`` / ``tools/convert``: datasets → class-indexed shards (``<out>/<name>/<split>.beton``).
+
+Every subcommand reads one source format, validates every entry (and decodes every image) before writing
+anything, then writes the train split and the other splits. Run ``tools/convert <subcommand> --help``.
+
+    tools/convert digits-lt --out data                     # embedded, no input needed
+    tools/convert cifar100-lt ~/cifar-100-python --imbalance-factor 100
+    tools/convert imagenet-lt --root ~/imagenet --train ImageNet_LT_train.txt --test ImageNet_LT_test.txt
+    tools/convert inat2018 ~/inat2018 --max-resolution 512
+    tools/convert synth-inat --out /tmp/synth --images 3000 # synthetic iNat-2018-layout JPEGs for benchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand → (module, one-line help). Modules expose add_arguments(parser) and build(args) -> Job.
+CONVERTERS = {
+    "digits-lt": ("fastlt.datasets.digits", "embedded sklearn digits, long-tailed train (IF 10), 32x32, raw"),
+}
+# Subcommands that write something other than a shard.
+HELPERS = {}
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
+    return v
+
+
+def _quality(s: str) -> int:
+    v = int(s)
+    if not 1 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality must lie in 1..100, got {s}")
+    return v
+
+
+def common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--out", default="data", help="shard root; writes <out>/<name>/<split>.beton (default data)"
+    )
+    g.add_argument("--name", default=None, help="dataset folder name under --out (default: the subcommand)")
+    g.add_argument(
+        "--workers", type=_positive_int, default=2, help="processes for validation and writing (default 2)"
+    )
+    g.add_argument(
+        "--write-mode",
+        choices=("jpg", "raw"),
+        default=None,
+        help="store JPEG (re-encoded) or raw RGB pixels (default: raw for 32x32 sets, else jpg)",
+    )
+    g.add_argument(
+        "--max-resolution",
+        type=_positive_int,
+        default=None,
+        help="shrink images whose long side exceeds this many pixels (default: keep full size)",
+    )
+    g.add_argument("--jpeg-quality", type=_quality, default=90, help="JPEG quality for jpg mode (default 90)")
+    g.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="write the shards without bad entries (listed in the index's 'skipped') instead of stopping",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastlt convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<subcommand>", required=True)
+    common = common_options()
+    for name, (module, help_) in CONVERTERS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(
+            name, help=help_, description=(mod.__doc__ or help_).split("\n\n")[0], parents=[common]
+        )
+        p.set_defaults(module=module)
+        mod.add_arguments(p) if not hasattr(mod, "add_arguments_for") else mod.add_arguments_for(name, p)
+    for name, (module, help_) in HELPERS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(module=module, helper=True)
+        mod.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastlt.datasets.engine import WriteOptions, run
+    from fastlt.datasets.validate import ConversionError
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    mod = importlib.import_module(args.module)
+    if getattr(args, "helper", False):
+        return int(mod.main_args(args) or 0)
+    opts = WriteOptions(
+        out=args.out,
+        workers=args.workers,
+        write_mode=args.write_mode,
+        max_resolution=args.max_resolution,
+        jpeg_quality=args.jpeg_quality,
+        skip_bad=args.skip_bad,
+        name=args.name,
+    )
+    try:
+        job = mod.build(args)
+        run(job, opts)
+    except ConversionError as e:
+        print(f"fastlt convert {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"fastlt convert {args.command}: interrupted; nothing was left under {args.out}", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Run a converter's :class:`~fastlt.datasets.validate.Job`: validate everything, then write every split.
+
+Every converter shares this; a converter only decides how its source format is read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastlt.datasets.validate import Job, Split, resolve
+from fastlt.shards import ArraySource, ImageSource, Shard, write_shard
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """The knobs every ``tools/convert`` subcommand shares (``--workers`` ... ``--skip-bad``)."""
+
+    out: str | os.PathLike = "data"
+    workers: int = 2
+    write_mode: str | None = None  # None: the converter's default (raw for 32x32 sets, jpg for photos)
+    max_resolution: int | None = None
+    jpeg_quality: int = 90
+    skip_bad: bool = False
+    name: str | None = None  # dataset folder name under ``out``; default the converter's
+
+
+class FileSource(ImageSource):
+    """Images decoded from files under ``root`` on demand, inside FFCV's writer processes.
+
+    With ``max_resolution`` set, JPEGs are decoded DCT-scaled (``draft``) to the smallest power-of-two
+    reduction that still leaves the long side at or above ``max_resolution``; FFCV then resizes the rest
+    of the way with ``INTER_AREA``. Decode cost falls with the square of the reduction, and no detail is
+    lost that the final resize would have kept.
+    """
+
+    def __init__(self, root: Path, paths: list[str], labels, source_ids, max_resolution: int | None = None):
+        super().__init__(labels, source_ids)
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.max_resolution = max_resolution
+
+    def load(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.root / self.paths[i]) as im:
+            if self.max_resolution and im.format == "JPEG":
+                w, h = im.size
+                r = self.max_resolution / max(w, h)
+                if r < 1:
+                    im.draft("RGB", (math.ceil(w * r), math.ceil(h * r)))
+            return np.asarray(im.convert("RGB"))
+
+
+def source_for(split: Split, max_resolution: int | None) -> ImageSource:
+    if split.images is not None:
+        return ArraySource(split.images, split.labels, split.source_ids)
+    return FileSource(split.root, split.paths, split.labels, split.source_ids, max_resolution)
+
+
+def run(job: Job, opts: WriteOptions) -> dict[str, Shard]:
+    """Validate ``job`` (raising ``ConversionError`` with the problem list) and write its shards."""
+    splits = resolve(job, workers=opts.workers, skip_bad=opts.skip_bad)
+    dataset = opts.name or job.dataset
+    C = len(job.class_names)
+    write_mode = opts.write_mode or job.default_write_mode
+    # Train first: its counts define every split's many/medium/few groups.
+    splits.sort(key=lambda s: s.name != job.train_split)
+    train_counts = np.bincount(splits[0].labels, minlength=C)
+    shards = {}
+    for split in splits:
+        if split.skipped:
+            print(
+                f"{dataset}/{split.name}: skipping {len(split.skipped)} bad entries (recorded in the index)",
+                file=sys.stderr,
+            )
+        shards[split.name] = write_shard(
+            opts.out,
+            dataset,
+            split.name,
+            source_for(split, opts.max_resolution),
+            job.class_names,
+            train_class_counts=train_counts,
+            write_mode=write_mode,
+            max_resolution=opts.max_resolution,
+            jpeg_quality=opts.jpeg_quality,
+            workers=opts.workers,
+            skipped=split.skipped,
+            settings={**job.settings, "skip_bad": opts.skip_bad},
+        )
+        s = shards[split.name]
+        print(f"wrote {s.beton_path} ({s.num_rows} rows, {C} classes, {write_mode})", file=sys.stderr)
+    return shards

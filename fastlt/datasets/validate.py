@@ -1,0 +1,347 @@
+"""Validate first, write second: the one engine every converter shares.
+
+A converter only *reads* its source format into :class:`Split` records (labels, relative paths or
+in-memory pixels, and where each entry came from) and reports what it could not read into a
+:class:`Problems` collector. This module then
+
+1. checks every file entry for real — the path stays inside the dataset root, the file exists, and it
+   decodes (in parallel with ``workers`` processes, with a progress bar) — because FFCV 1.0.2's writer
+   runs ``__getitem__`` in forked workers and never returns if one of them raises;
+2. checks that every class still has training images;
+3. refuses the whole conversion, listing the first 20 problems (file and line, or JSON id) plus a count,
+   unless ``skip_bad`` is set, in which case the bad entries are dropped and recorded in the index's
+   ``skipped`` list;
+4. writes the train split first and every other split with the train split's class counts, so that
+   many/medium/few always means "how many images of this class the model was trained on".
+
+Nothing touches the output folder before step 4, so a refused conversion writes nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+REPORT_LIMIT = 20
+# FFCV stores width and height as uint16 and OpenCV's JPEG encoder stops at 65500 pixels a side.
+MAX_SIDE = 65500
+
+
+class ConversionError(ValueError):
+    """The source data is malformed; the message lists what and where. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the source. ``where`` is ``file:line`` or ``file: images[id=…]``.
+
+    ``split``/``entry`` name the dropped entry (its index in ``Split``) when the problem is about one
+    entry; ``skippable`` is false for problems that no ``--skip-bad`` can fix (an unreadable annotation
+    file, a class left with no training images).
+    """
+
+    where: str
+    what: str
+    split: str | None = None
+    entry: int | None = None
+    skippable: bool = True
+    source_id: str | None = None
+
+    def line(self) -> str:
+        return f"{self.where}: {self.what}"
+
+    def record(self) -> dict:
+        d = {"where": self.where, "problem": self.what}
+        if self.source_id is not None:
+            d["source_id"] = self.source_id
+        return d
+
+
+class Problems:
+    """Collects every problem instead of stopping at the first, so one run shows the user all of them."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+
+    def add(
+        self,
+        where: str,
+        what: str,
+        *,
+        split: str | None = None,
+        entry: int | None = None,
+        skippable: bool = True,
+        source_id: str | None = None,
+    ) -> None:
+        self.items.append(Problem(str(where), what, split, entry, skippable, source_id))
+
+    def fatal(self, where: str, what: str) -> None:
+        self.add(where, what, skippable=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def report(self, limit: int = REPORT_LIMIT, header: str = "") -> str:
+        n = len(self.items)
+        lines = [header or f"{n} problem{'s' if n != 1 else ''} in the source data:"]
+        lines += [f"  {p.line()}" for p in self.items[:limit]]
+        if n > limit:
+            lines.append(f"  ... and {n - limit} more ({n} in all)")
+        return "\n".join(lines)
+
+    def raise_if_fatal(self) -> None:
+        """Problems that make the source unreadable stop here, before any image is decoded."""
+        fatal = [p for p in self.items if not p.skippable]
+        if fatal:
+            only = Problems()
+            only.items = fatal
+            raise ConversionError(only.report(header=f"cannot read the source ({len(fatal)} problems):"))
+
+
+@dataclass
+class Split:
+    """One split as a converter read it, before validation.
+
+    Exactly one of ``paths`` (relative to ``root``, files decoded on demand) or ``images``
+    (``uint8[N,H,W,3]`` already in memory) is set. ``where[i]`` locates entry ``i`` in the source
+    (``file:line``, ``file: images[id=…]``, ``data_batch_1[17]``) for error messages.
+    """
+
+    name: str
+    labels: np.ndarray
+    source_ids: list[str]
+    where: list[str]
+    root: Path | None = None
+    paths: list[str] | None = None
+    images: np.ndarray | None = None
+    skipped: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        n = len(self.labels)
+        if len(self.source_ids) != n or len(self.where) != n:
+            raise ValueError(f"split {self.name}: labels, source_ids and where differ in length")
+        if (self.paths is None) == (self.images is None):
+            raise ValueError(f"split {self.name}: give exactly one of paths or images")
+        if self.paths is not None and (self.root is None or len(self.paths) != n):
+            raise ValueError(f"split {self.name}: file entries need a root and one path per label")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def keep(self, mask: np.ndarray) -> Split:
+        idx = np.flatnonzero(mask)
+        return Split(
+            name=self.name,
+            labels=self.labels[idx],
+            source_ids=[self.source_ids[i] for i in idx],
+            where=[self.where[i] for i in idx],
+            root=self.root,
+            paths=None if self.paths is None else [self.paths[i] for i in idx],
+            images=None if self.images is None else self.images[idx],
+            skipped=list(self.skipped),
+        )
+
+
+@dataclass
+class Job:
+    """What a converter hands the engine: a dataset name, its classes, its splits (train first)."""
+
+    dataset: str
+    class_names: list[str]
+    splits: list[Split]
+    problems: Problems
+    settings: dict = field(default_factory=dict)
+    default_write_mode: str = "jpg"
+    train_split: str = "train"
+
+
+# ------------------------------------------------------------------------------------------- files
+def escapes_root(rel: str) -> bool:
+    """True for an absolute path or one whose ``..`` components climb out of the dataset root.
+
+    Decided on the text of the path (not by resolving symlinks): a dataset root may legitimately
+    be a tree of symlinks into a shared store, but a split file may not point outside it.
+    """
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if p.is_absolute():
+        return True
+    depth = 0
+    for part in p.parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """``None`` if the file decodes as an image, else what is wrong with it.
+
+    A real decode, not ``Image.verify()`` (which reads headers only and passes a truncated JPEG). For
+    JPEG it is a DCT-scaled decode (``draft`` at 1/8 scale): libjpeg still entropy-decodes every
+    coefficient of every block, so truncation and corrupt data are caught, but skips 63/64 of the
+    inverse-DCT and colour work, which is most of a full decode's cost.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w < 1 or h < 1:
+                return f"image has size {w}x{h}"
+            if max(w, h) > MAX_SIDE:
+                return f"image is {w}x{h}; the shard format stores sides up to {MAX_SIDE} px"
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            im.load()
+        return None
+    except FileNotFoundError:
+        return "file not found"
+    except IsADirectoryError:
+        return "is a directory, expected an image file"
+    except PermissionError:
+        return "permission denied"
+    except Image.DecompressionBombError as e:
+        return f"refused as a decompression bomb ({e})"
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... for bad data
+        msg = str(e) or type(e).__name__
+        return f"cannot decode image: {msg}"
+
+
+def _check_one(path: str) -> str | None:
+    return check_image(path)
+
+
+def check_files(paths: Sequence[str], workers: int = 1, desc: str = "validating") -> list[str | None]:
+    """``check_image`` for every path, ``workers`` processes, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    bar = dict(
+        total=len(paths),
+        desc=desc,
+        unit="img",
+        disable=len(paths) == 0,
+        file=sys.stderr,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
+    if workers <= 1 or len(paths) < 64:
+        return [check_image(p) for p in tqdm(paths, **bar)]
+    chunk = max(1, min(64, len(paths) // (workers * 8)))
+    # fork: the children need nothing but this module, and start in milliseconds.
+    with mp.get_context("fork").Pool(workers) as pool:
+        return list(tqdm(pool.imap(_check_one, paths, chunksize=chunk), **bar))
+
+
+def validate_files(split: Split, problems: Problems, workers: int) -> None:
+    """Path-escape, existence and decode checks for every file entry of ``split``."""
+    assert split.paths is not None and split.root is not None
+    todo, todo_idx = [], []
+    for i, rel in enumerate(split.paths):
+        if escapes_root(rel):
+            problems.add(
+                split.where[i],
+                f"path {rel!r} escapes the dataset root {split.root}",
+                split=split.name,
+                entry=i,
+                source_id=split.source_ids[i],
+            )
+        else:
+            todo.append(str(split.root / rel))
+            todo_idx.append(i)
+    results = check_files(todo, workers, desc=f"validating {split.name}")
+    for i, path, err in zip(todo_idx, todo, results):
+        if err is not None:
+            problems.add(
+                split.where[i], f"{path}: {err}", split=split.name, entry=i, source_id=split.source_ids[i]
+            )
+
+
+# ------------------------------------------------------------------------------------------ engine
+def check_labels(split: Split, num_classes: int, problems: Problems) -> None:
+    bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
+    for i in bad:
+        problems.add(
+            split.where[i],
+            f"label {split.labels[i]} out of range, expected 0..{num_classes - 1}",
+            split=split.name,
+            entry=int(i),
+            source_id=split.source_ids[i],
+        )
+
+
+def resolve(job: Job, *, workers: int = 1, skip_bad: bool = False) -> list[Split]:
+    """Validate ``job`` and return its splits with bad entries removed (only if ``skip_bad``).
+
+    Raises :class:`ConversionError` listing the problems otherwise.
+    """
+    problems = job.problems
+    problems.raise_if_fatal()
+    C = len(job.class_names)
+    if C == 0:
+        raise ConversionError(f"{job.dataset}: no classes found in the source")
+    names = [s.name for s in job.splits]
+    if job.train_split not in names:
+        raise ConversionError(f"{job.dataset}: no {job.train_split!r} split in the source (found {names})")
+    for split in job.splits:
+        check_labels(split, C, problems)
+        if split.paths is not None:
+            validate_files(split, problems, workers)
+
+    bad: dict[str, set[int]] = {s.name: set() for s in job.splits}
+    for p in problems.items:
+        if p.entry is not None and p.split in bad:
+            bad[p.split].add(p.entry)
+    # What would survive --skip-bad decides whether a class is left without training images; a class
+    # that is empty either way cannot be fixed by skipping, so it is reported as a fatal problem.
+    train = next(s for s in job.splits if s.name == job.train_split)
+    survive = np.ones(len(train), dtype=bool)
+    survive[list(bad[train.name])] = False
+    counts = np.bincount(train.labels[survive].clip(0, C - 1), minlength=C)
+    for c in np.flatnonzero(counts == 0):
+        had = int(np.sum(train.labels == c))
+        why = f" (all {had} of its entries are bad)" if had else ""
+        problems.add(
+            f"{job.dataset}/{train.name}",
+            f"class {c} ({job.class_names[c]!r}) has no training images{why}",
+            skippable=False,
+        )
+
+    if problems and (not skip_bad or any(not p.skippable for p in problems.items)):
+        hint = (
+            ""
+            if not all(p.skippable for p in problems.items)
+            else (
+                "\nNothing was written. Fix the source, or pass --skip-bad to write the shards without these "
+                "entries (they are listed in the index's 'skipped')."
+            )
+        )
+        raise ConversionError(problems.report() + hint)
+
+    out = []
+    for split in job.splits:
+        mask = np.ones(len(split), dtype=bool)
+        mask[list(bad[split.name])] = False
+        kept = split.keep(mask)
+        kept.skipped = [p.record() for p in problems.items if p.split == split.name]
+        if len(kept) == 0:
+            raise ConversionError(f"{job.dataset}/{split.name}: no valid entries left to write")
+        out.append(kept)
+    # Line-level problems that never became an entry (a malformed line) are recorded with their split,
+    # or with the train split when the converter could not tell.
+    loose = [p.record() for p in problems.items if p.split is None]
+    if loose:
+        out[[s.name for s in out].index(job.train_split)].skipped.extend(loose)
+    return out
