@@ -1,0 +1,80 @@
+"""Which implementation of a kernel runs: Triton, numba or the torch reference.
+
+Every op in ``fastlt.kernels`` has a torch reference that *defines* its semantics, a Triton kernel for CUDA
+and (where the CPU path matters for speed) a numba kernel. The choice, in order of precedence:
+
+1. the op's ``backend=`` argument, when given;
+2. the environment variable ``FASTLT_KERNELS`` = ``auto`` (default) | ``triton`` | ``numba`` | ``torch``;
+3. ``auto``: Triton for CUDA tensors, the op's CPU fast path (numba) for CPU tensors where it has one, else
+   the torch reference.
+
+``triton`` on CPU tensors runs the Triton interpreter and therefore needs ``TRITON_INTERPRET=1`` (the tests
+set it in their own process). ``numba`` forced on an op without a numba kernel, or on CUDA tensors, runs the
+reference: numba is a CPU fast path, never a semantic variant.
+
+Triton reads ``TRITON_INTERPRET`` when a function is decorated with ``triton.jit``, so kernels here are
+plain functions decorated on first launch (:func:`jit`), once per interpreter setting. Importing
+``fastlt.kernels`` therefore never freezes the mode: a test may set the variable after another module
+imported the package, as long as it does so before its first Triton launch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+ENV = "FASTLT_KERNELS"
+BACKENDS = ("auto", "triton", "numba", "torch")
+
+
+def requested(backend: str | None = None) -> str:
+    """The backend asked for by the argument or, failing that, by ``FASTLT_KERNELS``."""
+    choice = backend if backend is not None else os.environ.get(ENV, "auto") or "auto"
+    if choice not in BACKENDS:
+        where = "backend=" if backend is not None else f"environment variable {ENV}="
+        raise ValueError(f"{where}{choice!r}: expected one of {', '.join(BACKENDS)}")
+    return choice
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def pick(device: torch.device, backend: str | None = None, *, has_numba: bool = False) -> str:
+    """Resolve the implementation for tensors on ``device``: ``'triton'``, ``'numba'`` or ``'torch'``."""
+    choice = requested(backend)
+    cuda = device.type == "cuda"
+    if choice == "auto":
+        if cuda:
+            return "triton"
+        return "numba" if has_numba else "torch"
+    if choice == "numba":
+        return "numba" if has_numba and not cuda else "torch"
+    if choice == "triton" and not cuda and not interpreting():
+        raise RuntimeError(
+            f"{ENV}=triton on {device.type} tensors needs the Triton interpreter: "
+            "set TRITON_INTERPRET=1 in the "
+            "environment before the first kernel launch (or use CUDA tensors)"
+        )
+    return choice
+
+
+@functools.cache
+def _jitted(fn, interpret: bool):
+    # ``interpret`` is part of the cache key: triton.jit returns an InterpretedFunction or a JITFunction
+    # depending on TRITON_INTERPRET at decoration time.
+    import triton
+
+    return triton.jit(fn)
+
+
+def jit(fn):
+    """``triton.jit(fn)`` for the current interpreter setting, decorated on first use and cached."""
+    return _jitted(fn, interpreting())
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()

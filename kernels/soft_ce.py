@@ -1,0 +1,336 @@
+"""Cross-entropy against sparse soft labels, with logit adjustment and class weights, never densified.
+
+A mixed label has a handful of non-zero entries (2 for mixup, up to top-k for ConCutMix's rectified label),
+so the target is given sparsely: ``idx int64 [B, K]`` and ``w float [B, K]``, K small. Duplicate indices in a
+row are allowed and simply add up (a pair mixing two images of one class gives ``idx = (c, c)``).
+
+Definition (for row b, with ``z' = z + adj`` the adjusted logits and ``cw`` the class weights, 1 if None):
+
+    lse_b   = log Σ_j exp(z'_bj)
+    ℓ_b     = Σ_k w_bk · cw[idx_bk] · (lse_b − z'_{b,idx_bk})          (= −Σ_k w_k cw_k log softmax(z')_idx_k)
+    W_b     = Σ_k w_bk · cw[idx_bk]
+
+    reduction 'none': ℓ [B];  'sum': Σ_b ℓ_b;
+    'mean': Σ_b ℓ_b / Σ_b W_b   with class weights  (for one-hot rows this is exactly
+                                                      ``F.cross_entropy(z', y, weight=cw)``: Σ weighted losses
+                                                      / Σ weights of the targets),
+            Σ_b ℓ_b / B         without              (``F.cross_entropy`` with probability targets).
+
+``adj`` is an additive constant such as ``τ·log π`` (logit adjustment) or ``log n`` (Balanced Softmax); it
+and the labels get no gradient. The gradient with respect to the logits, for upstream gradient ``g_b``:
+
+    ∂ℓ_b/∂z_bj = W_b · softmax(z')_bj − Σ_k w_bk cw[idx_bk] [idx_bk = j]
+
+(the derivative of ``lse`` is the softmax; each target term pulls its own logit down). The Triton forward
+is an online-softmax pass over the row that saves ``lse`` and ``W``; the backward re-reads the row once and
+writes ``g_b · (W_b · p_bj − scatter_j)``, where the scatter is computed per column block as a
+``[BLOCK_C, K]`` comparison against the row's indices — every duplicate adds, and no two programs touch
+the same element.
+Memory: O(B) saved besides the logits, no ``[B, C]`` target, softmax or one-hot tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _dispatch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = tl = None
+
+REDUCTIONS = ("mean", "sum", "none")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Torch reference
+# ----------------------------------------------------------------------------------------------------------
+
+
+def soft_ce_reference(logits, idx, w, logit_adjust=None, class_weight=None, reduction="mean"):
+    """The definition above in plain torch (autograd through logits only); float64-capable for gradcheck."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    z = logits.to(dtype)
+    if logit_adjust is not None:
+        z = z + logit_adjust.detach().to(dtype)
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    ww = w.detach().to(dtype)
+    if class_weight is not None:
+        ww = ww * class_weight.detach().to(dtype)[idx]
+    rows = (ww * (lse - z.gather(1, idx))).sum(1)
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    denom = ww.sum() if class_weight is not None else rows.new_tensor(float(logits.shape[0]))
+    return rows.sum() / denom
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels: one program per row
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _soft_ce_fwd_kernel(
+    z_ptr,
+    stride_z,
+    adj_ptr,
+    idx_ptr,
+    w_ptr,
+    cw_ptr,
+    loss_ptr,
+    lse_ptr,
+    wsum_ptr,
+    C,
+    K,
+    HAS_ADJ: tl.constexpr,
+    HAS_CW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0)
+    z_row = z_ptr + row.to(tl.int64) * stride_z
+    # Online softmax: running max m and Σ exp(z − m), rescaled by exp(m_old − m_new) when the max grows.
+    m = -float("inf")
+    s = 0.0
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        mask = cols < C
+        z = tl.load(z_row + cols, mask=mask, other=-float("inf")).to(tl.float32)
+        if HAS_ADJ:
+            z += tl.load(adj_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+        m = m_new
+    lse = m + tl.log(s)
+
+    k = tl.arange(0, BLOCK_K)
+    mk = k < K
+    idx = tl.load(idx_ptr + row.to(tl.int64) * K + k, mask=mk, other=0)
+    ww = tl.load(w_ptr + row.to(tl.int64) * K + k, mask=mk, other=0.0).to(tl.float32)
+    if HAS_CW:
+        ww = ww * tl.load(cw_ptr + idx, mask=mk, other=0.0).to(tl.float32)
+    zt = tl.load(z_row + idx, mask=mk, other=0.0).to(tl.float32)
+    if HAS_ADJ:
+        zt += tl.load(adj_ptr + idx, mask=mk, other=0.0).to(tl.float32)
+    tl.store(loss_ptr + row, tl.sum(ww * (lse - zt), axis=0))
+    tl.store(lse_ptr + row, lse)
+    tl.store(wsum_ptr + row, tl.sum(ww, axis=0))
+
+
+def _soft_ce_bwd_kernel(
+    z_ptr,
+    stride_z,
+    adj_ptr,
+    idx_ptr,
+    w_ptr,
+    cw_ptr,
+    lse_ptr,
+    wsum_ptr,
+    g_ptr,
+    dz_ptr,
+    stride_dz,
+    C,
+    K,
+    HAS_ADJ: tl.constexpr,
+    HAS_CW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0)
+    z_row = z_ptr + row.to(tl.int64) * stride_z
+    dz_row = dz_ptr + row.to(tl.int64) * stride_dz
+    lse = tl.load(lse_ptr + row)
+    g = tl.load(g_ptr + row)
+    g_total = g * tl.load(wsum_ptr + row)
+    k = tl.arange(0, BLOCK_K)
+    mk = k < K
+    idx = tl.load(idx_ptr + row.to(tl.int64) * K + k, mask=mk, other=-1)
+    ww = tl.load(w_ptr + row.to(tl.int64) * K + k, mask=mk, other=0.0).to(tl.float32)
+    if HAS_CW:
+        ww = ww * tl.load(cw_ptr + idx, mask=mk, other=0.0).to(tl.float32)
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        mask = cols < C
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_ADJ:
+            z += tl.load(adj_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        p = tl.exp(z - lse)
+        # Scatter of the targets restricted to this block; masked k carry idx = −1 and never match.
+        hit = cols[:, None] == idx[None, :]
+        target = tl.sum(tl.where(hit, ww[None, :], 0.0), axis=1)
+        dz = g_total * p - g * target
+        tl.store(dz_row + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+
+
+def _blocks(C: int, K: int) -> tuple[int, int]:
+    return min(_dispatch.next_pow2(C), 2048), max(2, _dispatch.next_pow2(K))
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, idx, w, adjust, cw, reduction):
+        B, C = logits.shape
+        K = idx.shape[1]
+        block_c, block_k = _blocks(C, K)
+        f32 = dict(dtype=torch.float32, device=logits.device)
+        rows, lse, wsum = torch.empty(B, **f32), torch.empty(B, **f32), torch.empty(B, **f32)
+        has_adj, has_cw = adjust is not None, cw is not None
+        if B:
+            _dispatch.jit(_soft_ce_fwd_kernel)[(B,)](
+                logits,
+                logits.stride(0),
+                adjust if has_adj else logits,
+                idx,
+                w,
+                cw if has_cw else w,
+                rows,
+                lse,
+                wsum,
+                C,
+                K,
+                HAS_ADJ=has_adj,
+                HAS_CW=has_cw,
+                BLOCK_C=block_c,
+                BLOCK_K=block_k,
+                num_warps=8,
+            )
+        ctx.save_for_backward(logits, idx, w, adjust, cw, lse, wsum)
+        ctx.reduction = reduction
+        if reduction == "none":
+            return rows
+        if reduction == "sum":
+            return rows.sum()
+        ctx.denom = wsum.sum() if has_cw else torch.tensor(float(B), **f32)
+        return rows.sum() / ctx.denom
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, idx, w, adjust, cw, lse, wsum = ctx.saved_tensors
+        B, C = logits.shape
+        K = idx.shape[1]
+        if ctx.reduction == "none":
+            g = grad.to(torch.float32).contiguous()
+        elif ctx.reduction == "sum":
+            g = grad.to(torch.float32).expand(B).contiguous()
+        else:
+            g = (grad.to(torch.float32) / ctx.denom).expand(B).contiguous()
+        dz = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        block_c, block_k = _blocks(C, K)
+        has_adj, has_cw = adjust is not None, cw is not None
+        if B:
+            _dispatch.jit(_soft_ce_bwd_kernel)[(B,)](
+                logits,
+                logits.stride(0),
+                adjust if has_adj else logits,
+                idx,
+                w,
+                cw if has_cw else w,
+                lse,
+                wsum,
+                g,
+                dz,
+                dz.stride(0),
+                C,
+                K,
+                HAS_ADJ=has_adj,
+                HAS_CW=has_cw,
+                BLOCK_C=block_c,
+                BLOCK_K=block_k,
+                num_warps=8,
+            )
+        return dz, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _vector(x, C: int, name: str, device) -> torch.Tensor | None:
+    if x is None:
+        return None
+    x = torch.as_tensor(x, device=device)
+    if x.shape != (C,) or not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be a float vector of shape [{C}] (one value per class), got "
+            f"{x.dtype} {tuple(x.shape)}"
+        )
+    return x
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor,
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    logit_adjust: torch.Tensor | None = None,
+    class_weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Soft-label cross-entropy of ``logits [B, C]`` against ``(idx int64 [B, K], w float [B, K])``.
+
+    ``logit_adjust [C]`` is added to the logits (``τ·log π``; Balanced Softmax: ``log n``),
+    ``class_weight [C]`` weighs each target term by its class; ``reduction`` is ``'mean'`` (Σℓ/ΣW with
+    class weights, Σℓ/B without), ``'sum'`` or ``'none'``. The loss is float32 (float64 for float64
+    logits); the gradient flows to ``logits`` only and has their dtype.
+    See the module docstring for the exact definition.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        what = (
+            f"{logits.dtype} {tuple(logits.shape)}"
+            if isinstance(logits, torch.Tensor)
+            else type(logits).__name__
+        )
+        raise ValueError(f"logits must be a float [B, C] tensor, got {what}")
+    B, C = logits.shape
+    device = logits.device
+    idx = torch.as_tensor(idx, device=device)
+    w = torch.as_tensor(w, device=device)
+    if idx.dim() == 1:  # hard labels: one target of weight 1 per row
+        idx = idx[:, None]
+    if w.dim() == 1:
+        w = w[:, None]
+    if idx.dim() != 2 or idx.shape[0] != B or idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must be int64 [{B}, K], got {idx.dtype} {tuple(idx.shape)}")
+    if w.shape != idx.shape or not w.is_floating_point():
+        raise ValueError(
+            f"w must be a float tensor shaped like idx {tuple(idx.shape)}, got {w.dtype} {tuple(w.shape)}"
+        )
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if idx.numel():
+        bad = (idx < 0) | (idx >= C)
+        if device.type == "cuda":
+            torch._assert_async(~bad.any(), "soft_cross_entropy: idx outside [0, C)")
+        elif bool(bad.any()):
+            raise ValueError(f"idx has class indices outside [0, {C}): {idx[bad][:5].tolist()}")
+    logit_adjust = _vector(logit_adjust, C, "logit_adjust", device)
+    class_weight = _vector(class_weight, C, "class_weight", device)
+
+    impl = _dispatch.pick(device, backend)
+    if impl == "triton":
+        if logits.dtype not in _TRITON_DTYPES:
+            raise ValueError(
+                f"the Triton soft_cross_entropy takes {', '.join(map(str, _TRITON_DTYPES))} logits, "
+                f"got {logits.dtype} (use backend='torch')"
+            )
+        f32 = dict(dtype=torch.float32)
+        adj = logit_adjust.detach().to(**f32).contiguous() if logit_adjust is not None else None
+        cw = class_weight.detach().to(**f32).contiguous() if class_weight is not None else None
+        return _SoftCrossEntropy.apply(
+            logits if logits.stride(1) == 1 else logits.contiguous(),
+            idx.to(torch.int64).contiguous(),
+            w.detach().to(**f32).contiguous(),
+            adj,
+            cw,
+            reduction,
+        )
+    return soft_ce_reference(logits, idx.to(torch.int64), w, logit_adjust, class_weight, reduction)
+
+
+__all__ = ["soft_cross_entropy", "soft_ce_reference", "REDUCTIONS"]
