@@ -74,6 +74,7 @@ class Recipe:
     milestones: tuple[int, ...] = ()
     lr_decay: float = 0.1  # multistep factor per milestone
     steps_per_epoch: int = 0  # 0: one pass over the training split; >0 caps it (quick runs, tests)
+    eval_every: int = 1  # evaluate every N epochs (and always after the last one)
     # -- data path ----------------------------------------------------------------------------------------
     pipeline: str = "auto"  # auto: resident when the decoded split fits memory_budget_gb, else ffcv
     memory_budget_gb: float = 4.0
@@ -86,6 +87,7 @@ class Recipe:
     progress: bool = True
     # -- mixing baselines (Mixup / CutMix / Remix) -----------------------------------------------------
     mix_alpha: float = 1.0  # λ ~ Beta(α, α)
+    mix_per_sample: bool = False  # one λ (one CutMix box) per batch, as in the papers; true: one per sample
     remix_kappa: float = 3.0
     remix_tau: float = 0.5
     # -- LDAM-DRW ---------------------------------------------------------------------------------------

@@ -160,17 +160,30 @@ class StepContext:
     # Pixels: every image reaches the model through the fused kernel (normalise, optionally mix).
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8[B,H,W,3] → normalised float[B,3,H,W] (channels-last memory), ``self.dtype``."""
-        from fastlt.kernels import mix_images
+        from fastlt.kernels.mix import mix_images
 
-        return mix_images(images, None, None, mean=self.mean, std=self.std, dtype=self.dtype)
+        return mix_images(images, mean=self.mean, std=self.std, out_dtype=self.dtype).images
 
-    def mix(self, a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, boxes: torch.Tensor | None = None
-            ) -> torch.Tensor:
-        """λ·a + (1−λ)·b per sample (``boxes`` None), or b pasted into a inside each box (CutMix);
-        normalised like :meth:`normalize`."""
-        from fastlt.kernels import mix_images
+    def mix(self, a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, *, y_a: torch.Tensor,
+            y_b: torch.Tensor, rule: str = "mixup", boxes: torch.Tensor | None = None, idx_a=None, idx_b=None,
+            **rule_params):
+        """Mix ``a`` with ``b`` (per-sample λ; CutMix when ``boxes`` is given), normalise, and weigh labels
+        with ``rule`` (mixup | cutmix | remix | cpmix | lfm, using the training class counts) in one pass.
 
-        return mix_images(a, b, lam, boxes=boxes, mean=self.mean, std=self.std, dtype=self.dtype)
+        Returns ``kernels.mix.Mixed(images, lam_y)``: label = λ_y·y_a + (1 − λ_y)·y_b.
+        """
+        from fastlt.kernels.mix import CUTMIX, MIXUP, mix_images
+
+        mode = None
+        if boxes is not None:
+            mode = torch.full((lam.numel(),), CUTMIX, dtype=torch.int32, device=self.device)
+        elif rule == "cutmix":
+            raise ValueError("rule 'cutmix' needs boxes (see kernels.mix.cutmix_boxes)")
+        else:
+            mode = torch.full((lam.numel(),), MIXUP, dtype=torch.int32, device=self.device)
+        return mix_images(a, b, idx_a=idx_a, idx_b=idx_b, lam=lam, boxes=boxes, mode=mode, mean=self.mean,
+                          std=self.std, out_dtype=self.dtype, rule=rule, y_a=y_a, y_b=y_b,
+                          class_counts=self.priors.counts, **rule_params)
 
 
 @dataclass
@@ -278,3 +291,19 @@ def get_method(name: str) -> type[Method]:
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
         raise ValueError(f"unknown method {name!r}{hint} (known: {', '.join(sorted(METHODS))})")
     return METHODS[name]
+
+
+# ---------------------------------------------------------------------------------------------- shared losses
+def pair_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam_y: torch.Tensor,
+                       logit_adjust: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of −λ_y·log p(y_a) − (1−λ_y)·log p(y_b), p = softmax(z + logit_adjust).
+
+    The mixed label has two non-zero entries, so it goes to the sparse soft-label kernel as
+    ``idx [B, 2] = (y_a, y_b)``, ``w [B, 2] = (λ_y, 1 − λ_y)``: no dense ``[B, C]`` target is built.
+    """
+    from fastlt.kernels.soft_ce import soft_cross_entropy
+
+    lam_y = lam_y.to(torch.float32)
+    idx = torch.stack([y_a, y_b], 1)
+    w = torch.stack([lam_y, 1.0 - lam_y], 1)
+    return soft_cross_entropy(logits.float(), idx, w, logit_adjust=logit_adjust)

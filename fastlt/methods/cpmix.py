@@ -1,0 +1,79 @@
+"""CP-Mix (Mix from Failure: Confusion-Pairing Mixup), as specified in REFERENCE.md §CP-Mix.
+
+Stages (data, see :meth:`CPMix.stages`):
+
+1. ``erm``      the first ``cpmix_start_epoch`` epochs (default ⌊2/3·epochs⌉): Balanced-Softmax ERM,
+                L = CE(z + log n, y). The trainer records every mispredicted (y, ŷ) of this ordinary forward
+                pass into the confusion counts K (never reset).
+2. ``cpmix``    the remaining epochs: each plan also holds a CP-mix batch ``cp_a``/``cp_b`` of B_m pairs drawn by
+                the confusion sampler (class i uniform over the label set, partner j ∝ K[i, j], one image of
+                each uniformly). The objective is
+
+                    L = L_BS(main) + η · [ CE_soft(CP-mix(cp_a, cp_b)) + CE_soft(mixup(main, main[π])) ]
+
+                with π an explicit permutation drawn from the step's generator, λ_x ~ Beta(α, α) per sample,
+                and the same label rule for both mixed terms (fastlt's reconstruction of the paper's rule):
+                λ_y = (1 − κ)·λ_x + κ·n_b/(n_a + n_b). Pairs are still recorded from the main batch.
+3. ``finetune`` ``finetune_epochs`` epochs with the backbone (and its BatchNorm statistics) frozen, a fresh
+                optimiser on the classifier (lr ``finetune_lr``, cosine), class-balanced plans and plain CE:
+                the batches are already balanced, so adding log n as well would correct the prior twice.
+
+The three forward passes of stage 2 are one concatenated forward (one BatchNorm batch over all of them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastlt.methods.base import Method, Stage, StepOutput, pair_cross_entropy, register
+from fastlt.methods.baselines import balanced_softmax
+
+
+def cpmix_start(recipe) -> int:
+    """First epoch of the mixing stage: ``cpmix_start_epoch`` or round(2/3 · epochs)."""
+    return recipe.cpmix_start_epoch or int(round(2 * recipe.epochs / 3))
+
+
+@register
+class CPMix(Method):
+    name = "cpmix"
+
+    def stages(self):
+        r = self.recipe
+        start = min(cpmix_start(r), r.epochs)
+        stages = [
+            Stage("erm", start, plan="erm"),
+            Stage("cpmix", r.epochs - start, plan="cpmix"),
+            Stage("finetune", r.finetune_epochs, plan="balanced", trainable="classifier", group="finetune",
+                  lr=r.finetune_lr, schedule="cosine", warmup_epochs=0, milestones=()),
+        ]
+        return tuple(s for s in stages if s.epochs > 0)
+
+    def loss(self, model, batch, ctx):
+        r = self.recipe
+        sm = batch.segment("main")
+        x, y = batch.images[sm], batch.labels[sm]
+        if ctx.stage.name == "finetune":
+            logits = model(ctx.normalize(x))
+            return StepOutput(F.cross_entropy(logits.float(), y), logits, y)
+        if ctx.stage.name == "erm":
+            logits = model(ctx.normalize(x))
+            return StepOutput(balanced_softmax(logits, y, ctx.priors.log_counts), logits, y)
+
+        # stage cpmix: ERM term + CP-mix batch + same-batch mixup, one forward
+        sa, sb = batch.segment("cp_a"), batch.segment("cp_b")
+        ya, yb = batch.labels[sa], batch.labels[sb]
+        B, Bm = y.numel(), ya.numel()
+        cp = ctx.mix(batch.images[sa], batch.images[sb], ctx.beta(r.cpmix_alpha, Bm), y_a=ya, y_b=yb,
+                     rule="cpmix", kappa=r.cpmix_kappa)
+        perm = ctx.permutation(B)
+        mu = ctx.mix(x, x, ctx.beta(r.cpmix_alpha, B), idx_b=perm, y_a=y, y_b=y[perm], rule="cpmix",
+                     kappa=r.cpmix_kappa)
+        logits = model(torch.cat([ctx.normalize(x), cp.images, mu.images]))
+        l_main, l_cp, l_mu = logits.split([B, Bm, B])
+        erm = balanced_softmax(l_main, y, ctx.priors.log_counts)
+        cp_loss = pair_cross_entropy(l_cp, ya, yb, cp.lam_y)
+        mu_loss = pair_cross_entropy(l_mu, y, y[perm], mu.lam_y)
+        loss = erm + r.cpmix_eta * (cp_loss + mu_loss)
+        return StepOutput(loss, l_main, y, stats={"erm": float(erm), "cp": float(cp_loss), "mix": float(mu_loss)})
