@@ -55,6 +55,12 @@ try:  # Triton is optional on CPU-only installs; the kernel body only needs ``tl
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = tl = None
+try:  # numba compiles lazily, on the first CPU launch (cached on disk afterwards)
+    import numba
+    from numba import prange
+except ImportError:  # pragma: no cover
+    numba = None
+    prange = range
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -409,54 +415,46 @@ def _mix_triton(
 # numba CPU fast path: one parallel pass per image row, same fp32 operation order as the reference.
 # ----------------------------------------------------------------------------------------------------------
 
-_numba_kernel = None
+
+def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
+    batch, height, width = out.shape[0], out.shape[1], out.shape[2]
+    one = np.float32(1.0)
+    s0, s1, s2 = scale[0], scale[1], scale[2]
+    t0, t1, t2 = shift[0], shift[1], shift[2]
+    # One task per (sample, row): B·H tasks keep both threads busy even for B = 1.
+    for task in prange(batch * height):
+        i = task // height
+        y = task - i * height
+        ra = ia[i]
+        o = out[i, y]
+        pa = a[ra, y]
+        if not has_b:
+            for x in range(width):
+                o[x, 0] = np.float32(pa[x, 0]) * s0 + t0
+                o[x, 1] = np.float32(pa[x, 1]) * s1 + t1
+                o[x, 2] = np.float32(pa[x, 2]) * s2 + t2
+            continue
+        pb = b[ib[i], y]
+        x_lo, x_hi = 0, 0
+        if mode[i] == 2 and boxes[i, 0] <= y < boxes[i, 2]:
+            x_lo, x_hi = boxes[i, 1], boxes[i, 3]
+        if mode[i] == 1:
+            wa = w_sample[i]
+            wb = one - wa
+            for x in range(width):
+                o[x, 0] = (wa * np.float32(pa[x, 0]) + wb * np.float32(pb[x, 0])) * s0 + t0
+                o[x, 1] = (wa * np.float32(pa[x, 1]) + wb * np.float32(pb[x, 1])) * s1 + t1
+                o[x, 2] = (wa * np.float32(pa[x, 2]) + wb * np.float32(pb[x, 2])) * s2 + t2
+        else:
+            # none / cutmix: each pixel is exactly a or b, so w·a + (1 − w)·b is a copy.
+            for x in range(width):
+                src = pb if x_lo <= x < x_hi else pa
+                o[x, 0] = np.float32(src[x, 0]) * s0 + t0
+                o[x, 1] = np.float32(src[x, 1]) * s1 + t1
+                o[x, 2] = np.float32(src[x, 2]) * s2 + t2
 
 
-def _get_numba_kernel():
-    global _numba_kernel
-    if _numba_kernel is None:
-        import numba
-
-        @numba.njit(parallel=True, cache=True, nogil=True)
-        def mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
-            batch, height, width = out.shape[0], out.shape[1], out.shape[2]
-            one = np.float32(1.0)
-            s0, s1, s2 = scale[0], scale[1], scale[2]
-            t0, t1, t2 = shift[0], shift[1], shift[2]
-            # One task per (sample, row): B·H tasks keep both threads busy even for B = 1.
-            for task in numba.prange(batch * height):
-                i = task // height
-                y = task - i * height
-                ra = ia[i]
-                o = out[i, y]
-                pa = a[ra, y]
-                if not has_b:
-                    for x in range(width):
-                        o[x, 0] = np.float32(pa[x, 0]) * s0 + t0
-                        o[x, 1] = np.float32(pa[x, 1]) * s1 + t1
-                        o[x, 2] = np.float32(pa[x, 2]) * s2 + t2
-                    continue
-                pb = b[ib[i], y]
-                x_lo, x_hi = 0, 0
-                if mode[i] == 2 and boxes[i, 0] <= y < boxes[i, 2]:
-                    x_lo, x_hi = boxes[i, 1], boxes[i, 3]
-                if mode[i] == 1:
-                    wa = w_sample[i]
-                    wb = one - wa
-                    for x in range(width):
-                        o[x, 0] = (wa * np.float32(pa[x, 0]) + wb * np.float32(pb[x, 0])) * s0 + t0
-                        o[x, 1] = (wa * np.float32(pa[x, 1]) + wb * np.float32(pb[x, 1])) * s1 + t1
-                        o[x, 2] = (wa * np.float32(pa[x, 2]) + wb * np.float32(pb[x, 2])) * s2 + t2
-                else:
-                    # none / cutmix: each pixel is exactly a or b, so w·a + (1 − w)·b is a copy.
-                    for x in range(width):
-                        src = pb if x_lo <= x < x_hi else pa
-                        o[x, 0] = np.float32(src[x, 0]) * s0 + t0
-                        o[x, 1] = np.float32(src[x, 1]) * s1 + t1
-                        o[x, 2] = np.float32(src[x, 2]) * s2 + t2
-
-        _numba_kernel = mix_rows
-    return _numba_kernel
+_mix_rows_jit = numba.njit(parallel=True, cache=True, nogil=True)(_mix_rows) if numba is not None else None
 
 
 def _mix_numba(a, b, idx_a, idx_b, lam, mode, boxes, scale, shift, out_dtype):
@@ -465,7 +463,7 @@ def _mix_numba(a, b, idx_a, idx_b, lam, mode, boxes, scale, shift, out_dtype):
     if batch:
         has_b = b is not None
         clipped = clip_boxes(boxes, height, width).numpy()
-        _get_numba_kernel()(
+        _mix_rows_jit(
             a.numpy(),
             (b if has_b else a).numpy(),
             idx_a.numpy(),
@@ -569,7 +567,7 @@ def mix_images(
         if code != 0:
             counts, ya, yb = _counts(class_counts, y_a, y_b, batch, device)
 
-    impl = _dispatch.pick(device, backend, has_numba=True)
+    impl = _dispatch.pick(device, backend, has_numba=numba is not None)
     height, width = a.shape[1:3]
     if impl == "triton":
         out, lam_y = _mix_triton(
