@@ -161,7 +161,10 @@ def _torchvision(name: str, pretrained: str | None) -> nn.Module:
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ValueError(f"{pretrained}: not a {name} state dict ({str(e).splitlines()[-1].strip()})") from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise ValueError(f"{pretrained}: not a {name} state dict (missing {missing[:5]}, unexpected "
