@@ -164,7 +164,8 @@ def _torchvision(name: str, pretrained: str | None) -> nn.Module:
         try:
             missing, unexpected = net.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches
-            raise ValueError(f"{pretrained}: not a {name} state dict ({str(e).splitlines()[-1].strip()})") from None
+            why = str(e).splitlines()[-1].strip()
+            raise ValueError(f"{pretrained}: not a {name} state dict ({why})") from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise ValueError(f"{pretrained}: not a {name} state dict (missing {missing[:5]}, unexpected "
