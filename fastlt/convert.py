@@ -21,7 +21,9 @@ CONVERTERS = {
     "digits-lt": ("fastlt.datasets.digits", "embedded sklearn digits, long-tailed train (IF 10), 32x32, raw"),
 }
 # Subcommands that write something other than a shard.
-HELPERS = {}
+HELPERS = {
+    "synth-inat": ("fastlt.datasets.synthetic", "write synthetic JPEGs in the iNaturalist 2018 layout"),
+}
 
 
 def _positive_int(s: str) -> int:
