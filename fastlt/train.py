@@ -42,7 +42,13 @@ import torch.nn as nn
 
 from fastlt import metrics as M
 from fastlt.checkpoint import (
-    CHECKPOINT_VERSION, CheckpointError, check_recipe, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    check_recipe,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from fastlt.methods.base import Method, Priors, Stage, StepContext, get_method, stage_at, stage_start
 from fastlt.pipelines.plan import PlanQueue, eval_plans, step_seed
@@ -352,7 +358,7 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
         if recipe.steps_per_epoch:
             steps = min(steps, recipe.steps_per_epoch)
         queue = PlanQueue(lambda s, e=epoch, p=producer: p.make_plan(e, s), steps=range(steps),
-                          lookahead=recipe.lookahead, apply=counts.apply, rank=d.rank, world_size=d.world)
+                          lookahead=recipe.lookahead, apply=lambda p: counts.update(*p), rank=d.rank, world_size=d.world)
         method.set_train_mode(model, stage)
         bar = Progress(recipe.progress and d.main, steps, f"epoch {epoch + 1}/{total_epochs} {stage.name}")
         loss_sum = torch.zeros((), device=device)
@@ -379,12 +385,14 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
                     all_reduce_grads(trainable, d.world)
                 optimizer.step()
                 # confusion update: mispredicted pairs of the un-mixed samples, gathered over ranks
-                pred = out.logits.detach().argmax(1)
-                pairs = gather_pairs(out.labels, pred, d)
+                pairs = None
+                if out.logits is not None:
+                    pred = out.logits.detach().argmax(1)
+                    pairs = gather_pairs(out.labels, pred, d)
+                    correct += (pred == out.labels).sum()
+                    seen += out.labels.numel()
                 queue.done(i, pairs)
                 loss_sum += out.loss.detach().float()
-                correct += (pred == out.labels).sum()
-                seen += out.labels.numel()
                 images += len(batch)
                 global_step += 1
                 if i % 10 == 9 or i == steps - 1:
@@ -412,7 +420,7 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
         train_loss = loss_sum.item() / max(steps, 1)
         record = {
             "epoch": epoch, "stage": stage.name, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss, "train_acc": 100 * correct.item() / max(seen, 1),
+            "train_loss": train_loss, "train_acc": 100 * correct.item() / seen if seen else None,
             "img_per_s": images * d.world / elapsed, "data_wait": wait / elapsed,
             "confusion_pairs": int(counts.total), **{k: summary[k] for k in ("many", "medium", "few", "all")},
         }
@@ -432,7 +440,7 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             if is_best:
                 save_checkpoint(run_dir / "best.pt", state)
             log(f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
-                f"acc {record['train_acc']:5.1f} | test many {_f(summary['many'])} medium {_f(summary['medium'])} "
+                f"acc {_f(record['train_acc'])} | test many {_f(summary['many'])} medium {_f(summary['medium'])} "
                 f"few {_f(summary['few'])} all {_f(summary['all'])} | {record['img_per_s']:.0f} img/s, "
                 f"data wait {record['data_wait']:.0%}")
     train_pipe.close()
