@@ -103,3 +103,88 @@ def test_topk_outside_range_is_refused():
     u, P, *_ = _case(8)
     with pytest.raises(ValueError, match="topk"):
         semantic_label(u, P, P.shape[0] + 1)
+
+
+# ------------------------------------------------------------------------------------------------ the method
+def _step(recipe_overrides, epoch, seed=0, B=8, C=10):
+    """One ConCutMix loss on a hand-built plan/batch (the real mix and soft-CE kernels), with the model's head
+    outputs captured by forward hooks so the expected loss can be recomputed from them."""
+    import numpy as np
+
+    from fastlt.methods.base import Priors, StepContext, get_method
+    from fastlt.pipelines.plan import Batch, StepPlan
+    from fastlt.recipes import apply_overrides, preset
+
+    r = apply_overrides(preset("digits-lt", "concutmix"), recipe_overrides)
+    method = get_method("concutmix")(r)
+    torch.manual_seed(seed)
+    model = method.build_model(C)
+    g = torch.Generator().manual_seed(seed)
+    rows = np.arange(B)
+    y = torch.randint(0, C, (B,), generator=g)
+    y_fg = torch.randint(0, C, (B,), generator=g)
+    plan = StepPlan.from_segments(epoch, 0, main=rows, view1=rows, view2=rows, fg=rows + B)
+    images = torch.randint(0, 256, (4 * B, 32, 32, 3), dtype=torch.uint8, generator=g)
+    batch = Batch(plan, torch.as_tensor(plan.rows), images, torch.cat([y, y, y, y_fg]))
+    priors = Priors(np.array([300, 120, 60, 40, 25, 15, 9, 5, 3, 2][:C]))
+    ctx = StepContext(recipe=r, stage=method.stages()[0], epoch=epoch, step=0, device=torch.device("cpu"),
+                      priors=priors, generator=torch.Generator().manual_seed(seed + 1), mean=r.mean, std=r.std)
+    seen = {}
+    for name in ("classifier", "projection", "prototype_head"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, o.detach()))
+    out = method.loss(model, batch, ctx)
+    return r, model, out, seen, y, priors
+
+
+def test_concutmix_without_cutmix_is_la_ce_plus_bcl_on_the_views():
+    import torch.nn.functional as F
+
+    from fastlt.losses import bcl_loss
+
+    r, model, out, seen, y, priors = _step([("ccm_cutmix_prob", "0")], epoch=0)
+    B = y.numel()
+    logits, u = seen["classifier"], seen["projection"]
+    assert logits.shape[0] == u.shape[0] == 3 * B  # one forward over classification + two views
+    ce = F.cross_entropy(logits[:B] + r.ccm_tau_la * priors.log_prior, y)
+    bcl = bcl_loss(torch.stack([u[B:2 * B], u[2 * B:]], 1), y, seen["prototype_head"], r.ccm_temperature)
+    assert out.loss.item() == pytest.approx(float(r.ccm_alpha * ce + r.ccm_beta * bcl), rel=1e-5)
+    assert torch.equal(out.labels, y) and torch.allclose(out.logits, logits[:B])
+
+
+def test_concutmix_rectified_label_replaces_the_area_label_after_l_d_warm():
+    """ω large: γ clamps to 1, so after l_d_warm the CE target is the pure semantic label of the mixed image
+    — computable from the captured projections and prototypes alone."""
+    from fastlt.kernels.soft_ce import soft_ce_reference
+    from fastlt.losses import bcl_loss
+
+    over = [("ccm_cutmix_prob", "1"), ("ccm_omega", "1000"), ("ccm_l_d_warm", "3"), ("ccm_topk", "3")]
+    r, model, out, seen, y, priors = _step(over, epoch=4)
+    B = y.numel()
+    logits, u, P = seen["classifier"], seen["projection"], seen["prototype_head"]
+    idx, w = semantic_label(u[:B], P, 3)
+    ce = soft_ce_reference(logits[:B], idx, w, logit_adjust=r.ccm_tau_la * priors.log_prior)
+    bcl = bcl_loss(torch.stack([u[B:2 * B], u[2 * B:]], 1), y, P, r.ccm_temperature)
+    assert out.loss.item() == pytest.approx(float(r.ccm_alpha * ce + r.ccm_beta * bcl), rel=1e-5)
+    # At epoch l_d_warm itself the area label is still used: a different CE, same BCL.
+    *_, out_warm, seen_warm, _, _ = _step(over, epoch=3)
+    assert torch.equal(seen_warm["projection"], u)
+    assert out_warm.loss.item() != pytest.approx(out.loss.item(), rel=1e-4)
+
+
+def test_concutmix_step_trains_backbone_heads_and_prototypes():
+    r, model, out, *_ = _step([("ccm_cutmix_prob", "1")], epoch=0)
+    out.loss.backward()
+    for name, module in (("backbone", model.base.backbone), ("classifier", model.classifier),
+                         ("projection", model.projection), ("prototype head", model.prototype_head)):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
+        assert sum(float(g.abs().sum()) for g in grads) > 0, name
+
+
+def test_topk_beyond_the_class_count_fails_when_the_model_is_built():
+    from fastlt.methods.base import get_method
+    from fastlt.recipes import apply_overrides, preset
+
+    r = apply_overrides(preset("digits-lt", "concutmix"), [("ccm_topk", "30")])
+    with pytest.raises(ValueError, match="ccm_topk"):
+        get_method("concutmix")(r).build_model(10)

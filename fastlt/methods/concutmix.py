@@ -26,6 +26,12 @@ threshold, the γ clamp).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from fastlt.losses import bcl_loss
+from fastlt.methods.base import Method, Stage, StepOutput, register
+
+SEGMENTS = ("main", "view1", "view2", "fg")  # the layout of a `concutmix` plan (fastlt.sampling)
 
 
 def _as_counts(class_counts, like: torch.Tensor) -> torch.Tensor:
@@ -110,3 +116,69 @@ def rectified_label(
         return out_idx, out_w
     dense = (1.0 - gamma) * area_label.float()
     return dense.scatter_add_(1, sem_idx, gamma * sem_w)
+
+
+# ------------------------------------------------------------------------------------------------ method
+@register
+class ConCutMix(Method):
+    """ConCutMix on a BCL model (module docstring). Recipe keys: ``ccm_*``."""
+
+    name = "concutmix"
+
+    def stages(self):
+        return (Stage("train", self.recipe.epochs, plan="concutmix"),)
+
+    def build_model(self, num_classes: int):
+        from fastlt.heads import BCLModel
+
+        r = self.recipe
+        if not 1 <= r.ccm_topk <= num_classes:  # fail now, not at epoch l_d_warm
+            raise ValueError(f"recipe key 'ccm_topk' must lie in [1, {num_classes}] (the number of classes), "
+                             f"got {r.ccm_topk}")
+        return BCLModel(super().build_model(num_classes), r.ccm_feat_dim)
+
+    def loss(self, model, batch, ctx):
+        r = self.recipe
+        main, view1, view2, fg = (batch.segment(n) for n in SEGMENTS)
+        y_a = batch.labels[main]
+        B = y_a.numel()
+        cutmix = ctx.coin(r.ccm_cutmix_prob)
+        if cutmix:
+            # One λ ~ U(0, 1) and one box for the whole batch (the released code); labels use the λ of the
+            # box actually pasted after clipping, which the mix kernel returns as λ_y.
+            from fastlt.kernels.mix import cutmix_boxes
+
+            H, W = batch.images.shape[1:3]
+            lam = torch.rand(1, generator=ctx.generator)
+            boxes, _ = cutmix_boxes(lam, H, W, generator=ctx.generator)
+            y_b = batch.labels[fg]
+            lam_b = lam.expand(B).contiguous().to(ctx.device)
+            boxes = boxes.expand(B, 4).contiguous().to(ctx.device)
+            mixed = ctx.mix(batch.images[main], batch.images[fg], lam_b, y_a=y_a, y_b=y_b, rule="cutmix",
+                            boxes=boxes)
+            x_cls = mixed.images
+        else:
+            x_cls = ctx.normalize(batch.images[main])
+        # One forward over [classification | view1 | view2]: BatchNorm sees all three (the released code).
+        x = torch.cat([x_cls, ctx.normalize(batch.images[view1]), ctx.normalize(batch.images[view2])])
+        feats = model.features(x)
+        logits, logits_view, _ = model.classifier(feats).float().split(B)
+        u_cls, u1, u2 = model.projection(feats).float().split(B)
+        protos = model.prototypes().float()
+
+        adjust = r.ccm_tau_la * ctx.priors.log_prior  # logit adjustment, training only
+        if cutmix:
+            label = (torch.stack([y_a, y_b], 1), torch.stack([mixed.lam_y, 1.0 - mixed.lam_y], 1))
+            if ctx.epoch > r.ccm_l_d_warm:  # 0-based epoch, strictly after l_d_warm (released code)
+                label = rectified_label(u_cls, protos, label, ctx.priors.counts, r.ccm_topk, r.ccm_omega)
+            from fastlt.kernels.soft_ce import soft_cross_entropy
+
+            ce = soft_cross_entropy(logits, label[0], label[1], logit_adjust=adjust)
+        else:
+            ce = F.cross_entropy(logits + adjust, y_a)
+        bcl = bcl_loss(torch.stack([u1, u2], 1), y_a, protos, r.ccm_temperature)
+        loss = r.ccm_alpha * ce + r.ccm_beta * bcl
+        # Train accuracy / confusion pairs come from un-mixed images of the background: the classification
+        # view itself when the batch is not CutMixed, the first contrastive view when it is.
+        shown = logits_view if cutmix else logits
+        return StepOutput(loss, shown.detach(), y_a)
