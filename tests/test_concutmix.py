@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from fastlt.kernels.soft_ce import soft_ce_reference
+from fastlt.pipelines.plan import Batch, StepPlan
 
+from fastlt.losses import bcl_loss
+from fastlt.methods.base import Priors, StepContext, get_method
 from fastlt.methods.concutmix import label_confidence, rectified_label, semantic_label
+from fastlt.recipes import apply_overrides, preset
 
 
 def rectified_by_formula(u, P, area, n, k, omega):
@@ -109,12 +116,6 @@ def test_topk_outside_range_is_refused():
 def _step(recipe_overrides, epoch, seed=0, B=8, C=10):
     """One ConCutMix loss on a hand-built plan/batch (the real mix and soft-CE kernels), with the model's head
     outputs captured by forward hooks so the expected loss can be recomputed from them."""
-    import numpy as np
-
-    from fastlt.methods.base import Priors, StepContext, get_method
-    from fastlt.pipelines.plan import Batch, StepPlan
-    from fastlt.recipes import apply_overrides, preset
-
     r = apply_overrides(preset("digits-lt", "concutmix"), recipe_overrides)
     method = get_method("concutmix")(r)
     torch.manual_seed(seed)
@@ -128,7 +129,8 @@ def _step(recipe_overrides, epoch, seed=0, B=8, C=10):
     batch = Batch(plan, torch.as_tensor(plan.rows), images, torch.cat([y, y, y, y_fg]))
     priors = Priors(np.array([300, 120, 60, 40, 25, 15, 9, 5, 3, 2][:C]))
     ctx = StepContext(recipe=r, stage=method.stages()[0], epoch=epoch, step=0, device=torch.device("cpu"),
-                      priors=priors, generator=torch.Generator().manual_seed(seed + 1), mean=r.mean, std=r.std)
+                      priors=priors, generator=torch.Generator().manual_seed(seed + 1), mean=r.mean,
+                      std=r.std)
     seen = {}
     for name in ("classifier", "projection", "prototype_head"):
         getattr(model, name).register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, o.detach()))
@@ -137,10 +139,6 @@ def _step(recipe_overrides, epoch, seed=0, B=8, C=10):
 
 
 def test_concutmix_without_cutmix_is_la_ce_plus_bcl_on_the_views():
-    import torch.nn.functional as F
-
-    from fastlt.losses import bcl_loss
-
     r, model, out, seen, y, priors = _step([("ccm_cutmix_prob", "0")], epoch=0)
     B = y.numel()
     logits, u = seen["classifier"], seen["projection"]
@@ -154,9 +152,6 @@ def test_concutmix_without_cutmix_is_la_ce_plus_bcl_on_the_views():
 def test_concutmix_rectified_label_replaces_the_area_label_after_l_d_warm():
     """ω large: γ clamps to 1, so after l_d_warm the CE target is the pure semantic label of the mixed image
     — computable from the captured projections and prototypes alone."""
-    from fastlt.kernels.soft_ce import soft_ce_reference
-    from fastlt.losses import bcl_loss
-
     over = [("ccm_cutmix_prob", "1"), ("ccm_omega", "1000"), ("ccm_l_d_warm", "3"), ("ccm_topk", "3")]
     r, model, out, seen, y, priors = _step(over, epoch=4)
     B = y.numel()
@@ -182,9 +177,6 @@ def test_concutmix_step_trains_backbone_heads_and_prototypes():
 
 
 def test_topk_beyond_the_class_count_fails_when_the_model_is_built():
-    from fastlt.methods.base import get_method
-    from fastlt.recipes import apply_overrides, preset
-
     r = apply_overrides(preset("digits-lt", "concutmix"), [("ccm_topk", "30")])
     with pytest.raises(ValueError, match="ccm_topk"):
         get_method("concutmix")(r).build_model(10)
