@@ -225,11 +225,11 @@ def label_rule_reference(code: int, lam_pix, mode, n_a, n_b, kappa: float, tau: 
     f32 = dict(dtype=torch.float32, device=lam_pix.device)
     k, t, a = (torch.tensor(v, **f32) for v in (kappa, tau, alpha))
     one, zero = torch.ones((), **f32), torch.zeros((), **f32)
+    if code == 0:  # mixup / cutmix: the pixel λ, no counts involved
+        return torch.where(mode == NONE, one, lam_pix)
     total = n_a + n_b
     safe = torch.where(total > 0, total, one)
-    if code == 0:
-        lam_y = lam_pix
-    elif code == 1:  # remix
+    if code == 1:  # remix
         to_b = (n_a >= k * n_b) & (lam_pix < t)
         to_a = (k * n_a <= n_b) & ((one - lam_pix) < t)
         lam_y = torch.where(to_b, zero, torch.where(to_a, one, lam_pix))
@@ -628,9 +628,7 @@ def mix_labels(
     else:
         height = width = 1
     lam_pix = pixel_lambda(lam_x, mode, _boxes(boxes, batch, device), height, width)
-    if code == 0:
-        n_a = n_b = torch.zeros(batch, dtype=torch.float32, device=device)
-    else:
+    if code != 0:
         if n_a is None or n_b is None:
             raise ValueError(f"rule {rule!r} needs the class counts n_a and n_b of each pair")
         n_a = _per_sample(n_a, batch, torch.float32, "n_a", device, 0.0)
