@@ -14,7 +14,6 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from fastlt.kernels import _dispatch, cutmix_boxes, mix_images, mix_labels  # noqa: E402
 from fastlt.kernels.mix import IMAGENET_MEAN, IMAGENET_STD, clip_boxes  # noqa: E402
 
