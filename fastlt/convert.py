@@ -19,6 +19,15 @@ import sys
 # subcommand → (module, one-line help). Modules expose add_arguments(parser) and build(args) -> Job.
 CONVERTERS = {
     "digits-lt": ("fastlt.datasets.digits", "embedded sklearn digits, long-tailed train (IF 10), 32x32, raw"),
+    "cifar10-lt": ("fastlt.datasets.cifar", "CIFAR-10 python pickles → CIFAR-10-LT (Cui et al. rule)"),
+    "cifar100-lt": ("fastlt.datasets.cifar", "CIFAR-100 python pickles → CIFAR-100-LT (Cui et al. rule)"),
+    "imagenet-lt": ("fastlt.datasets.oltr", "ImageNet image root + OLTR split files"),
+    "places-lt": ("fastlt.datasets.oltr", "Places365 image root + OLTR split files"),
+    "inat2018": ("fastlt.datasets.inat", "iNaturalist 2018 root + train2018.json / val2018.json"),
+    "imagefolder": (
+        "fastlt.datasets.imagefolder",
+        "root/<class>/*.jpg (optionally root/{train,val,test}/...)",
+    ),
 }
 # Subcommands that write something other than a shard.
 HELPERS = {
@@ -73,17 +82,26 @@ def common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fastlt convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="fastlt convert",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="<subcommand>", required=True)
     common = common_options()
     for name, (module, help_) in CONVERTERS.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(
-            name, help=help_, description=(mod.__doc__ or help_).split("\n\n")[0], parents=[common]
+            name,
+            help=help_,
+            description=(mod.__doc__ or help_).replace("``", ""),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
         )
         p.set_defaults(module=module)
-        mod.add_arguments(p) if not hasattr(mod, "add_arguments_for") else mod.add_arguments_for(name, p)
+        if hasattr(mod, "add_arguments_for"):  # one module, several subcommands
+            mod.add_arguments_for(name, p)
+        else:
+            mod.add_arguments(p)
     for name, (module, help_) in HELPERS.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=help_)

@@ -28,19 +28,30 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np
     )
 
 
-def cifar_lt_indices(labels: np.ndarray, imbalance_factor: float, seed: int = 0, n_max: int | None = None):
+def cifar_lt_indices(
+    labels: np.ndarray,
+    imbalance_factor: float,
+    seed: int = 0,
+    n_max: int | None = None,
+    *,
+    num_classes: int | None = None,
+    clip: bool = False,
+) -> np.ndarray:
     """Indices of the CIFAR-LT train subset, in the reference order (REFERENCE.md §CIFAR-LT).
 
     ``np.random.seed(seed)`` once, then for each class in label order: shuffle that class's indices and
     keep the first ``n_c``. ``n_max`` defaults to the size of the largest class (5000 / 500 for the real
-    CIFAR-10 / -100). The legacy global generator is used on purpose, because that is what makes the
+    CIFAR-10 / -100). A class with fewer images than its quota is an error, or keeps all it has with
+    ``clip`` (an ImageFolder that was not balanced to begin with). The legacy global generator is used on purpose, because that is what makes the
     subset identical to the one the published numbers were trained on; its state is restored afterwards.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    C = int(labels.max()) + 1
+    C = int(labels.max()) + 1 if num_classes is None else int(num_classes)
     per_class = [np.flatnonzero(labels == c) for c in range(C)]
     n_max = max(len(p) for p in per_class) if n_max is None else int(n_max)
     counts = longtail_counts(n_max, C, imbalance_factor)
+    if clip:
+        counts = np.minimum(counts, [len(p) for p in per_class])
     short = [c for c in range(C) if len(per_class[c]) < counts[c]]
     if short:
         c = short[0]

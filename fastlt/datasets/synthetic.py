@@ -32,18 +32,73 @@ from fastlt.datasets.longtail import longtail_counts
 # Colour photographs first: they are what iNat looks like. The grey textures add variety (made colour
 # by the per-class tint).
 PHOTOS = (
-    "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-    "colorwheel", "camera", "coins", "moon", "grass", "gravel", "brick",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "camera",
+    "coins",
+    "moon",
+    "grass",
+    "gravel",
+    "brick",
 )
 SUPERCATEGORIES = (
-    "Plantae", "Insecta", "Aves", "Reptilia", "Mammalia", "Fungi", "Amphibia", "Mollusca", "Animalia",
-    "Arachnida", "Actinopterygii", "Chromista", "Protozoa",
+    "Plantae",
+    "Insecta",
+    "Aves",
+    "Reptilia",
+    "Mammalia",
+    "Fungi",
+    "Amphibia",
+    "Mollusca",
+    "Animalia",
+    "Arachnida",
+    "Actinopterygii",
+    "Chromista",
+    "Protozoa",
 )
-_GENUS = ("Ara", "Bel", "Cor", "Dra", "Eri", "Fal", "Gal", "Hel", "Ix", "Lup", "Mor", "Nym", "Or", "Pa",
-          "Quer", "Ros", "Sal", "Ter", "Ul", "Vir")
+_GENUS = (
+    "Ara",
+    "Bel",
+    "Cor",
+    "Dra",
+    "Eri",
+    "Fal",
+    "Gal",
+    "Hel",
+    "Ix",
+    "Lup",
+    "Mor",
+    "Nym",
+    "Or",
+    "Pa",
+    "Quer",
+    "Ros",
+    "Sal",
+    "Ter",
+    "Ul",
+    "Vir",
+)
 _SUFFIX = ("ia", "us", "ella", "opsis", "anthus", "odes")
-_EPITHET = ("alba", "rubra", "minor", "major", "vulgaris", "montana", "sylvestris", "borealis",
-            "australis", "elegans", "gracilis", "maculata")
+_EPITHET = (
+    "alba",
+    "rubra",
+    "minor",
+    "major",
+    "vulgaris",
+    "montana",
+    "sylvestris",
+    "borealis",
+    "australis",
+    "elegans",
+    "gracilis",
+    "maculata",
+)
 
 _photos: list[np.ndarray] | None = None
 
@@ -72,8 +127,13 @@ def species_name(category_id: int) -> str:
     return f"{g} {e}" + (f" {n + 1}" if n else "")
 
 
-def synthetic_photo(rng: np.random.Generator, long_side: int, base: int | None = None,
-                    tint: np.ndarray | None = None, noise: float = 8.0) -> np.ndarray:
+def synthetic_photo(
+    rng: np.random.Generator,
+    long_side: int,
+    base: int | None = None,
+    tint: np.ndarray | None = None,
+    noise: float = 8.0,
+) -> np.ndarray:
     """uint8[H,W,3] with max(H, W) == long_side (at most 1024): a random crop of a base photo, resized,
     tinted, noised (Gaussian, ``noise`` grey levels; 8 brings the mean JPEG size at quality 90 near 130 KB).
 
@@ -92,7 +152,7 @@ def synthetic_photo(rng: np.random.Generator, long_side: int, base: int | None =
     h = int(min(H, max(8, round(np.sqrt(area / ratio)))))
     w = int(min(W, max(8, round(np.sqrt(area * ratio)))))
     y, x = int(rng.integers(H - h + 1)), int(rng.integers(W - w + 1))
-    crop = Image.fromarray(src[y:y + h, x:x + w])
+    crop = Image.fromarray(src[y : y + h, x : x + w])
     scale = long_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     img = np.asarray(crop.resize(size, Image.BILINEAR))
@@ -104,7 +164,7 @@ def synthetic_photo(rng: np.random.Generator, long_side: int, base: int | None =
     if noise > 0:
         tile = _noise_tile(noise)
         ny, nx = (int(rng.integers(n - d + 1)) for n, d in zip(tile.shape[:2], out.shape[:2]))
-        out += tile[ny:ny + out.shape[0], nx:nx + out.shape[1]]
+        out += tile[ny : ny + out.shape[0], nx : nx + out.shape[1]]
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -155,13 +215,24 @@ def train_counts(num_images: int, num_classes: int, imbalance_factor: float) -> 
     # Hand the remainder (or take the excess) from the head, which keeps the profile's shape.
     counts[0] += num_images - counts.sum()
     if counts[0] < counts[1:].max(initial=0):
-        raise ValueError(f"{num_images} images are too few for {num_classes} classes at IF {imbalance_factor}")
+        raise ValueError(
+            f"{num_images} images are too few for {num_classes} classes at IF {imbalance_factor}"
+        )
     return counts
 
 
-def write_inat_like(root: str | os.PathLike, num_images: int, num_classes: int, seed: int = 0, *,
-                    imbalance_factor: float = 100.0, val_per_class: int = 3, long_side=(500, 800),
-                    quality: int = 90, workers: int = 2) -> dict:
+def write_inat_like(
+    root: str | os.PathLike,
+    num_images: int,
+    num_classes: int,
+    seed: int = 0,
+    *,
+    imbalance_factor: float = 100.0,
+    val_per_class: int = 3,
+    long_side=(500, 800),
+    quality: int = 90,
+    workers: int = 2,
+) -> dict:
     """Write a synthetic iNaturalist-2018-layout dataset under ``root``; returns a summary dict.
 
     ``num_images`` train images over ``num_classes`` classes (long-tailed, ``imbalance_factor``), plus
@@ -171,12 +242,18 @@ def write_inat_like(root: str | os.PathLike, num_images: int, num_classes: int, 
     counts = train_counts(num_images, num_classes, imbalance_factor)
     rng = np.random.default_rng([seed, 0])
     categories = [
-        {"id": c, "name": species_name(c), "supercategory": SUPERCATEGORIES[c % len(SUPERCATEGORIES)],
-         "kingdom": "Animalia" if c % len(SUPERCATEGORIES) not in (0, 5, 11, 12) else "Plantae"}
+        {
+            "id": c,
+            "name": species_name(c),
+            "supercategory": SUPERCATEGORIES[c % len(SUPERCATEGORIES)],
+            "kingdom": "Animalia" if c % len(SUPERCATEGORIES) not in (0, 5, 11, 12) else "Plantae",
+        }
         for c in range(num_classes)
     ]
-    splits = {"train": np.repeat(np.arange(num_classes), counts),
-              "val": np.repeat(np.arange(num_classes), val_per_class)}
+    splits = {
+        "train": np.repeat(np.arange(num_classes), counts),
+        "val": np.repeat(np.arange(num_classes), val_per_class),
+    }
     summary = {"root": str(root), "classes": num_classes}
     next_id = 0
     for split, labels in splits.items():
@@ -188,15 +265,21 @@ def write_inat_like(root: str | os.PathLike, num_images: int, num_classes: int, 
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             side = int(rng.integers(long_side[0], long_side[1] + 1))
             tasks.append((str(root / rel), seed, next_id, int(c), side, quality))
-            images.append({"id": next_id, "file_name": rel, "license": 1, "rights_holder": "fastlt synthetic"})
+            images.append(
+                {"id": next_id, "file_name": rel, "license": 1, "rights_holder": "fastlt synthetic"}
+            )
             annotations.append({"id": next_id, "image_id": next_id, "category_id": int(c)})
             next_id += 1
         sizes = write_jpegs(tasks, workers, desc=f"synth-inat {split}")
         for im, (w, h) in zip(images, sizes):
             im["width"], im["height"] = w, h
-        doc = {"info": {"description": "fastlt synthetic iNat-2018-layout data", "seed": seed},
-               "licenses": [{"id": 1, "name": "synthetic", "url": ""}],
-               "images": images, "annotations": annotations, "categories": categories}
+        doc = {
+            "info": {"description": "fastlt synthetic iNat-2018-layout data", "seed": seed},
+            "licenses": [{"id": 1, "name": "synthetic", "url": ""}],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         (root / f"{split}2018.json").write_text(json.dumps(doc))
         summary[split] = len(images)
     summary["bytes"] = sum(p.stat().st_size for p in (root / "train_val2018").rglob("*.jpg"))
@@ -210,16 +293,30 @@ def add_arguments(p) -> None:
     p.add_argument("--classes", type=int, default=100, help="classes (default 100)")
     p.add_argument("--imbalance-factor", type=float, default=100.0, help="n_max / n_min (default 100)")
     p.add_argument("--val-per-class", type=int, default=3, help="val images per class (default 3)")
-    p.add_argument("--long-side", type=int, nargs=2, default=(500, 800), metavar=("MIN", "MAX"),
-                   help="long side in pixels, uniform in [MIN, MAX] (default 500 800)")
+    p.add_argument(
+        "--long-side",
+        type=int,
+        nargs=2,
+        default=(500, 800),
+        metavar=("MIN", "MAX"),
+        help="long side in pixels, uniform in [MIN, MAX] (default 500 800)",
+    )
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
 
 
 def main_args(args) -> int:
-    s = write_inat_like(args.out, args.images, args.classes, args.seed, imbalance_factor=args.imbalance_factor,
-                        val_per_class=args.val_per_class, long_side=tuple(args.long_side),
-                        quality=args.quality, workers=args.workers)
+    s = write_inat_like(
+        args.out,
+        args.images,
+        args.classes,
+        args.seed,
+        imbalance_factor=args.imbalance_factor,
+        val_per_class=args.val_per_class,
+        long_side=tuple(args.long_side),
+        quality=args.quality,
+        workers=args.workers,
+    )
     print(f"wrote {s['train']} train + {s['val']} val JPEGs ({s['bytes'] / 2**20:.1f} MiB) under {s['root']}")
     return 0

@@ -245,11 +245,13 @@ def check_files(paths: Sequence[str], workers: int = 1, desc: str = "validating"
         return list(tqdm(pool.imap(_check_one, paths, chunksize=chunk), **bar))
 
 
-def validate_files(split: Split, problems: Problems, workers: int) -> None:
-    """Path-escape, existence and decode checks for every file entry of ``split``."""
+def validate_files(split: Split, problems: Problems, workers: int, skip: set[int] = frozenset()) -> None:
+    """Path-escape, existence and decode checks for every file entry of ``split`` not in ``skip``."""
     assert split.paths is not None and split.root is not None
     todo, todo_idx = [], []
     for i, rel in enumerate(split.paths):
+        if i in skip:
+            continue
         if escapes_root(rel):
             problems.add(
                 split.where[i],
@@ -270,9 +272,9 @@ def validate_files(split: Split, problems: Problems, workers: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ engine
-def check_labels(split: Split, num_classes: int, problems: Problems) -> None:
+def check_labels(split: Split, num_classes: int, problems: Problems, skip: set[int] = frozenset()) -> None:
     bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
-    for i in bad:
+    for i in (i for i in bad if int(i) not in skip):
         problems.add(
             split.where[i],
             f"label {split.labels[i]} out of range, expected 0..{num_classes - 1}",
@@ -295,15 +297,21 @@ def resolve(job: Job, *, workers: int = 1, skip_bad: bool = False) -> list[Split
     names = [s.name for s in job.splits]
     if job.train_split not in names:
         raise ConversionError(f"{job.dataset}: no {job.train_split!r} split in the source (found {names})")
-    for split in job.splits:
-        check_labels(split, C, problems)
-        if split.paths is not None:
-            validate_files(split, problems, workers)
 
-    bad: dict[str, set[int]] = {s.name: set() for s in job.splits}
-    for p in problems.items:
-        if p.entry is not None and p.split in bad:
-            bad[p.split].add(p.entry)
+    def bad_entries() -> dict[str, set[int]]:
+        bad = {s.name: set() for s in job.splits}
+        for p in problems.items:
+            if p.entry is not None and p.split in bad:
+                bad[p.split].add(p.entry)
+        return bad
+
+    # An entry the converter already flagged (e.g. no annotation, so no label) is not checked again.
+    known = bad_entries()
+    for split in job.splits:
+        check_labels(split, C, problems, skip=known[split.name])
+        if split.paths is not None:
+            validate_files(split, problems, workers, skip=known[split.name])
+    bad = bad_entries()
     # What would survive --skip-bad decides whether a class is left without training images; a class
     # that is empty either way cannot be fixed by skipping, so it is reported as a fatal problem.
     train = next(s for s in job.splits if s.name == job.train_split)
@@ -345,3 +353,38 @@ def resolve(job: Job, *, workers: int = 1, skip_bad: bool = False) -> list[Split
     if loose:
         out[[s.name for s in out].index(job.train_split)].skipped.extend(loose)
     return out
+
+
+# ------------------------------------------------------------------------------------ source files
+def is_int(v) -> bool:
+    """An integer label or id (JSON ints, numpy ints; not bools, not floats like 3.0)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def load_json(path: Path, keys: Sequence[str], problems: Problems):
+    """Parse a JSON annotation file; a missing file, bad JSON or missing top-level keys are fatal."""
+    import json
+
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        problems.fatal(str(path), "file not found")
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        problems.fatal(str(path), f"cannot read: {e}")
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        problems.fatal(f"{path}:{e.lineno}:{e.colno}", f"malformed JSON: {e.msg}")
+        return None
+    if not isinstance(doc, dict):
+        problems.fatal(
+            str(path), f"top level is a {type(doc).__name__}, expected an object with keys {list(keys)}"
+        )
+        return None
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        problems.fatal(str(path), f"missing key(s) {missing} (expected {list(keys)})")
+        return None
+    return doc
