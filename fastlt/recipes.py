@@ -74,7 +74,7 @@ class Recipe:
     milestones: tuple[int, ...] = ()
     lr_decay: float = 0.1  # multistep factor per milestone
     steps_per_epoch: int = 0  # 0: one pass over the training split; >0 caps it (quick runs, tests)
-    eval_every: int = 1  # evaluate every N epochs (and always after the last one)
+    eval_every: int = 1  # evaluate every N epochs and after the last one (0: never — benchmarks)
     # -- data path ----------------------------------------------------------------------------------------
     pipeline: str = "auto"  # auto: resident when the decoded split fits memory_budget_gb, else ffcv
     memory_budget_gb: float = 4.0
@@ -100,7 +100,7 @@ class Recipe:
     cpmix_eta: float = 0.5
     cpmix_kappa: float = 0.5  # λ_y = (1−κ)·λ_x + κ·n_b/(n_a+n_b) — fastlt's reconstruction
     cpmix_batch_size: int = 0  # B_m (0: same as batch_size)
-    cpmix_start_epoch: int = 0  # first epoch of the mixing stage (0: 2/3 of `epochs`)
+    cpmix_start_epoch: int = -1  # first epoch of the mixing stage (−1: round(2/3 · epochs))
     finetune_epochs: int = 0  # classifier fine-tune with frozen backbone on class-balanced batches
     finetune_lr: float = 0.01
     # -- ConCutMix / BCL (released code; REFERENCE.md) --------------------------------------------------
@@ -122,6 +122,7 @@ class Recipe:
     lfm_mms_T: float = 0.01
     lfm_loss: str = "mms"  # ce | mms
     lfm_clip_checkpoint: str = ""  # local open_clip checkpoint ("" = offline sentence encoder)
+    lfm_clip_model: str = ""  # its open_clip architecture (e.g. ViT-B-32) or a JSON config path
     lfm_text_encoder: str = "all-MiniLM-L6-v2"
     lfm_epochs: tuple[int, ...] = (50, 10)
     lfm_lrs: tuple[float, ...] = (1e-6, 1e-2)
@@ -375,15 +376,19 @@ _METHOD: dict[str, dict[str | None, dict]] = {
         None: dict(optimizer="adam", schedule="cosine", weight_decay=0.0, lfm_loss="mms",
                    lfm_lambda_per="batch", lfm_beta=0.2),
         "cifar100-lt": dict(batch_size=32, lfm_epochs=(50, 10), lfm_lrs=(1e-6, 1e-2), lfm_alpha=(1.0, 1.0),
-                            lfm_tau=0.05, source="LFM released code (CIFAR-100-LT, ViT-B/32)"),
+                            lfm_tau=0.05, lfm_clip_model="ViT-B-32",
+                            source="LFM released code (CIFAR-100-LT, ViT-B/32)"),
         "cifar10-lt": dict(batch_size=32, lfm_epochs=(10, 10), lfm_lrs=(1e-9, 0.5), lfm_alpha=(1.0, 1.0),
-                           lfm_tau=0.05, source="LFM released code (CIFAR-10-LT)"),
+                           lfm_tau=0.05, lfm_clip_model="ViT-B-32",
+                           source="LFM released code (CIFAR-10-LT, ViT-B/32)"),
         "imagenet-lt": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(5e-6, 1e-2), lfm_alpha=(1.0, 1.0),
-                            lfm_tau=0.05, source="LFM released code (ImageNet-LT, ViT-B/16)"),
+                            lfm_tau=0.05, lfm_clip_model="ViT-B-16",
+                            source="LFM released code (ImageNet-LT, ViT-B/16)"),
         "places-lt": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(1e-7, 5e-4), lfm_alpha=(1.25, 1.5),
-                          lfm_tau=1.0, source="LFM released code (Places-LT)"),
+                          lfm_tau=1.0, lfm_clip_model="ViT-B-16",
+                          source="LFM released code (Places-LT, ViT-B/16)"),
         "inat2018": dict(batch_size=96, lfm_epochs=(30, 10), lfm_lrs=(5e-6, 1e-2), lfm_alpha=(1.0, 1.0),
-                         lfm_tau=0.05,
+                         lfm_tau=0.05, lfm_clip_model="ViT-B-16",
                          source="fastlt default (LFM reports no iNat2018 setting; ImageNet-LT values)"),
         "digits-lt": dict(batch_size=64, lfm_epochs=(10, 3), lfm_lrs=(1e-3, 1e-2), lfm_alpha=(1.0, 1.0),
                           lfm_tau=0.05, source="fastlt default"),

@@ -339,7 +339,7 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             f"model {recipe.model}, pipeline {pipe_name}, device {device}"
             + (f", {d.world} ranks" if d.world > 1 else "") + f" → {run_dir}")
 
-    optimizer, cur_group, summary = None, None, None
+    optimizer, cur_group, summary, record = None, None, None, None
     for epoch in range(start_epoch, total_epochs):
         # -- stage switch (data: which plans, which parameters train, which optimiser group) -----------
         si, stage = stage_at(stages, epoch)
@@ -416,16 +416,21 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
         average_buffers(model, d)
 
         # -- epoch end: evaluate, log, checkpoint ------------------------------------------------------
-        summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
+        last = epoch == total_epochs - 1
+        every = recipe.eval_every
+        summary = None
+        if every > 0 and ((epoch + 1) % every == 0 or last):
+            summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
+        test = {k: (summary[k] if summary else None) for k in ("many", "medium", "few", "all")}
         train_loss = loss_sum.item() / max(steps, 1)
         record = {
             "epoch": epoch, "stage": stage.name, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
             "train_loss": train_loss, "train_acc": 100 * correct.item() / seen if seen else None,
-            "img_per_s": images * d.world / elapsed, "data_wait": wait / elapsed,
-            "confusion_pairs": int(counts.total), **{k: summary[k] for k in ("many", "medium", "few", "all")},
+            "img_per_s": images * d.world / elapsed, "steps_per_s": steps / elapsed, "data_wait": wait / elapsed,
+            "confusion_pairs": int(counts.total), **test,
         }
-        is_best = summary["all"] is not None and summary["all"] > best
-        best = max(best, summary["all"] or 0.0)
+        is_best = test["all"] is not None and test["all"] > best
+        best = max(best, test["all"] or 0.0)
         if d.main:
             M.append_jsonl(run_dir / "metrics.jsonl", record)
             state = {
@@ -440,17 +445,17 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             if is_best:
                 save_checkpoint(run_dir / "best.pt", state)
             log(f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
-                f"acc {_f(record['train_acc'])} | test many {_f(summary['many'])} medium {_f(summary['medium'])} "
-                f"few {_f(summary['few'])} all {_f(summary['all'])} | {record['img_per_s']:.0f} img/s, "
+                f"acc {_f(record['train_acc'])} | test many {_f(test['many'])} medium {_f(test['medium'])} "
+                f"few {_f(test['few'])} all {_f(test['all'])} | {record['img_per_s']:.0f} img/s, "
                 f"data wait {record['data_wait']:.0%}")
+    if summary is None and recipe.eval_every > 0:  # resumed a finished run: evaluate what is there
+        summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
     train_pipe.close()
     eval_pipe.close()
-    if summary is None:  # resumed a finished run: evaluate what is there
-        summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
-    if d.main:
-        M.write_eval(run_dir, summary, eval_shard.index, matrix, extra={"checkpoint": "last.pt",
-                                                                       "epochs": total_epochs})
-    return summary
+    if d.main and summary is not None:
+        M.write_eval(run_dir, summary, eval_shard.index, matrix,
+                     extra={"checkpoint": "last.pt", "epochs": total_epochs})
+    return summary if summary is not None else record
 
 
 def _f(v) -> str:

@@ -193,7 +193,7 @@ class StepOutput:
     loss: torch.Tensor
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor | float] = field(default_factory=dict)  # detached: no host sync per step
 
 
 # ---------------------------------------------------------------------------------------------- method

@@ -114,7 +114,7 @@ class _PairMix(Method):
                         **self.rule_params())
         logits = model(mixed.images)
         loss = pair_cross_entropy(logits, y_a, y_b, mixed.lam_y)
-        return StepOutput(loss, stats={"lam_y": float(mixed.lam_y.mean())})
+        return StepOutput(loss, stats={"lam_y": mixed.lam_y.mean()})
 
 
 def _cutmix_boxes(lam, H, W, generator):

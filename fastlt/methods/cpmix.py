@@ -31,8 +31,10 @@ from fastlt.methods.baselines import balanced_softmax
 
 
 def cpmix_start(recipe) -> int:
-    """First epoch of the mixing stage: ``cpmix_start_epoch`` or round(2/3 · epochs)."""
-    return recipe.cpmix_start_epoch or int(round(2 * recipe.epochs / 3))
+    """First epoch of the mixing stage: ``cpmix_start_epoch``, or round(2/3 · epochs) when it is −1."""
+    if recipe.cpmix_start_epoch >= 0:
+        return recipe.cpmix_start_epoch
+    return int(round(2 * recipe.epochs / 3))
 
 
 @register
@@ -76,4 +78,5 @@ class CPMix(Method):
         cp_loss = pair_cross_entropy(l_cp, ya, yb, cp.lam_y)
         mu_loss = pair_cross_entropy(l_mu, y, y[perm], mu.lam_y)
         loss = erm + r.cpmix_eta * (cp_loss + mu_loss)
-        return StepOutput(loss, l_main, y, stats={"erm": float(erm), "cp": float(cp_loss), "mix": float(mu_loss)})
+        stats = {"erm": erm.detach(), "cp": cp_loss.detach(), "mix": mu_loss.detach()}
+        return StepOutput(loss, l_main, y, stats=stats)
