@@ -42,8 +42,9 @@ def cifar_lt_indices(
     ``np.random.seed(seed)`` once, then for each class in label order: shuffle that class's indices and
     keep the first ``n_c``. ``n_max`` defaults to the size of the largest class (5000 / 500 for the real
     CIFAR-10 / -100). A class with fewer images than its quota is an error, or keeps all it has with
-    ``clip`` (an ImageFolder that was not balanced to begin with). The legacy global generator is used on purpose, because that is what makes the
-    subset identical to the one the published numbers were trained on; its state is restored afterwards.
+    ``clip`` (an ImageFolder that was not balanced to begin with). The legacy global generator is used
+    on purpose: it makes the subset identical to the one the published numbers were trained on. Its
+    state is restored afterwards.
     """
     labels = np.asarray(labels, dtype=np.int64)
     C = int(labels.max()) + 1 if num_classes is None else int(num_classes)
