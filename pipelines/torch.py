@@ -89,6 +89,10 @@ class TorchPipeline(Pipeline):
             persistent_workers=self.workers > 0,
             pin_memory=self.device.type == "cuda",
         )
+        if self.workers:
+            # Start the persistent workers now, from the constructing thread: forking later from the prefetch
+            # thread would copy a process whose numba/TBB thread pool is mid-use.
+            iter(self._loader)
 
     def _load(self, plan, seed):
         boxes, flip = boxes_and_flips(
