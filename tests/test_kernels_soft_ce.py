@@ -1,5 +1,5 @@
-"""kernels.soft_ce: the reference against F.cross_entropy and gradcheck, the Triton kernels (interpreter) against
-the reference, forward and backward, including duplicate indices, logit adjustment and class weights.
+"""kernels.soft_ce: the reference against F.cross_entropy and gradcheck, the Triton kernels (interpreter)
+against the reference, forward and backward, including duplicate indices, logit adjustment and class weights.
 
 Tolerances (Triton vs reference): fp32 logits — loss rtol 1e-5, gradient atol 1e-6 (the kernel sums exp in
 blocks, torch's logsumexp in another order); bf16/fp16 logits — both read the same rounded logits and work in
