@@ -238,7 +238,9 @@ class Method:
 
     # -- data ---------------------------------------------------------------------------------------
     def producer(self, index: ShardIndex, stage: Stage, seed: int, counts=None):
-        """The stage's plan producer: ``make_plan(step) -> StepPlan`` and ``steps_per_epoch``."""
+        """The stage's plan producer. The trainer uses exactly: ``producer.steps_per_epoch`` (int) and
+        ``producer.make_plan(epoch, step) -> StepPlan`` (``step`` counts from 0 inside the epoch; the plan's rows
+        must be a pure function of (seed, epoch, step) and the confusion counts it was given)."""
         from fastlt.sampling import make_producer
 
         return make_producer(stage.plan, index, batch_size=stage.batch_size or self.recipe.batch_size,
