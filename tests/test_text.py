@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
+from tiny_clip import NAME as TINY_NAME
+from tiny_clip import write_tiny_clip
 
 from fastlt.text import (
     MiniLMEncoder,
@@ -69,27 +69,9 @@ def test_damaged_cache_is_recomputed(minilm, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ open_clip
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """A randomly initialised small CLIP saved as a local checkpoint, as a user's own file would be."""
-    import open_clip
-
-    d = tmp_path_factory.mktemp("clip")
-    cfg = d / "fastlt-tiny-clip.json"
-    cfg.write_text(json.dumps(TINY))
-    open_clip.add_model_config(cfg)
-    torch.manual_seed(0)
-    model = open_clip.create_model("fastlt-tiny-clip")
-    ckpt = d / "tiny.pt"
-    torch.save(model.state_dict(), ckpt)
-    return cfg, ckpt, model.eval()
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_open_clip_checkpoint_encodes_like_open_clip(tiny_clip, tmp_path):
@@ -99,7 +81,7 @@ def test_open_clip_checkpoint_encodes_like_open_clip(tiny_clip, tmp_path):
     enc = load_text_encoder("auto", clip_checkpoint=str(ckpt), clip_model=str(cfg))
     assert isinstance(enc, OpenClipEncoder)
     feats = class_text_features(enc, NAMES, tmp_path)
-    tok = open_clip.get_tokenizer("fastlt-tiny-clip")
+    tok = open_clip.get_tokenizer(TINY_NAME)
     with torch.no_grad():
         want = reference.encode_text(tok(class_prompts(NAMES))).float()
     want = torch.nn.functional.normalize(want, dim=1).numpy()
