@@ -427,13 +427,17 @@ def remove_stale_temporaries(folder: Path, split: str) -> None:
 
 def page_size_for(source: ImageSource, write_mode: str, workers: int) -> int:
     """FFCV page size: every writer process fills its own pages, so a small shard written with FFCV's
-    8 MiB default wastes up to ``workers`` × 8 MiB. Use the 2 MiB minimum for small shards; a page
-    must still hold the largest raw image."""
+    8 MiB default wastes up to ``workers`` × 8 MiB. Use the 2 MiB minimum for small shards. A page
+    must hold the largest row, or FFCV's worker raises MemoryError and the writer never returns: size
+    it from the largest raw image, with headroom in jpg mode (JPEG of noise at quality 100 can exceed
+    the raw size a little)."""
     from ffcv.writer import MIN_PAGE_SIZE
 
     default = 4 * MIN_PAGE_SIZE
     total = source.total_bytes()
     biggest = source.max_item_bytes() or 0
+    if write_mode == "jpg":
+        biggest = biggest * 5 // 4 + (64 << 10)
     page = MIN_PAGE_SIZE if total is not None and total < 16 * default * max(1, workers) else default
     while page < biggest:
         page *= 2

@@ -39,11 +39,39 @@ class FileSource(ImageSource):
     lost that the final resize would have kept.
     """
 
-    def __init__(self, root: Path, paths: list[str], labels, source_ids, max_resolution: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        paths: list[str],
+        labels,
+        source_ids,
+        max_resolution: int | None = None,
+        sizes: np.ndarray | None = None,
+    ):
         super().__init__(labels, source_ids)
         self.root = Path(root)
         self.paths = list(paths)
         self.max_resolution = max_resolution
+        self.sizes = sizes  # (width, height) per entry, from validation
+
+    def _raw_bytes(self) -> np.ndarray | None:
+        """Raw RGB bytes of every image as written (after the ``max_resolution`` shrink)."""
+        if self.sizes is None or len(self.sizes) == 0:
+            return None
+        w, h = self.sizes[:, 0].astype(np.float64), self.sizes[:, 1].astype(np.float64)
+        if self.max_resolution:
+            r = np.minimum(1.0, self.max_resolution / np.maximum(1, np.maximum(w, h)))
+            w, h = np.ceil(w * r), np.ceil(h * r)
+        return (w * h * 3).astype(np.int64)
+
+    def total_bytes(self) -> int | None:
+        raw = self._raw_bytes()
+        return None if raw is None else int(raw.sum())
+
+    def max_item_bytes(self) -> int | None:
+        # Raw size bounds a JPEG of the same image too (quality <= 95 never inflates a photo past it).
+        raw = self._raw_bytes()
+        return None if raw is None else int(raw.max())
 
     def load(self, i: int) -> np.ndarray:
         from PIL import Image
@@ -60,7 +88,7 @@ class FileSource(ImageSource):
 def source_for(split: Split, max_resolution: int | None) -> ImageSource:
     if split.images is not None:
         return ArraySource(split.images, split.labels, split.source_ids)
-    return FileSource(split.root, split.paths, split.labels, split.source_ids, max_resolution)
+    return FileSource(split.root, split.paths, split.labels, split.source_ids, max_resolution, split.sizes)
 
 
 def run(job: Job, opts: WriteOptions) -> dict[str, Shard]:

@@ -10,8 +10,8 @@ Class names come from the train paths, through one policy per dataset:
   with ``--names`` (``LOC_synset_mapping.txt`` lines ``n01440764 tench, Tinca tinca``, or torchvision's
   ``imagenet_class_index.json``) the first readable synonym (``tench``), else the wnid itself.
 * Places-LT: the category path (``train/airfield/00004851.jpg`` → ``airfield``;
-  ``data_256/a/apartment_building/outdoor/x.jpg`` → ``apartment_building/outdoor``: the leading folder
-  and Places365's one-letter buckets are dropped) with ``/`` and ``_`` turned into spaces.
+  ``data_256/a/apartment_building/outdoor/x.jpg`` → ``apartment_building/outdoor``: the leading split
+  folder and Places365's one-letter buckets are dropped) with ``/`` and ``_`` turned into spaces.
 
 A label whose train paths disagree on the class folder is reported, line by line. Val/test paths that
 carry a class folder are checked against the train classes too; flat ones (Places365 val) are not.
@@ -38,10 +38,9 @@ def wnid_key(path: str) -> str | None:
 
 
 def places_key(path: str) -> str | None:
-    dirs = list(PurePosixPath(path).parts[:-1])
-    if len(dirs) >= 2:
-        dirs = dirs[1:]  # the split folder (train/, data_256/ ...)
-    dirs = [d for d in dirs if len(d) > 1]  # Places365's a/ b/ c/ buckets
+    # Every OLTR path starts with its split's folder (train/, data_256/, val_256/ ...): not part of the
+    # category. Places365's one-letter a/ b/ c/ buckets are not either.
+    dirs = [d for d in PurePosixPath(path).parts[1:-1] if len(d) > 1]
     return "/".join(dirs) or None
 
 

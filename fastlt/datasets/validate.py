@@ -124,6 +124,7 @@ class Split:
     paths: list[str] | None = None
     images: np.ndarray | None = None
     skipped: list[dict] = field(default_factory=list)
+    sizes: np.ndarray | None = None  # int64[N, 2] (width, height) of file entries, set by validation
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
@@ -149,6 +150,7 @@ class Split:
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             images=None if self.images is None else self.images[idx],
             skipped=list(self.skipped),
+            sizes=None if self.sizes is None else self.sizes[idx],
         )
 
 
@@ -186,8 +188,8 @@ def escapes_root(rel: str) -> bool:
     return False
 
 
-def check_image(path: str | os.PathLike) -> str | None:
-    """``None`` if the file decodes as an image, else what is wrong with it.
+def check_image(path: str | os.PathLike) -> tuple[str | None, int, int]:
+    """``(None, width, height)`` if the file decodes as an image, else ``(what is wrong, 0, 0)``.
 
     A real decode, not ``Image.verify()`` (which reads headers only and passes a truncated JPEG). For
     JPEG it is a DCT-scaled decode (``draft`` at 1/8 scale): libjpeg still entropy-decodes every
@@ -200,31 +202,31 @@ def check_image(path: str | os.PathLike) -> str | None:
         with Image.open(path) as im:
             w, h = im.size
             if w < 1 or h < 1:
-                return f"image has size {w}x{h}"
+                return f"image has size {w}x{h}", 0, 0
             if max(w, h) > MAX_SIDE:
-                return f"image is {w}x{h}; the shard format stores sides up to {MAX_SIDE} px"
+                return f"image is {w}x{h}; the shard format stores sides up to {MAX_SIDE} px", 0, 0
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
             im.load()
-        return None
+        return None, w, h
     except FileNotFoundError:
-        return "file not found"
+        return "file not found", 0, 0
     except IsADirectoryError:
-        return "is a directory, expected an image file"
+        return "is a directory, expected an image file", 0, 0
     except PermissionError:
-        return "permission denied"
+        return "permission denied", 0, 0
     except Image.DecompressionBombError as e:
-        return f"refused as a decompression bomb ({e})"
+        return f"refused as a decompression bomb ({e})", 0, 0
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... for bad data
         msg = str(e) or type(e).__name__
-        return f"cannot decode image: {msg}"
+        return f"cannot decode image: {msg}", 0, 0
 
 
-def _check_one(path: str) -> str | None:
+def _check_one(path: str) -> tuple[str | None, int, int]:
     return check_image(path)
 
 
-def check_files(paths: Sequence[str], workers: int = 1, desc: str = "validating") -> list[str | None]:
+def check_files(paths: Sequence[str], workers: int = 1, desc: str = "validating") -> list[tuple]:
     """``check_image`` for every path, ``workers`` processes, with a progress bar on stderr."""
     from tqdm import tqdm
 
@@ -264,7 +266,9 @@ def validate_files(split: Split, problems: Problems, workers: int, skip: set[int
             todo.append(str(split.root / rel))
             todo_idx.append(i)
     results = check_files(todo, workers, desc=f"validating {split.name}")
-    for i, path, err in zip(todo_idx, todo, results):
+    split.sizes = np.zeros((len(split), 2), dtype=np.int64)
+    for i, path, (err, w, h) in zip(todo_idx, todo, results):
+        split.sizes[i] = (w, h)
         if err is not None:
             problems.add(
                 split.where[i], f"{path}: {err}", split=split.name, entry=i, source_id=split.source_ids[i]

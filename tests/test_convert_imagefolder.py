@@ -1,0 +1,67 @@
+"""imagefolder: root/<class>/*.jpg and root/{train,val}/<class>/*.jpg trees."""
+
+from __future__ import annotations
+
+import numpy as np
+from synth import assert_shard_matches, decode_file, write_imagefolder
+
+from fastlt.convert import main as convert_main
+from fastlt.datasets.longtail import longtail_counts
+from fastlt.shards import open_shard
+
+
+def labels_by_path(root, split, classes):
+    base = root / split if split else root
+    return {p.relative_to(root).as_posix(): classes.index(p.parent.name) for p in base.rglob("*.jpg")}
+
+
+def test_train_val_tree_raw_mode_is_pixel_exact(tmp_path):
+    root = tmp_path / "flowers"
+    classes = write_imagefolder(root, {"train": [5, 3, 1], "val": [2, 2, 2]})
+    assert (
+        convert_main(
+            [
+                "imagefolder",
+                str(root),
+                "--out",
+                str(tmp_path / "out"),
+                "--write-mode",
+                "raw",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    shards = {s: open_shard(tmp_path / "out" / "flowers" / f"{s}.beton") for s in ("train", "val")}
+    for split, shard in shards.items():
+        assert_shard_matches(shard, labels_by_path(root, split, classes), classes, [5, 3, 1])
+        for row, rel in enumerate(shard.index.source_ids):
+            np.testing.assert_array_equal(shard.decode(row), decode_file(root / rel))
+
+
+def test_flat_tree_with_imbalance_factor(tmp_path):
+    root = tmp_path / "flat"
+    classes = write_imagefolder(root, {"": [8, 8, 8]})
+    assert (
+        convert_main(
+            [
+                "imagefolder",
+                str(root),
+                "--out",
+                str(tmp_path / "out"),
+                "--imbalance-factor",
+                "4",
+                "--name",
+                "flat-lt",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    shard = open_shard(tmp_path / "out" / "flat-lt" / "train.beton")
+    assert shard.index.class_counts == longtail_counts(8, 3, 4).tolist() == [8, 4, 2]
+    everything = labels_by_path(root, "", classes)
+    kept = {s: everything[s] for s in shard.index.source_ids}
+    assert_shard_matches(shard, kept, classes, [8, 4, 2])
