@@ -25,7 +25,7 @@ COUNTS = [40, 20, 12, 6, 3]
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """A 5-class long-tailed train shard whose class names carry real semantics (cat ~ kitten, truck ~ car)."""
+    """A 5-class long-tailed train shard whose names carry real semantics (cat ~ kitten, truck ~ car)."""
     out = tmp_path_factory.mktemp("data")
     labels = np.repeat(np.arange(len(NAMES)), COUNTS)
     images = np.random.default_rng(0).integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
@@ -65,7 +65,7 @@ def _ctx(r, stage, seed):
 
 
 def _run(root, stage_index, loss, per, seed=3):
-    """One LFM loss; returns what is needed to recompute it: cosines (hooked), λ_x (same generator), labels."""
+    """One LFM loss and what recomputes it: cosines (hooked), λ_x (same generator), labels."""
     r, m = _method(root, ("lfm_alpha", "0.5,2.0"), ("lfm_loss", loss), ("lfm_lambda_per", per))
     torch.manual_seed(0)
     model = m.build_model(5)
