@@ -24,27 +24,29 @@ and turn them into integers as ``min(⌊x·n⌋, n − 1)``; the bias of that ma
 
 Confusion counts (CP-Mix)
 -------------------------
-:class:`ConfusionCounts` keeps K[y, ŷ] sparse, O(C + nnz) memory. Row ``i`` is an open-addressing hash table
-of ``cap_i`` slots (a power of two, load ≤ 3/4) living in one flat arena: ``keys[base_i + s]`` is the column
-held by slot ``s`` (−1 empty) and ``tree[base_i : base_i + cap_i]`` is a Fenwick (binary indexed) tree over
-the slot counts. Both operations the trainer needs are then O(log cap_i) with no rebuild:
+:class:`ConfusionCounts` keeps K[y, ŷ] sparse, O(C + nnz) memory. Row ``i`` is an open-addressing hash
+table of ``cap_i`` slots (a power of two, load ≤ 3/4) in one flat int32 arena: slot ``s`` holds
+``(key_s, K[i, key_s])`` (key −1: empty). Above the slot counts sits a 16-ary sum tree: node t of level l
+holds the sum of nodes 16t … 16t+15 of level l−1 (level 0 = the slot counts). Both operations the trainer needs are
+O(log₁₆ cap_i) with no rebuild:
 
-* update (y, ŷ): hash-probe row y for column ŷ (insert if new), then add 1 along the Fenwick update path;
-* draw j ∝ K[i, ·]: ``u`` uniform in ``[0, K_i·)``; descend the tree — because ``cap_i`` is a power of two,
-  the descent visits ``tree[pos + cap/2], tree[pos + cap/4], …`` and ends at the unique slot ``s`` with
-  ``prefix(s) ≤ u < prefix(s + 1)``. That event has probability ``K[i, keys[s]] / K_i·`` exactly; empty slots
-  have count 0 and can never be returned.
+* update (y, ŷ): hash-probe row y for column ŷ (insert if new), then add 1 to the slot and its ancestors;
+* draw j ∝ K[i, ·]: ``u`` uniform in ``[0, K_i·)``; at each level, walk the 16 child sums of the current node,
+  subtracting each sum that u passes; the walk ends at the unique slot s with ``prefix(s) ≤ u < prefix(s+1)``,
+  an event of probability ``K[i, key_s] / K_i·`` exactly. Empty slots count 0 and are never returned.
 
-A per-row cumulative sum would make draws equally cheap but every update O(row length); an alias table draws in
-O(1) but must be rebuilt after every update of its row. The Fenwick tree is the structure that is logarithmic
-in both. The draws of one step are independent, so the descent runs level by level across all draws at once:
-each level issues ``n`` independent loads that the CPU overlaps, instead of one dependent chain per draw —
-draws are bound by memory latency (the arena is ~20 MB for 10⁶ pairs), not arithmetic.
+Why this shape: a per-row cumulative sum draws by binary search but makes every update O(row length); an alias
+table draws in O(1) but is rebuilt after every update of its row; a binary Fenwick tree is logarithmic in both
+but touches a new cache line on most of its ~log₂ cap levels. Sixteen int32 child sums fill one 64-byte line,
+so a draw reads ~1 line per level (2 for the interleaved slots) and rows up to 4096 slots need two levels.
+Row regions start on 128-byte boundaries. Draws are bound by memory latency (the arena is ~18 MB for 10⁶
+pairs), so the walk runs level by level across all draws of a step: each round's loads are independent and
+overlap, where draw by draw they would form one dependent chain.
 
-A row grows by doubling into fresh arena space (the old slots are re-inserted in slot order, so the layout is a
-deterministic function of the update stream); the arena is compacted whenever it has to grow. The slot layout
-is part of the state: :meth:`ConfusionCounts.state_dict` stores it, so a restored run draws exactly the same
-pairs as the uninterrupted one.
+A row grows by doubling into fresh arena space (its slots re-inserted in slot order, so the layout is a
+deterministic function of the update stream); the arena is compacted into a 1.25× larger one when it is full.
+The slot layout is part of the state: :meth:`ConfusionCounts.state_dict` stores it, so a restored run draws
+exactly the pairs of the uninterrupted one. Row totals above 2³¹ − 1 raise ``OverflowError`` (int32 sums).
 
 Classes without recorded pairs (fastlt's choice — the CP-Mix paper is silent)
 ------------------------------------------------------------------------------
@@ -511,13 +513,15 @@ class TextLocal:
     @classmethod
     def from_embeddings(cls, features, tau: float = 0.05, *, k: int | None = None, eps: float = 1e-3,
                         allowed=None, block: int = 256) -> TextLocal:
-        """From class text features ``float[C, d]`` (normalised here; s = cosine), never forming C×C at once."""
+        """From class text features ``float[C, d]`` (normalised here; s = cosine), a block of rows at a
+        time (never the whole C×C matrix)."""
         f = np.asarray(features, np.float64)
         if f.ndim != 2:
             raise ValueError(f"features: expected [C, d] class embeddings, got shape {f.shape}")
         norms = np.linalg.norm(f, axis=1, keepdims=True)
         if np.any(norms == 0):
-            raise ValueError(f"features: class {int(np.flatnonzero(norms[:, 0] == 0)[0])} has a zero embedding")
+            bad = int(np.flatnonzero(norms[:, 0] == 0)[0])
+            raise ValueError(f"features: class {bad} has a zero embedding")
         f = f / norms
         return cls._build(lambda lo, hi: f[lo:hi] @ f.T, f.shape[0], tau, k, eps, allowed, block)
 
@@ -606,8 +610,9 @@ class TextLocalPartner(_RowSpace):
                              f"{self.num_classes}")
         empty = np.flatnonzero(self.sizes[neighbours.cols] == 0)
         if empty.size:
-            raise ValueError(f"neighbours include class {int(neighbours.cols[empty[0]])}, which owns no rows; "
-                             "build them with allowed=class_counts > 0")
+            c = int(neighbours.cols[empty[0]])
+            raise ValueError(f"neighbours include class {c}, which owns no rows; build them with "
+                             "allowed=class_counts > 0")
         self.neighbours = neighbours
 
     def pairs(self, rng: np.random.Generator, n: int | None = None, anchors=None):
@@ -770,12 +775,12 @@ class ConfusionCounts:
         keys = _to_numpy(state["keys"]).astype(np.int64)
         counts = _to_numpy(state["counts"]).astype(np.int64)
         if cap.shape != (C,) or np.any((cap != 0) & ((cap < _MIN_CAP) | ((cap & (cap - 1)) != 0))):
-            raise ValueError(f"confusion counts state: row_cap must hold {C} entries, each 0 or a power of two "
-                             f"≥ {_MIN_CAP}")
+            raise ValueError(f"confusion counts state: row_cap must hold {C} entries, each 0 or a power of "
+                             f"two ≥ {_MIN_CAP}")
         slots = int(cap.sum())
         if keys.shape != (slots,) or counts.shape != (slots,):
-            raise ValueError(f"confusion counts state: keys {tuple(keys.shape)} / counts {tuple(counts.shape)} "
-                             f"do not match the {slots} slots of row_cap")
+            raise ValueError(f"confusion counts state: keys {tuple(keys.shape)} / counts "
+                             f"{tuple(counts.shape)} do not match the {slots} slots of row_cap")
         if slots and (keys.min() < _EMPTY or keys.max() >= C or counts.min() < 0
                       or np.any(counts[keys == _EMPTY] != 0)):
             raise ValueError(f"confusion counts state: keys must lie in [-1, {C}) and counts be ≥ 0 "

@@ -1,7 +1,8 @@
 """``tools/bench sampler``: CP-Mix confusion-pair draws and count updates vs straightforward numpy.
 
 The case of the issue: C = 8142 classes (iNaturalist 2018), ~10⁶ distinct confusion pairs with power-law row
-lengths and power-law counts, B_m = 512 pair draws per step, B = 512 predictions folded into the counts per step.
+lengths and power-law counts, B_m = 512 pair draws per step, B = 512 predictions folded into the counts per
+step.
 Each step gets fresh random inputs; the figure is the median over steps. In the same command:
 
 * numpy ``rng.choice`` per row: for each draw, ``rng.choice(cols_i, p=K_i/K_i·)`` — the per-sample loop;
@@ -11,7 +12,8 @@ Each step gets fresh random inputs; the figure is the median over steps. In the 
   pairs, ``insert`` for new ones, and the cumulative sums rebuilt before the next draw can use them.
 
 It also reports the neighbour count LFM's text-local sampler needs so the truncated softmax mass stays below
-1e-3 at τ = 0.05, for C = 8142 class embeddings in 384-d (random unit vectors, and a clustered taxonomy model).
+1e-3 at τ = 0.05, for C = 8142 class embeddings in 384-d (random unit vectors, and a clustered taxonomy
+model).
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class NumpyConfusion:
         T = self.total[i]
         ok = T > 0
         target = self.before[i] + np.minimum((x[0] * T).astype(np.int64), np.maximum(T - 1, 0))
-        j = self.keys[np.minimum(np.searchsorted(self.cum, target, side="right"), self.keys.size - 1)] % self.C
+        at = np.minimum(np.searchsorted(self.cum, target, side="right"), self.keys.size - 1)
+        j = self.keys[at] % self.C
         N = offsets[-1]
         sizes = np.diff(offsets)
         row_a = offsets[i] + np.minimum((x[1] * sizes[i]).astype(np.int64), sizes[i] - 1)
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"\nCP-Mix pair draws: C={C}, {counts.nnz:,} pairs, B_m={Bm} (median of {a.steps} steps)",
                 rows, ["method", "draw µs/step", "fastlt speed-up"])
     urows = [
-        {"method": "fastlt (numba hash + sum tree)", "update µs/step": upd_fast * 1e6, "fastlt speed-up": 1.0},
+        {"method": "fastlt (numba hash + sum tree)", "update µs/step": upd_fast * 1e6,
+         "fastlt speed-up": 1.0},
         {"method": "numpy sorted keys (unique/searchsorted/insert)", "update µs/step": upd_np * 1e6,
          "fastlt speed-up": upd_np / upd_fast},
         {"method": "numpy … + cumsum rebuild before next draw", "update µs/step": (upd_np + refresh) * 1e6,
