@@ -100,6 +100,7 @@ class Recipe:
     cpmix_eta: float = 0.5
     cpmix_kappa: float = 0.5  # λ_y = (1−κ)·λ_x + κ·n_b/(n_a+n_b) — fastlt's reconstruction
     cpmix_batch_size: int = 0  # B_m (0: same as batch_size)
+    cpmix_fallback: str = "instance"  # class with no recorded pairs: instance-uniform partner | redraw i
     cpmix_start_epoch: int = -1  # first epoch of the mixing stage (−1: round(2/3 · epochs))
     finetune_epochs: int = 0  # classifier fine-tune with frozen backbone on class-balanced batches
     finetune_lr: float = 0.01
@@ -137,6 +138,7 @@ class Recipe:
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("lfm_lambda_per", self.lfm_lambda_per, ("batch", "sample"))
         _check_choice("lfm_loss", self.lfm_loss, ("ce", "mms"))
+        _check_choice("cpmix_fallback", self.cpmix_fallback, ("instance", "redraw"))
         for k in ("epochs", "batch_size", "eval_batch_size", "image_size"):
             if getattr(self, k) <= 0:
                 raise RecipeError(f"recipe key {k!r} must be > 0, got {getattr(self, k)}")

@@ -353,12 +353,13 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             if epoch > start_epoch or epoch == stage_start(stages, si):
                 log(f"stage {stage.name}: plans {stage.plan!r}, training {stage.trainable}")
         trainable = [p for p in model.parameters() if p.requires_grad]
-        producer = method.producer(index, stage, recipe.seed, counts)
+        producer = method.producer(index, stage, recipe.seed, counts, first_epoch=epoch, first_step=global_step)
         steps = producer.steps_per_epoch
         if recipe.steps_per_epoch:
             steps = min(steps, recipe.steps_per_epoch)
-        queue = PlanQueue(lambda s, e=epoch, p=producer: p.make_plan(e, s), steps=range(steps),
-                          lookahead=recipe.lookahead, apply=lambda p: counts.update(*p), rank=d.rank, world_size=d.world)
+        step0 = global_step
+        queue = PlanQueue(producer.make_plan, steps=range(step0, step0 + steps), lookahead=recipe.lookahead,
+                          apply=producer.apply, rank=d.rank, world_size=d.world)
         method.set_train_mode(model, stage)
         bar = Progress(recipe.progress and d.main, steps, f"epoch {epoch + 1}/{total_epochs} {stage.name}")
         loss_sum = torch.zeros((), device=device)
@@ -374,9 +375,9 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
                 wait += time.perf_counter() - t0
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(recipe, stage, g_epochs, epoch - g_start + i / steps)
+                gen = torch.Generator().manual_seed(step_seed(recipe.seed, epoch, global_step, 7))
                 ctx = StepContext(recipe=recipe, stage=stage, epoch=epoch, step=global_step, device=device,
-                                  generator=torch.Generator().manual_seed(step_seed(recipe.seed, epoch, i, 7)),
-                                  **ctx_kwargs)
+                                  generator=gen, **ctx_kwargs)
                 with autocast(device, recipe):
                     out = method.loss(model, batch, ctx)  # mix → forward → loss
                 optimizer.zero_grad(set_to_none=True)
@@ -391,7 +392,7 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
                     pairs = gather_pairs(out.labels, pred, d)
                     correct += (pred == out.labels).sum()
                     seen += out.labels.numel()
-                queue.done(i, pairs)
+                queue.done(global_step, pairs)
                 loss_sum += out.loss.detach().float()
                 images += len(batch)
                 global_step += 1
@@ -432,7 +433,6 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
         is_best = test["all"] is not None and test["all"] > best
         best = max(best, test["all"] or 0.0)
         if d.main:
-            M.append_jsonl(run_dir / "metrics.jsonl", record)
             state = {
                 "version": CHECKPOINT_VERSION, "epoch": epoch, "global_step": global_step,
                 "recipe": recipe.to_json(), "model": model.state_dict(),
@@ -444,6 +444,8 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             save_checkpoint(run_dir / "last.pt", state)
             if is_best:
                 save_checkpoint(run_dir / "best.pt", state)
+            # after the checkpoint: a metrics line always has its checkpoint (resume drops lines past it)
+            M.append_jsonl(run_dir / "metrics.jsonl", record)
             log(f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
                 f"acc {_f(record['train_acc'])} | test many {_f(test['many'])} medium {_f(test['medium'])} "
                 f"few {_f(test['few'])} all {_f(test['all'])} | {record['img_per_s']:.0f} img/s, "
@@ -452,10 +454,20 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
         summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
     train_pipe.close()
     eval_pipe.close()
+    if d.world > 1:  # every rank must hold the same counts (they drive identical CP-Mix plans): show it
+        print(f"[rank {d.rank}] confusion counts: {counts.total} pairs, sha256 {counts_digest(counts)}", flush=True)
     if d.main and summary is not None:
         M.write_eval(run_dir, summary, eval_shard.index, matrix,
                      extra={"checkpoint": "last.pt", "epochs": total_epochs})
     return summary if summary is not None else record
+
+
+def counts_digest(counts) -> str:
+    """sha256 of the confusion counts as sorted (y, ŷ, count) triples (layout-independent)."""
+    import hashlib
+
+    y, yhat, w = counts.pairs()
+    return hashlib.sha256(np.stack([y, yhat, w]).astype(np.int64).tobytes()).hexdigest()[:16]
 
 
 def _f(v) -> str:

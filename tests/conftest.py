@@ -19,3 +19,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory):
+    """Root of a converted digits-lt (train + test shards), made once per session through the real CLI."""
+    from fastlt.convert import main as convert
+
+    root = tmp_path_factory.mktemp("digits-data")
+    assert convert(["digits-lt", "--out", str(root), "--workers", "1"]) == 0
+    return root

@@ -237,14 +237,15 @@ class Method:
                 m.eval()
 
     # -- data ---------------------------------------------------------------------------------------
-    def producer(self, index: ShardIndex, stage: Stage, seed: int, counts=None):
-        """The stage's plan producer. The trainer uses exactly: ``producer.steps_per_epoch`` (int) and
-        ``producer.make_plan(epoch, step) -> StepPlan`` (``step`` counts from 0 inside the epoch; the plan's rows
-        must be a pure function of (seed, epoch, step) and the confusion counts it was given)."""
-        from fastlt.sampling import make_producer
+    def producer(self, index: ShardIndex, stage: Stage, seed: int, counts=None, **kw):
+        """The stage's plan producer (``fastlt.producers``). The trainer uses exactly ``steps_per_epoch`` and
+        ``make_plan(step) -> StepPlan`` for global steps ``first_step ..`` of epoch ``first_epoch`` (both
+        passed in ``kw``); ``counts`` is the run's shared confusion state. Override to add policy inputs
+        (e.g. LFM's text neighbours)."""
+        from fastlt.producers import make_producer
 
         return make_producer(stage.plan, index, batch_size=stage.batch_size or self.recipe.batch_size,
-                             seed=seed, counts=counts, recipe=self.recipe)
+                             seed=seed, counts=counts, recipe=self.recipe, **kw)
 
     # -- loss ---------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:  # pragma: no cover

@@ -52,6 +52,12 @@ class CPMix(Method):
         ]
         return tuple(s for s in stages if s.epochs > 0)
 
+    def producer(self, index, stage, seed, counts=None, **kw):
+        if stage.plan == "cpmix":
+            r = self.recipe
+            kw.update(mix_batch_size=r.cpmix_batch_size or None, fallback=r.cpmix_fallback)
+        return super().producer(index, stage, seed, counts, **kw)
+
     def loss(self, model, batch, ctx):
         r = self.recipe
         sm = batch.segment("main")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from fastlt.losses import mms_loss
 from fastlt.methods.base import Method, Stage, StepOutput, pair_cross_entropy, register
 
-PARTNER = "b"  # the partner segment of an `lfm` plan: rows = [main (anchors) | b (partners)]
+PARTNER = "partner"  # the partner segment of an `lfm` plan: rows = [main (anchors) | partner]
 
 
 def _two(recipe, key: str) -> tuple:

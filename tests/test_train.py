@@ -1,0 +1,157 @@
+"""The trainer end to end on digits-lt (real shards, resident pipeline, numba sampler, fused kernels):
+stage switching, CP-Mix batches from the confusion sampler, NaN handling, missing shards, bad resumes, eval."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fastlt.checkpoint import load_checkpoint
+from fastlt.methods.base import register
+from fastlt.methods.cpmix import CPMix
+from fastlt.recipes import resolve
+from fastlt.train import TrainingError, main, train
+
+
+def quick(data, method, *over):
+    return resolve("digits-lt", method, ["--data-root", str(data), "--progress", "false", *over])
+
+
+def lines(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@register
+class RecordingCPMix(CPMix):
+    """CP-Mix that also keeps the labels of every CP-mix pair it trained on (a real subclass, not a stub)."""
+
+    name = "cpmix-recording"
+    seen: list = []
+
+    def loss(self, model, batch, ctx):
+        if ctx.stage.name == "cpmix":
+            a, b = batch.labels[batch.segment("cp_a")], batch.labels[batch.segment("cp_b")]
+            RecordingCPMix.seen.append((ctx.epoch, a.numpy().copy(), b.numpy().copy()))
+        return super().loss(model, batch, ctx)
+
+
+def test_cpmix_stages_switch_and_pairs_come_from_confusions(digits_data, tmp_path):
+    r = replace(quick(digits_data, "cpmix", "--epochs", "3", "--cpmix-start-epoch", "2", "--finetune-epochs", "1",
+                      "--name", "cp"), method="cpmix-recording")
+    RecordingCPMix.seen = []
+    summary = train(r, tmp_path, log=lambda *a, **k: None)
+    run = tmp_path / "cp"
+    recs = lines(run)
+    assert [x["stage"] for x in recs] == ["erm", "erm", "cpmix", "finetune"]
+    assert [x["epoch"] for x in recs] == [0, 1, 2, 3]
+    # pairs are collected from the first step on and never reset
+    totals = [x["confusion_pairs"] for x in recs]
+    assert totals[0] > 0 and totals == sorted(totals)
+    # the CP-mix stage ran in epoch 2 only, and its pairs follow K: j ∝ K[i, j] never picks K[i, j] = 0
+    assert {e for e, _, _ in RecordingCPMix.seen} == {2}
+    ya = np.concatenate([a for _, a, _ in RecordingCPMix.seen])
+    yb = np.concatenate([b for _, _, b in RecordingCPMix.seen])
+    ck = load_checkpoint(run / "last.pt")
+    from fastlt.sampling import ConfusionCounts
+
+    K = ConfusionCounts(10)
+    K.load_state_dict(ck["sampler"]["counts"])
+    dense = K.to_dense()
+    assert (dense.sum(1) > 0).all(), "every class has recorded confusions after two ERM epochs"
+    assert (ya != yb).all() and (dense[ya, yb] > 0).all()
+    # anchors are uniform over classes, not ∝ K's row totals or the class sizes: the two few classes
+    # (13 and 17 of 544 train images, 5.5% together) get about 2/10 of the anchors
+    few = np.isin(ya, [8, 9]).mean()
+    assert 0.1 < few < 0.3
+    # the fine-tune stage froze the backbone: its weights equal those after the cpmix epoch
+    assert summary["all"] is not None and (run / "eval.json").exists()
+    assert (run / "confusion.png").exists() and (run / "per_class_accuracy.png").exists()
+    assert ck["optimizer_group"] == "finetune"
+
+
+def test_finetune_freezes_backbone(digits_data, tmp_path):
+    r = quick(digits_data, "cpmix", "--epochs", "1", "--cpmix-start-epoch", "1", "--finetune-epochs", "1",
+              "--name", "ft", "--eval-every", "0")
+    train(r, tmp_path, log=lambda *a, **k: None)
+    import shutil
+
+    first = tmp_path / "first"
+    first.mkdir()
+    r1 = replace(r, finetune_epochs=0, name="ft1")
+    train(r1, tmp_path, log=lambda *a, **k: None)
+    a = load_checkpoint(tmp_path / "ft" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "ft1" / "last.pt")["model"]
+    shutil.rmtree(first)
+    backbone = [k for k in a if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)  # weights and BN statistics
+    assert not torch.equal(a["classifier.weight"], b["classifier.weight"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits_data, tmp_path):
+    # epoch 2 multiplies the lr by 1e12: weight decay alone then scales weights by ~1e7 per step → inf → NaN
+    r = quick(digits_data, "bs", "--epochs", "3", "--schedule", "multistep", "--milestones", "1",
+              "--lr-decay", "1e12", "--warmup-epochs", "0", "--name", "nan")
+    with pytest.raises(TrainingError) as e:
+        train(r, tmp_path, log=lambda *a, **k: None)
+    msg = str(e.value)
+    assert "loss is nan" in msg.lower() or "loss is inf" in msg.lower()
+    assert "epoch 2" in msg and str(tmp_path / "nan" / "last.pt") in msg
+    ck = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert ck["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert len(lines(tmp_path / "nan")) == 1
+
+
+def test_missing_shard_prints_the_convert_command(tmp_path, capsys):
+    rc = main(["--dataset", "digits-lt", "--method", "bs", "--data-root", str(tmp_path / "nowhere"),
+               "--runs", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"tools/convert digits-lt --out {tmp_path / 'nowhere'}" in err
+    assert "train.beton not found" in err
+    rc = main(["--dataset", "cifar100-lt", "--method", "bs", "--data-root", str(tmp_path / "d")])
+    assert "tools/convert cifar100-lt /path/to/cifar-100-python --imbalance-factor 100" in capsys.readouterr().err
+
+
+def test_cli_bad_input(tmp_path, capsys):
+    assert main(["--dataset", "digitz-lt"]) == 2
+    assert "unknown dataset 'digitz-lt'; did you mean digits-lt" in capsys.readouterr().err
+    assert main(["--method", "balanced-softmax"]) == 2
+    assert "unknown method 'balanced-softmax'" in capsys.readouterr().err
+    assert main(["--epochs", "ten"]) == 2
+    assert "--epochs: expected an integer, got 'ten'" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert "no recipe.json there" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_different_recipe_and_eval_reads_the_run(digits_data, tmp_path, capsys):
+    r = quick(digits_data, "ce", "--epochs", "1", "--name", "run")
+    train(r, tmp_path, log=lambda *a, **k: None)
+    run = tmp_path / "run"
+    assert main(["--resume", str(run), "--lr", "0.3", "--weight-decay", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "different recipe; refusing to resume" in err
+    assert "lr: checkpoint 0.05, now 0.3" in err and "weight_decay: checkpoint 0.0005, now 0.0" in err
+    # a recipe.json edited by hand is caught the same way
+    d = json.loads((run / "recipe.json").read_text())
+    d["seed"] = 5
+    (run / "recipe.json").write_text(json.dumps(d))
+    assert main(["--resume", str(run)]) == 2
+    assert "seed: checkpoint 0, now 5" in capsys.readouterr().err
+    # starting again into the same directory without --resume is refused
+    with pytest.raises(TrainingError, match="already holds a run; pass --resume"):
+        train(r, tmp_path, log=lambda *a, **k: None)
+
+    from fastlt.evaluate import main as eval_main
+
+    want = json.loads((run / "eval.json").read_text())
+    assert eval_main(["--run", str(run), "--checkpoint", "last", "--out", str(tmp_path / "ev")]) == 0
+    got = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    for k in ("many", "medium", "few", "all"):
+        assert got[k] == pytest.approx(want[k])
+    assert "many  medium  few    all" in capsys.readouterr().out
+    assert eval_main(["--run", str(run), "--shard", str(digits_data / "digits-lt" / "train.beton")]) == 0
+    train_eval = json.loads((run / "eval-digits-lt-train" / "eval.json").read_text())
+    assert train_eval["split"] == "train" and train_eval["num_images"] == 544
