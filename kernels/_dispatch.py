@@ -12,10 +12,11 @@ and (where the CPU path matters for speed) a numba kernel. The choice, in order 
 set it in their own process). ``numba`` forced on an op without a numba kernel, or on CUDA tensors, runs the
 reference: numba is a CPU fast path, never a semantic variant.
 
-Triton reads ``TRITON_INTERPRET`` when a function is decorated with ``triton.jit``, so kernels here are
-plain functions decorated on first launch (:func:`jit`), once per interpreter setting. Importing
-``fastlt.kernels`` therefore never freezes the mode: a test may set the variable after another module
-imported the package, as long as it does so before its first Triton launch.
+Triton fixes interpreter vs compiler when ``triton`` is first imported (its own ``tl.sum``, ``tl.max``,
+``tl.zeros`` are ``triton.jit`` functions decorated then), so ``TRITON_INTERPRET=1`` must be in the environment
+before anything imports triton — in practice, a process of its own (the tests spawn one). fastlt's kernels
+are plain functions decorated on first launch (:func:`jit`), keyed by the interpreter setting, so importing
+``fastlt.kernels`` compiles nothing.
 """
 
 from __future__ import annotations

@@ -7,15 +7,38 @@ rounding to nearest even, so there it is held to one bf16 ulp (relative 2⁻⁷)
 (tests/gpu). λ_y is compared exactly.
 """
 
-import os
+import multiprocessing
 
-# Triton reads this when a kernel is first decorated; fastlt.kernels decorates lazily, on first launch.
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
+from fastlt.kernels import _dispatch, cutmix_boxes, mix_images, mix_labels
+from fastlt.kernels.mix import IMAGENET_MEAN, IMAGENET_STD, clip_boxes
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from fastlt.kernels import _dispatch, cutmix_boxes, mix_images, mix_labels  # noqa: E402
-from fastlt.kernels.mix import IMAGENET_MEAN, IMAGENET_STD, clip_boxes  # noqa: E402
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """A worker process whose Triton runs in the CPU interpreter.
+
+    Triton fixes interpreter vs compiler when ``triton`` is first imported (its own ``tl.sum``/``tl.max`` are
+    ``triton.jit`` functions), so the interpreter cannot share a process with compiled CUDA kernels. The
+    worker is spawned with ``TRITON_INTERPRET=1``; this process never sets it, so tests/gpu in the same
+    session still compile. ``interpreter.apply(fn, args, kwargs)`` runs ``fn`` there and returns its result.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")
+        pool = multiprocessing.get_context("spawn").Pool(1)  # the worker starts (and copies the env) here
+    yield pool
+    pool.close()
+    pool.join()
+
+
+def run(backend, interpreter, *args, **kwargs):
+    """``mix_images`` on the given backend; Triton goes to the interpreter worker."""
+    if backend == "triton":
+        return interpreter.apply(mix_images, args, {**kwargs, "backend": "triton"})
+    return mix_images(*args, **kwargs, backend=backend)
+
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BF16_ULP = 2.0**-7
@@ -62,7 +85,7 @@ def _assert_matches(out, ref, dtype, backend):
 
 @pytest.mark.parametrize("batch,h,w", [(1, 17, 23), (3, 32, 32), (37, 17, 23), (1, 224, 224)])
 @pytest.mark.parametrize("backend", ["triton", "numba"])
-def test_kernel_matches_reference(batch, h, w, backend):
+def test_kernel_matches_reference(batch, h, w, backend, interpreter):
     images = _images(max(batch, 4), h, w, seed=batch)
     kw = _random_mix(batch, images.shape[0], h, w, seed=h * w + batch)
     counts = torch.tensor([500.0, 20.0, 3.0, 3.0])
@@ -71,50 +94,34 @@ def test_kernel_matches_reference(batch, h, w, backend):
         rule, params = [("mixup", {}), ("lfm", {"alpha": 1.0}), ("remix", {})][i]
         args = dict(kw, out_dtype=dtype, rule=rule, **params, **(labels if rule != "mixup" else {}))
         ref = mix_images(images, images, backend="torch", **args)
-        _assert_matches(mix_images(images, images, backend=backend, **args), ref, dtype, backend)
+        _assert_matches(run(backend, interpreter, images, images, **args), ref, dtype, backend)
 
 
 @pytest.mark.parametrize("backend", ["triton", "numba"])
-def test_plain_normalise(backend):
+def test_plain_normalise(backend, interpreter):
     images = _images(5, 17, 23)
     idx = torch.tensor([4, 0, 0])
     for dtype in DTYPES:
         ref = mix_images(images, idx_a=idx, out_dtype=dtype, backend="torch")
-        _assert_matches(mix_images(images, idx_a=idx, out_dtype=dtype, backend=backend), ref, dtype, backend)
+        out = run(backend, interpreter, images, idx_a=idx, out_dtype=dtype)
+        _assert_matches(out, ref, dtype, backend)
         assert torch.equal(ref.lam_y, torch.ones(3))
 
 
 @pytest.mark.parametrize(
     "rule,params", [("cpmix", {"kappa": 0.3}), ("cutmix", {}), ("remix", {"kappa": 2.5})]
 )
-def test_fused_label_rules_triton(rule, params):
+def test_fused_label_rules_triton(rule, params, interpreter):
     """λ_y from the Triton launch equals mix_labels for the rules not covered above."""
     images = _images(8, 9, 11)
     kw = _random_mix(12, 8, 9, 11, seed=7)
     if rule == "cutmix":
         kw["mode"] = torch.full((12,), 2, dtype=torch.int32)
     counts = torch.tensor([1.0, 7.0, 7.0, 300.0, 0.0, 50.0, 2.0, 9.0])
-    out = mix_images(
-        images,
-        images,
-        backend="triton",
-        rule=rule,
-        y_a=kw["idx_a"],
-        y_b=kw["idx_b"],
-        class_counts=counts,
-        **params,
-        **kw,
-    )
-    expect = mix_labels(
-        rule,
-        kw["lam"],
-        counts[kw["idx_a"]],
-        counts[kw["idx_b"]],
-        mode=kw["mode"],
-        boxes=kw["boxes"],
-        size=(9, 11),
-        **params,
-    )
+    labels = dict(y_a=kw["idx_a"], y_b=kw["idx_b"], class_counts=counts)
+    out = run("triton", interpreter, images, images, rule=rule, **labels, **params, **kw)
+    n_a, n_b = counts[kw["idx_a"]], counts[kw["idx_b"]]
+    expect = mix_labels(rule, kw["lam"], n_a, n_b, mode=kw["mode"], boxes=kw["boxes"], size=(9, 11), **params)
     assert torch.equal(out.lam_y, expect)
 
 
@@ -141,10 +148,10 @@ def test_reference_is_the_formula():
         torch.testing.assert_close(out[i], expect, rtol=1e-5, atol=1e-5)
 
 
-def test_index_fusion_equals_gathered_copies():
+def test_index_fusion_equals_gathered_copies(interpreter):
     images = _images(10, 8, 8)
     kw = _random_mix(7, 10, 8, 8, seed=5)
-    fused = mix_images(images, images, backend="triton", **kw)
+    fused = run("triton", interpreter, images, images, **kw)
     copies = dict(kw)
     ia, ib = copies.pop("idx_a"), copies.pop("idx_b")
     sliced = mix_images(images[ia], images[ib], backend="torch", **copies)
@@ -167,13 +174,13 @@ EDGE_BOXES = [
 
 
 @pytest.mark.parametrize("backend", ["triton", "numba", "torch"])
-def test_cutmix_takes_exactly_one_minus_lambda_of_the_pixels(backend):
+def test_cutmix_takes_exactly_one_minus_lambda_of_the_pixels(backend, interpreter):
     h, w = 17, 23
     a = _images(len(EDGE_BOXES), h, w, seed=1)
     b = a ^ 0x80  # every channel of every pixel differs from a
     boxes = torch.tensor(EDGE_BOXES, dtype=torch.int32)
     mode = torch.full((len(EDGE_BOXES),), 2, dtype=torch.int32)
-    out = mix_images(a, b, boxes=boxes, mode=mode, backend=backend)
+    out = run(backend, interpreter, a, b, boxes=boxes, mode=mode)
     from_b = mix_images(b, backend="torch").images
     from_a = mix_images(a, backend="torch").images
     taken = (out.images == from_b).all(1)  # [B, H, W] pixels copied from b
@@ -312,6 +319,7 @@ def test_dispatch(monkeypatch):
     assert _dispatch.pick(cuda, has_numba=True) == "triton"
     assert _dispatch.pick(cuda, "numba", has_numba=True) == "torch"
     monkeypatch.setenv(_dispatch.ENV, "torch")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _dispatch.pick(cuda) == "torch" and _dispatch.pick(cpu, "triton") == "triton"
     monkeypatch.setenv(_dispatch.ENV, "cuda")
     with pytest.raises(ValueError, match="FASTLT_KERNELS='cuda'"):

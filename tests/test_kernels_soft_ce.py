@@ -7,15 +7,26 @@ fp32, so the loss keeps rtol 1e-5; the gradient is rounded once to the logits' d
 ulp of that dtype.
 """
 
-import os
+import multiprocessing
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the first Triton launch; see tests/test_kernels_mix.py
+import pytest
+import torch
+import torch.nn.functional as F
+from fastlt.kernels import soft_cross_entropy
+from fastlt.kernels.soft_ce import soft_ce_reference
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from fastlt.kernels import soft_cross_entropy  # noqa: E402
-from fastlt.kernels.soft_ce import soft_ce_reference  # noqa: E402
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """A worker process whose Triton runs in the CPU interpreter (see tests/test_kernels_mix.py: Triton fixes
+    the mode at import, and this process must stay free to compile CUDA kernels in tests/gpu)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")
+        pool = multiprocessing.get_context("spawn").Pool(1)
+    yield pool
+    pool.close()
+    pool.join()
 
 
 def _problem(B, C, K, seed, dtype=torch.float32, duplicates=True):
@@ -31,11 +42,18 @@ def _problem(B, C, K, seed, dtype=torch.float32, duplicates=True):
     return logits, idx, w, adjust, cw
 
 
-def _run(backend, logits, idx, w, adjust, cw, reduction):
+def fwd_bwd(backend, logits, idx, w, adjust, cw, reduction):
+    """Loss and gradient with respect to the logits (module level so the interpreter worker can import it)."""
     z = logits.clone().requires_grad_(True)
     loss = soft_cross_entropy(z, idx, w, adjust, cw, reduction, backend=backend)
     (loss.sum() if reduction == "none" else loss).backward()
     return loss.detach(), z.grad
+
+
+def _run(backend, interpreter, *args):
+    if backend == "triton":
+        return interpreter.apply(fwd_bwd, (backend, *args))
+    return fwd_bwd(backend, *args)
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -87,21 +105,21 @@ def test_reference_gradcheck_float64(reduction):
         (1, 8142, 1, "sum", True),
     ],
 )
-def test_triton_matches_reference_fp32(B, C, K, reduction, weighted):
+def test_triton_matches_reference_fp32(B, C, K, reduction, weighted, interpreter):
     logits, idx, w, adjust, cw = _problem(B, C, K, seed=B * C + K)
     args = (logits, idx, w, adjust if weighted else None, cw if weighted else None, reduction)
-    loss, grad = _run("triton", *args)
-    ref_loss, ref_grad = _run("torch", *args)
+    loss, grad = _run("triton", interpreter, *args)
+    ref_loss, ref_grad = _run("torch", interpreter, *args)
     assert loss.dtype == torch.float32 and grad.dtype == torch.float32 and loss.shape == ref_loss.shape
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_triton_low_precision_logits(dtype):
+def test_triton_low_precision_logits(dtype, interpreter):
     logits, idx, w, adjust, cw = _problem(5, 100, 2, seed=4, dtype=dtype)
-    loss, grad = _run("triton", logits, idx, w, adjust, cw, "mean")
-    ref_loss, ref_grad = _run("torch", logits, idx, w, adjust, cw, "mean")
+    loss, grad = _run("triton", interpreter, logits, idx, w, adjust, cw, "mean")
+    ref_loss, ref_grad = _run("torch", interpreter, logits, idx, w, adjust, cw, "mean")
     assert grad.dtype == dtype
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     # One ulp of the dtype (2^-7 bf16, 2^-10 fp16 relative): the interpreter truncates to bf16 where torch and
@@ -111,37 +129,39 @@ def test_triton_low_precision_logits(dtype):
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_duplicate_indices_accumulate(backend):
+def test_duplicate_indices_accumulate(backend, interpreter):
     logits, idx, _, adjust, cw = _problem(4, 7, 1, seed=5)
     split = (torch.cat([idx, idx, idx], 1), torch.tensor([[0.2, 0.3, 0.5]]).expand(4, 3).contiguous())
     once = (idx, torch.ones(4, 1))
     for reduction in ("mean", "none"):
-        a = _run(backend, logits, *split, adjust, cw, reduction)
-        b = _run(backend, logits, *once, adjust, cw, reduction)
+        a = _run(backend, interpreter, logits, *split, adjust, cw, reduction)
+        b = _run(backend, interpreter, logits, *once, adjust, cw, reduction)
         torch.testing.assert_close(a[0], b[0], rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(a[1], b[1], rtol=1e-6, atol=1e-7)
 
 
-def test_gradient_is_softmax_minus_target():
+def test_gradient_is_softmax_minus_target(interpreter):
     """The analytic gradient, built densely here only to check the kernel: (W·p − scatter(w·cw)) / ΣW."""
     logits, idx, w, adjust, cw = _problem(6, 7, 2, seed=6)
-    _, grad = _run("triton", logits, idx, w, adjust, cw, "mean")
+    _, grad = _run("triton", interpreter, logits, idx, w, adjust, cw, "mean")
     ww = w * cw[idx]
     p = torch.softmax(logits + adjust, 1)
     expect = (ww.sum(1, keepdim=True) * p - torch.zeros(6, 7).scatter_add_(1, idx, ww)) / ww.sum()
     torch.testing.assert_close(grad, expect, rtol=1e-5, atol=1e-7)
 
 
-def test_hard_labels_as_vectors_and_zero_weights():
+def test_hard_labels_as_vectors_and_zero_weights(interpreter):
     logits, idx, *_ = _problem(4, 7, 1, seed=7)
     y = idx[:, 0]
-    loss = soft_cross_entropy(logits, y, torch.ones(4), backend="triton")
+    loss = interpreter.apply(soft_cross_entropy, (logits, y, torch.ones(4)), {"backend": "triton"})
     torch.testing.assert_close(loss, F.cross_entropy(logits, y), rtol=1e-5, atol=1e-6)
-    zero = soft_cross_entropy(logits, y, torch.zeros(4), reduction="none", backend="triton")
+    zero = interpreter.apply(
+        soft_cross_entropy, (logits, y, torch.zeros(4)), dict(reduction="none", backend="triton")
+    )
     assert torch.equal(zero, torch.zeros(4))
 
 
-def test_bad_arguments():
+def test_bad_arguments(interpreter):
     logits, idx, w, adjust, cw = _problem(3, 7, 2, seed=8)
     with pytest.raises(ValueError, match=r"outside \[0, 7\)"):
         soft_cross_entropy(logits, idx + 7, w)
@@ -156,4 +176,4 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="class_weight"):
         soft_cross_entropy(logits, idx, w, class_weight=torch.ones(7, dtype=torch.int64))
     with pytest.raises(ValueError, match="backend='torch'"):
-        soft_cross_entropy(logits.double(), idx, w, backend="triton")
+        interpreter.apply(soft_cross_entropy, (logits.double(), idx, w), {"backend": "triton"})
