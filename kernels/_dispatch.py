@@ -15,8 +15,8 @@ reference: numba is a CPU fast path, never a semantic variant.
 Triton fixes interpreter vs compiler when ``triton`` is first imported (its own ``tl.sum``, ``tl.max``,
 ``tl.zeros`` are ``triton.jit`` functions decorated then), so ``TRITON_INTERPRET=1`` must be in the
 environment before anything imports triton — in practice, a process of its own (the tests spawn one).
-fastlt's kernels are plain functions decorated on first launch (:func:`jit`), keyed by the interpreter setting, so importing
-``fastlt.kernels`` compiles nothing.
+fastlt's kernels are plain functions decorated on first launch (:func:`jit`), keyed by the interpreter
+setting, so importing ``fastlt.kernels`` compiles nothing.
 """
 
 from __future__ import annotations
