@@ -27,8 +27,8 @@ Confusion counts (CP-Mix)
 :class:`ConfusionCounts` keeps K[y, ŷ] sparse, O(C + nnz) memory. Row ``i`` is an open-addressing hash
 table of ``cap_i`` slots (a power of two, load ≤ 3/4) in one flat int32 arena: slot ``s`` holds
 ``(key_s, K[i, key_s])`` (key −1: empty). Above the slot counts sits a 16-ary sum tree: node t of level l
-holds the sum of nodes 16t … 16t+15 of level l−1 (level 0 = the slot counts). Both operations the trainer needs are
-O(log₁₆ cap_i) with no rebuild:
+holds the sum of nodes 16t … 16t+15 of level l−1 (level 0 = the slot counts). Both operations the trainer
+needs are O(log₁₆ cap_i) with no rebuild:
 
 * update (y, ŷ): hash-probe row y for column ŷ (insert if new), then add 1 to the slot and its ancestors;
 * draw j ∝ K[i, ·]: ``u`` uniform in ``[0, K_i·)``; at each level, walk the 16 child sums of the current node,
@@ -507,7 +507,7 @@ class TextLocal:
         sim = np.asarray(sim)
         if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
             raise ValueError(f"sim: expected a square [C, C] similarity matrix, got shape {sim.shape}")
-        return cls._build(lambda lo, hi: np.asarray(sim[lo:hi], np.float64), sim.shape[0], tau, k, eps,
+        return cls._build(lambda lo, hi: np.array(sim[lo:hi], np.float64), sim.shape[0], tau, k, eps,
                           allowed, block)
 
     @classmethod
