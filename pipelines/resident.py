@@ -6,11 +6,11 @@ index gather plus batched augmentation, with no per-image Python and no host rou
 
 Augmentation policies (parameters from the shared transforms module, so they are seeded by the plan):
 
-* **pad-crop + flip** — data stored at the training resolution and at most 64 px (CIFAR at 32): zero-pad by 4,
-  take a random ``S × S`` window, mirror half the rows. Done as *one* advanced-indexing gather straight from the
-  resident tensor: output pixel ``(i, j)`` of row k reads source pixel ``(dy_k − 4 + i, x_k(j))`` with
-  ``x_k(j) = dx_k − 4 + j`` (or ``S − 1 − j`` for mirrored rows) and is zeroed where that falls outside the image.
-  The padded image is never materialised.
+* **pad-crop + flip** — data stored at the training resolution and at most 64 px (CIFAR at 32): zero-pad
+  by 4, take a random ``S × S`` window, mirror half the rows. Done as *one* ``index_select`` straight from the
+  resident pixels: output pixel ``(i, j)`` of row k reads source pixel ``(dy_k − 4 + i, x_k(j))`` with
+  ``x_k(j) = dx_k − 4 + j`` (``x_k(W − 1 − j)`` for mirrored rows), and reads a zero pixel kept after the
+  data where that falls outside the image. The padded image is never materialised.
 * **random-resized-crop + flip** — anything else: the box of each row is resampled to ``S × S`` by
   ``torchvision.ops.roi_align`` (``aligned=True``: box edges are pixel edges, and with ``sampling_ratio=-1`` each
   output pixel averages ``ceil(box/S)²`` bilinear samples, an area filter when shrinking).
@@ -70,18 +70,25 @@ def resized_crops(images: torch.Tensor, boxes: np.ndarray, flip: np.ndarray, siz
 
 
 def pad_crops(
-    data: torch.Tensor, rows: torch.Tensor, offsets: np.ndarray, flip: np.ndarray, pad: int
+    pixels: torch.Tensor, shape: tuple[int, int, int], rows: torch.Tensor, offsets: np.ndarray, flip: np.ndarray,
+    pad: int,
 ) -> torch.Tensor:
-    """uint8[R, H, W, 3] pad-crop + flip of ``data[rows]`` as one gather (see the module docstring)."""
-    _, H, W, _ = data.shape
-    dev = data.device
+    """uint8[R, H, W, 3] pad-crop + flip of rows of the resident data as one gather (see the module docstring).
+
+    ``pixels`` is the resident data flattened to ``[N·H·W + 1, 3]`` whose last entry is a zero pixel: every
+    output pixel is one index into it, and those that fall in the padding point at the zero pixel, so the
+    crop, the padding and the flip are a single ``index_select`` with no mask pass.
+    """
+    N, H, W = shape
+    dev = pixels.device
     off = torch.as_tensor(offsets, device=dev)
-    iy = off[:, :1] - pad + torch.arange(H, device=dev)  # [R, H]
-    ix = off[:, 1:] - pad + torch.arange(W, device=dev)  # [R, W]
+    iy = off[:, :1] - pad + torch.arange(H, device=dev)  # [R, H] source row of each output row
+    ix = off[:, 1:] - pad + torch.arange(W, device=dev)  # [R, W] source column of each output column
     ix = torch.where(torch.as_tensor(flip, device=dev)[:, None], ix.flip(1), ix)
-    valid = ((iy >= 0) & (iy < H))[:, :, None] & ((ix >= 0) & (ix < W))[:, None, :]
-    out = data[rows[:, None, None], iy.clamp(0, H - 1)[:, :, None], ix.clamp(0, W - 1)[:, None, :]]
-    return torch.where(valid[..., None], out, torch.zeros((), dtype=out.dtype, device=dev))
+    inside = ((iy >= 0) & (iy < H))[:, :, None] & ((ix >= 0) & (ix < W))[:, None, :]
+    flat = rows[:, None, None] * (H * W) + iy.clamp(0, H - 1)[:, :, None] * W + ix.clamp(0, W - 1)[:, None, :]
+    flat = torch.where(inside, flat, N * H * W)  # the zero pixel
+    return pixels.index_select(0, flat.reshape(-1)).view(len(rows), H, W, 3)
 
 
 class ResidentPipeline(Pipeline):
@@ -103,8 +110,11 @@ class ResidentPipeline(Pipeline):
             shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch
         )
         host = decode_all(BetonImages(shard.beton_path))
-        self.data = torch.from_numpy(host).to(self.device)
-        _, self.height, self.width, _ = host.shape
+        N, self.height, self.width, _ = host.shape
+        # One trailing zero pixel serves as the padding of pad-crop (see pad_crops).
+        self.pixels = torch.zeros((N * self.height * self.width + 1, 3), dtype=torch.uint8, device=self.device)
+        self.pixels[:-1] = torch.from_numpy(host.reshape(-1, 3)).to(self.device)
+        self.data = self.pixels[:-1].view(N, self.height, self.width, 3)
         self.pad = int(pad)
         square_at_size = self.height == self.width == self.image_size
         self.policy = (
@@ -120,11 +130,11 @@ class ResidentPipeline(Pipeline):
             return self.data[rows]
         if self.policy == "pad_crop":
             offsets, flip = pad_crop_params(R, seed, self.pad)
-            return pad_crops(self.data, rows, offsets, flip, self.pad)
+            return pad_crops(self.pixels, self.data.shape[:3], rows, offsets, flip, self.pad)
         heights = np.full(R, self.height)
         widths = np.full(R, self.width)
         boxes, flip = crop_params(heights, widths, train=self.train, seed=seed, image_size=self.image_size)
         return resized_crops(self.data[rows], boxes, flip, self.image_size)
 
     def _close(self):
-        self.data = None
+        self.data = self.pixels = None
