@@ -31,6 +31,7 @@ depends on; a producer restored from it continues the same stream.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -254,7 +255,7 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: Conf
     """The producer of policy ``plan`` over a shard (``index``: ShardIndex, Shard or class offsets).
 
     ``counts`` is shared confusion state (every producer feeds it through ``apply``; ``cpmix`` draws from it,
-    making its own when None). Recipe fields read when present: ``mix_batch_size`` (B_m, default B),
+    making its own when None). Recipe fields read when present: ``cpmix_batch_size`` (B_m; 0/None: B),
     ``cpmix_fallback`` ('instance' | 'redraw'), ``lfm_tau`` (0.05), ``lfm_k`` (None: automatic, dropped mass
     < ``lfm_eps`` = 1e-3). LFM needs ``neighbours`` (a TextLocal) or ``text_features`` (float[C, d]).
     Other keywords (``drop_last``, ``first_epoch``, ``first_step``) go to the producer.
@@ -266,16 +267,35 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: Conf
     offsets = _offsets_of(index)
     r = recipe
     if plan == "cpmix":
-        kw.setdefault("mix_batch_size", getattr(r, "mix_batch_size", None))
+        kw.setdefault("mix_batch_size", getattr(r, "cpmix_batch_size", None) or None)
         kw.setdefault("fallback", getattr(r, "cpmix_fallback", None) or "instance")
     if plan == "lfm":
         if neighbours is None:
             if text_features is None:
                 raise ValueError("plan 'lfm' needs the class similarities: pass neighbours=TextLocal(...) or "
                                  "text_features=float[C, d] class text embeddings")
-            sizes = np.diff(offsets)
-            neighbours = TextLocal.from_embeddings(
-                text_features, tau=getattr(r, "lfm_tau", 0.05), k=getattr(r, "lfm_k", None),
-                eps=getattr(r, "lfm_eps", 1e-3), allowed=sizes > 0)
+            neighbours = _text_local(text_features, getattr(r, "lfm_tau", 0.05), getattr(r, "lfm_k", None),
+                                     getattr(r, "lfm_eps", 1e-3), np.diff(offsets) > 0)
         kw["neighbours"] = neighbours
     return PRODUCERS[plan](offsets, batch_size, seed, counts=counts, **kw)
+
+
+_TEXT_CACHE: dict[tuple, TextLocal] = {}
+
+
+def _text_local(features, tau, k, eps, allowed) -> TextLocal:
+    """TextLocal of the class features, cached: the trainer makes a producer per epoch, and sorting C
+    similarity rows (C² log C) is worth doing once."""
+    f = np.ascontiguousarray(_numpy(features), dtype=np.float64)
+    key = (hashlib.sha1(f.tobytes()).hexdigest(), f.shape, float(tau), k, float(eps),
+           hashlib.sha1(np.packbits(allowed).tobytes()).hexdigest())
+    if key not in _TEXT_CACHE:
+        _TEXT_CACHE.clear()  # one run, one text table
+        _TEXT_CACHE[key] = TextLocal.from_embeddings(f, tau=tau, k=k, eps=eps, allowed=allowed)
+    return _TEXT_CACHE[key]
+
+
+def _numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor, possibly on the GPU
+        return a.detach().float().cpu().numpy()
+    return np.asarray(a)

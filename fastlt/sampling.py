@@ -504,7 +504,7 @@ class TextLocal:
     def from_similarity(cls, sim, tau: float = 0.05, *, k: int | None = None, eps: float = 1e-3,
                         allowed=None, block: int = 256) -> TextLocal:
         """From a dense class similarity matrix ``sim float[C, C]`` (cosine of class text features)."""
-        sim = np.asarray(sim)
+        sim = _to_numpy(sim)
         if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
             raise ValueError(f"sim: expected a square [C, C] similarity matrix, got shape {sim.shape}")
         return cls._build(lambda lo, hi: np.array(sim[lo:hi], np.float64), sim.shape[0], tau, k, eps,
@@ -515,7 +515,7 @@ class TextLocal:
                         allowed=None, block: int = 256) -> TextLocal:
         """From class text features ``float[C, d]`` (normalised here; s = cosine), a block of rows at a
         time (never the whole C×C matrix)."""
-        f = np.asarray(features, np.float64)
+        f = np.asarray(_to_numpy(features), np.float64)
         if f.ndim != 2:
             raise ValueError(f"features: expected [C, d] class embeddings, got shape {f.shape}")
         norms = np.linalg.norm(f, axis=1, keepdims=True)
