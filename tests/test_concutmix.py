@@ -180,3 +180,36 @@ def test_topk_beyond_the_class_count_fails_when_the_model_is_built():
     r = apply_overrides(preset("digits-lt", "concutmix"), [("ccm_topk", "30")])
     with pytest.raises(ValueError, match="ccm_topk"):
         get_method("concutmix")(r).build_model(10)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    from fastlt.convert import main as convert_main
+
+    out = tmp_path_factory.mktemp("data")
+    assert convert_main(["digits-lt", "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_fastlt_train_concutmix_on_digits_lt_writes_eval_json(digits_root, tmp_path):
+    """`fastlt train --dataset digits-lt --method concutmix`, CI-sized: 2 epochs × 3 steps, every batch
+    CutMixed, rectified labels from the second epoch on (l_d_warm 0), then the run's evaluation."""
+    import json
+
+    from fastlt.cli import main as cli
+
+    runs = tmp_path / "runs"
+    argv = ["train", "--dataset", "digits-lt", "--method", "concutmix", "--runs", str(runs),
+            "--data-root", str(digits_root), "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "32",
+            "--ccm-cutmix-prob", "1", "--ccm-l-d-warm", "0", "--progress", "false", "--workers", "1"]
+    assert cli(argv) == 0
+    run = runs / "digits-lt-concutmix-s0"
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["num_classes"] == 10 and ev["num_images"] == 400
+    assert all(ev[g] is not None and 0 <= ev[g] <= 100 for g in ("many", "medium", "few", "all"))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1] and all(math.isfinite(x["train_loss"]) for x in lines)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert any(k.startswith("prototype_head.") for k in state["model"])  # the BCL heads are saved

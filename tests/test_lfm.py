@@ -16,7 +16,7 @@ from tiny_clip import write_tiny_clip
 from fastlt.methods.base import Priors, StepContext, get_method
 from fastlt.methods.lfm import Renormalize
 from fastlt.recipes import apply_overrides, preset
-from fastlt.shards import ArraySource, write_shard
+from fastlt.shards import ArraySource, open_shard, write_shard
 from fastlt.text import text_similarity
 
 NAMES = ["cat", "kitten", "truck", "car", "sea_lion"]
@@ -53,7 +53,7 @@ def _batch(seed, B=6):
     y_a = torch.randint(0, 5, (B,), generator=g)
     y_b = (y_a + torch.randint(1, 5, (B,), generator=g)) % 5  # partner class ≠ anchor class
     rows = np.arange(B)
-    plan = StepPlan.from_segments(0, 0, main=rows, b=rows + B)
+    plan = StepPlan.from_segments(0, 0, main=rows, partner=rows + B)
     images = torch.randint(0, 256, (2 * B, 32, 32, 3), dtype=torch.uint8, generator=g)
     return Batch(plan, torch.as_tensor(plan.rows), images, torch.cat([y_a, y_b])), y_a, y_b
 
@@ -156,3 +156,63 @@ def test_clip_route_uses_the_checkpoint_towers(root, tmp_path):
         want = F.normalize(clip.encode_image(pre(x)), dim=1) @ t.T
         assert torch.allclose(model(x), want, atol=1e-5)
     assert [id(p) for p in m.trainable_parameters(model, m.stages()[1])] == [id(model.classifier.w_i.weight)]
+
+
+def test_partner_distribution_of_the_real_plan_producer(root):
+    """Plans from the method's own producer: partner class j of an anchor of class i follows
+    p(j|i) = exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ), never j = i (chi-square per anchor class)."""
+    from scipy.stats import chisquare
+
+    r, m = _method(root, ("lfm_tau", "0.2"))  # a wide τ so every row of p(·|i) has several live entries
+    index = open_shard(root / "digits-lt" / "train.beton").index
+    producer = m.producer(index, m.stages()[0], seed=5)
+    labels = index.labels
+    pairs = np.zeros((5, 5), dtype=np.int64)
+    for step in range(300):
+        plan = producer.make_plan(step)
+        np.add.at(pairs, (labels[plan.rows_of("main")], labels[plan.rows_of("partner")]), 1)
+    assert np.all(np.diag(pairs) == 0)
+    s = text_similarity(m.text_features()).astype(np.float64)
+    for i in range(5):
+        logits = np.where(np.arange(5) == i, -np.inf, s[i] / 0.2)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        observed, expected = pairs[i], p * pairs[i].sum()
+        big = expected >= 5  # lump the rare cells so the chi-square approximation holds
+        obs = np.append(observed[big], observed[~big].sum())
+        exp = np.append(expected[big], expected[~big].sum())
+        keep = exp > 0
+        assert chisquare(obs[keep], exp[keep]).pvalue > 1e-3, (i, observed, expected.round(1))
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    from fastlt.convert import main as convert_main
+
+    out = tmp_path_factory.mktemp("digits")
+    assert convert_main(["digits-lt", "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_root, tmp_path):
+    """`fastlt train --dataset digits-lt --method lfm` with the offline MiniLM encoder, CI-sized: one epoch of
+    each stage × 3 steps, then the run's evaluation; the class text features are cached beside the shard."""
+    import json
+
+    from fastlt.cli import main as cli
+
+    runs = tmp_path / "runs"
+    argv = ["train", "--dataset", "digits-lt", "--method", "lfm", "--runs", str(runs), "--data-root",
+            str(digits_root), "--lfm-epochs", "1,1", "--steps-per-epoch", "3", "--batch-size", "32",
+            "--progress", "false", "--workers", "1"]
+    assert cli(argv) == 0
+    run = runs / "digits-lt-lfm-s0"
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["num_classes"] == 10 and ev["num_images"] == 400
+    assert all(ev[g] is not None and 0 <= ev[g] <= 100 for g in ("many", "medium", "few", "all"))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["stage"] for x in lines] == ["encoder", "w_i"]
+    assert all(math.isfinite(x["train_loss"]) for x in lines)
+    assert list((digits_root / "digits-lt").glob("text-minilm-*.npz"))

@@ -149,12 +149,9 @@ class LFM(Method):
             return list(model.encoder.parameters())
         return super().trainable_parameters(model, stage)
 
-    def producer(self, index, stage, seed, counts=None):
-        from fastlt.sampling import make_producer
-
-        r = self.recipe
-        return make_producer(stage.plan, index, batch_size=stage.batch_size or r.batch_size, seed=seed,
-                             counts=counts, recipe=r, text_features=self.text_features())
+    def producer(self, index, stage, seed, counts=None, **kw):
+        """The ``lfm`` plans draw partners from the class text features (``p(j|i) ∝ exp(s_ij/τ)``)."""
+        return super().producer(index, stage, seed, counts, text_features=self.text_features(), **kw)
 
     # -- loss -----------------------------------------------------------------------------------------
     def text_similarity(self, model) -> torch.Tensor:
