@@ -238,14 +238,19 @@ class FFCVPipeline(Pipeline):
         ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         with _STAGE_LOCK, ctx:
             numba.set_num_threads(self.workers)  # per calling thread; Compiler's version also resets torch
+            if self._stream is not None:
+                # The previous plan's clone (default stream) must be done before ToDevice overwrites its source.
+                self._stream.wait_stream(torch.cuda.default_stream(self.device))
             for stage_code, define_outputs in self._code:
                 results = stage_code(**args)
                 for node_id, result in zip(define_outputs, results):
                     args[f"result_{node_id}"] = result
-            images = args[f"result_{self._outputs[0]}"].clone()
+            result = args[f"result_{self._outputs[0]}"]
         if self._stream is not None:
+            # Wait for the host→device copy, then clone on the default stream: the Batch then belongs to the
+            # stream the trainer uses, and FFCV's device buffer is free for the next plan.
             self._stream.synchronize()
-        return images
+        return result.clone()
 
     def _close(self):
         if self._context is not None:

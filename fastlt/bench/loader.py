@@ -65,7 +65,7 @@ def link_tree(files: list[Path], labels: np.ndarray, root: Path) -> Path:
     return root
 
 
-def torchvision_imagefolder(files, labels, *, batch_size, workers, repeats, size=224) -> float:
+def torchvision_imagefolder(files, labels, *, batch_size, workers, repeats, images, size=224) -> float:
     import torch
     from torchvision import datasets, transforms
 
@@ -76,7 +76,9 @@ def torchvision_imagefolder(files, labels, *, batch_size, workers, repeats, size
         ds = datasets.ImageFolder(str(link_tree(files, labels, Path(tmp))), transform=tf)
 
         def run():
-            return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers)
+            # Shuffled; drawn with replacement only when a pass needs more images than the set holds.
+            sampler = torch.utils.data.RandomSampler(ds, replacement=images > len(ds), num_samples=images)
+            return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers)
 
         return throughput(run, repeats)
 
@@ -234,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                 "files the shard was converted from — pass --source-root DIR"
             )
         n = steps * B
-        files, labels = files[:n], first.index.labels[:n]
-        print(f"baselines on {len(files)} original JPEGs under {root}", flush=True)
-        base = torchvision_imagefolder(files, labels, batch_size=B, workers=W, repeats=args.repeats,
+        labels = first.index.labels
+        print(f"baselines on the {len(files)} original JPEGs under {root}, {n} images per pass", flush=True)
+        base = torchvision_imagefolder(files, labels, batch_size=B, workers=W, repeats=args.repeats, images=n,
                                        size=args.image_size)
+        files = [files[i % len(files)] for i in range(n)]
         rows.append({"loader": "torchvision ImageFolder + PIL", "images": "original JPEGs", "img/s": base})
         ceiling = decode_ceiling(_decode_file, [str(f) for f in files], workers=W, repeats=args.repeats)
         rows.append({"loader": "decode ceiling (simplejpeg)", "images": "original JPEGs", "img/s": ceiling})
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         res = resolution(shard)
         print(f"shard {shard.beton_path}: {res}", flush=True)
         if not args.no_baseline and shard.index.settings.get("write_mode", "jpg") == "jpg":
-            c = decode_ceiling(_decode_row, list(range(min(shard.num_rows, steps * B))), workers=W,
+            c = decode_ceiling(_decode_row, [i % shard.num_rows for i in range(steps * B)], workers=W,
                                repeats=args.repeats, initializer=_init_beton, initargs=(str(shard.beton_path),))
             rows.append({"loader": "decode ceiling (simplejpeg)", "images": res, "img/s": c})
         for name in (n for n in names if n in DECODE_PIPELINES):
