@@ -256,8 +256,8 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: Conf
 
     ``counts`` is shared confusion state (every producer feeds it through ``apply``; ``cpmix`` draws from it,
     making its own when None). Recipe fields read when present: ``cpmix_batch_size`` (B_m; 0/None: B),
-    ``cpmix_fallback`` ('instance' | 'redraw'), ``lfm_tau`` (0.05), ``lfm_k`` (None: automatic, dropped mass
-    < ``lfm_eps`` = 1e-3). LFM needs ``neighbours`` (a TextLocal) or ``text_features`` (float[C, d]).
+    ``cpmix_fallback`` ('instance' | 'redraw'), ``lfm_tau`` (0.05), ``lfm_k`` (head size of the exact
+    text-local table, default 64). LFM needs ``neighbours`` (a TextLocal) or ``text_features`` (float[C, d]).
     Other keywords (``drop_last``, ``first_epoch``, ``first_step``) go to the producer.
     """
     if plan not in PRODUCERS:
@@ -274,8 +274,8 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: Conf
             if text_features is None:
                 raise ValueError("plan 'lfm' needs the class similarities: pass neighbours=TextLocal(...) or "
                                  "text_features=float[C, d] class text embeddings")
-            neighbours = _text_local(text_features, getattr(r, "lfm_tau", 0.05), getattr(r, "lfm_k", None),
-                                     getattr(r, "lfm_eps", 1e-3), np.diff(offsets) > 0)
+            tau, k = getattr(r, "lfm_tau", 0.05), getattr(r, "lfm_k", None) or 64
+            neighbours = _text_local(text_features, tau, k, np.diff(offsets) > 0)
         kw["neighbours"] = neighbours
     return PRODUCERS[plan](offsets, batch_size, seed, counts=counts, **kw)
 
@@ -283,15 +283,15 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: Conf
 _TEXT_CACHE: dict[tuple, TextLocal] = {}
 
 
-def _text_local(features, tau, k, eps, allowed) -> TextLocal:
-    """TextLocal of the class features, cached: the trainer makes a producer per epoch, and sorting C
-    similarity rows (C² log C) is worth doing once."""
+def _text_local(features, tau, k, allowed) -> TextLocal:
+    """Exact TextLocal (head of k + rejection tail) of the class features, cached: the trainer makes a
+    producer per epoch, and C similarity rows are worth scanning once."""
     f = np.ascontiguousarray(_numpy(features), dtype=np.float64)
-    key = (hashlib.sha1(f.tobytes()).hexdigest(), f.shape, float(tau), k, float(eps),
+    key = (hashlib.sha1(f.tobytes()).hexdigest(), f.shape, float(tau), int(k),
            hashlib.sha1(np.packbits(allowed).tobytes()).hexdigest())
     if key not in _TEXT_CACHE:
         _TEXT_CACHE.clear()  # one run, one text table
-        _TEXT_CACHE[key] = TextLocal.from_embeddings(f, tau=tau, k=k, eps=eps, allowed=allowed)
+        _TEXT_CACHE[key] = TextLocal.from_embeddings(f, tau=tau, k=k, allowed=allowed)
     return _TEXT_CACHE[key]
 
 

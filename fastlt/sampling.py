@@ -72,6 +72,7 @@ __all__ = [
     "ClassBalanced",
     "TextLocal",
     "TextLocalPartner",
+    "truncation_k",
     "ConfusionPartner",
     "class_of_rows",
     "check_offsets",
@@ -377,22 +378,77 @@ def _draw_confusion(row_base, row_cap, row_total, arena, offsets, pool, x, direc
 
 
 @_jit
-def _draw_csr(indptr, cols, cum, anchors, x):
-    """Class j per anchor class i from a CSR of per-row cumulative weights (binary search on x·total);
-    −1 where row i is empty."""
+def _splitmix(state):
+    """splitmix64 step: (next state, a uniform double in [0, 1) from the top 53 bits)."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return state, np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@_jit
+def _in_sorted(a, lo, hi, v):
+    """Whether the sorted a[lo:hi] holds v."""
+    end = hi
+    while lo < hi:
+        m = (lo + hi) >> 1
+        if a[m] < v:
+            lo = m + 1
+        else:
+            hi = m
+    return lo < end and a[lo] == v
+
+
+@_jit
+def _draw_text(indptr, cols, cum, head_sorted, tail_mass, tail_max, row_max, allowed, emb, sim, mode, tau,
+               anchors, x, seed):
+    """Text-local partner class per anchor class (see :class:`TextLocal`); −1 where a row is empty.
+    ``mode`` 0: head only; 1: tail similarities from ``emb`` (dot products); 2: from the ``sim`` matrix.
+    Rejection proposals come from a splitmix64 stream per draw, seeded from ``seed`` and the draw index."""
     n = anchors.shape[0]
     out = np.empty(n, np.int64)
+    A = allowed.shape[0]
+    max_tries = 1000 + 64 * A  # only reached if every tail weight underflows (a tail of mass ~1e-300)
     for k in range(n):
         i = anchors[k]
         lo, hi = indptr[i], indptr[i + 1]
-        if lo == hi:
+        H = cum[hi - 1] if hi > lo else 0.0
+        T = tail_mass[i] if mode > 0 else 0.0
+        if H + T <= 0.0:
             out[k] = -1
             continue
-        target = x[k] * cum[hi - 1]
-        a, b = lo, hi - 1  # first index with cum > target (cum[hi-1] > target, so it exists)
+        u = x[k] * (H + T)
+        if T > 0.0 and u >= H:  # the tail: propose uniform over allowed classes, accept ∝ w_ij / w̄_i
+            state = seed ^ (np.uint64(k + 1) * np.uint64(0xD1B54A32D192ED03))
+            found = False
+            for _ in range(max_tries):
+                state, r1 = _splitmix(state)
+                j = allowed[min(np.int64(r1 * A), A - 1)]
+                if j == i or _in_sorted(head_sorted, lo, hi, j):
+                    continue
+                if mode == 1:
+                    s = 0.0
+                    for d in range(emb.shape[1]):
+                        s += emb[i, d] * emb[j, d]
+                else:
+                    s = sim[i, j]
+                w = np.exp((s - row_max[i]) / tau)
+                state, r2 = _splitmix(state)
+                if r2 * tail_max[i] < w:
+                    out[k] = j
+                    found = True
+                    break
+            if found or hi == lo:
+                if not found:
+                    out[k] = -1
+                continue
+            u = x[k] * H
+        a, b = lo, hi - 1  # the head: first index whose cumulative weight exceeds u
         while a < b:
             m = (a + b) >> 1
-            if cum[m] > target:
+            if cum[m] > u:
                 b = m
             else:
                 a = m + 1
@@ -477,58 +533,82 @@ class ClassBalanced(_RowSpace):
 
 
 class TextLocal:
-    """LFM's local partner distribution, stored sparsely per class.
+    """LFM's local partner distribution ``p(j | i) = exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ)``, j ≠ i.
 
-    ``p(j | i) = exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ)`` for j ≠ i (self excluded, rows sum to 1). Row i keeps its
-    neighbours in decreasing similarity: the fewest that leave a truncated mass below ``eps`` (``k=None``, the
-    default), or exactly the top ``k``. Draws come from the kept neighbours renormalised, so the sampled
-    distribution is within total-variation distance ``truncated_mass[i]`` of the full softmax.
+    Row i is split into a *head*, its ``k`` most similar classes with explicit cumulative weights
+    ``w_ij = exp((s_ij − m_i)/τ)`` (``m_i = max_{j≠i} s_ij``, so the top weight is 1 and nothing overflows),
+    and a *tail*, every other allowed class. A draw takes ``u`` uniform in ``[0, H_i + T_i)`` (head and tail
+    mass): ``u < H_i`` picks a head class by binary search; otherwise the tail is sampled *exactly* by
+    rejection — propose j uniform over the allowed classes, reject j = i or j in the head, accept with
+    probability ``w_ij / w̄_i`` where ``w̄_i`` is the largest tail weight (that of the (k+1)-th neighbour).
+    An accepted j has probability ∝ w_ij over the tail, so the draw follows the full softmax with no
+    truncation, from O(C·k + C·d) memory and ``s_ij`` recomputed from the class embeddings on demand.
 
-    CSR arrays: ``indptr int64[C+1]``, ``cols int64[nnz]``, ``cum float64[nnz]`` (per-row cumulative weights
-    ``exp((s_ij − max_j s_ij)/τ)``), ``truncated_mass float64[C]``.
+    Why not truncate: text embeddings put class names in a narrow cosine band (all-MiniLM-L6-v2 on the 1000
+    ImageNet class prompts: s̄ ≈ 0.35, σ ≈ 0.08), and at τ = 0.05 the softmax over j is broad — keeping the
+    dropped mass below 1e-3 needs k ≈ 930 of 999 neighbours there, i.e. a dense C×C table (≈ 1 GB as CSR at
+    C = 8142). ``tail=False`` gives that truncated form anyway (top ``k``, or with ``k=None`` the fewest
+    neighbours whose dropped mass is below ``eps``), renormalised over the kept neighbours;
+    ``truncated_mass[i]`` is what row i drops (0 with the exact tail).
+
+    The head must be explicit; the tail needs similarities: from embeddings (cosine, recomputed with one dot
+    product per proposal) or a dense similarity matrix (looked up). ``allowed`` (bool[C]) removes classes
+    that can never be a partner (a class that owns no rows of the shard) from numerator and denominator.
     """
 
-    def __init__(self, indptr, cols, cum, truncated_mass, tau: float):
+    def __init__(self, indptr, cols, cum, tau: float, *, truncated_mass=None, tail_mass=None, tail_max=None,
+                 row_max=None, allowed=None, emb=None, sim=None):
         self.indptr = np.ascontiguousarray(indptr, np.int64)
         self.cols = np.ascontiguousarray(cols, np.int64)
         self.cum = np.ascontiguousarray(cum, np.float64)
-        self.truncated_mass = np.asarray(truncated_mass, np.float64)
         self.tau = float(tau)
-        self.num_classes = self.indptr.shape[0] - 1
+        C = self.num_classes = self.indptr.shape[0] - 1
+        zeros = np.zeros(C)
+        self.truncated_mass = zeros if truncated_mass is None else np.asarray(truncated_mass, np.float64)
+        self.tail_mass = zeros if tail_mass is None else np.ascontiguousarray(tail_mass, np.float64)
+        self.tail_max = zeros if tail_max is None else np.ascontiguousarray(tail_max, np.float64)
+        self.row_max = zeros if row_max is None else np.ascontiguousarray(row_max, np.float64)
+        self.allowed = np.ones(C, bool) if allowed is None else np.asarray(allowed, bool)
+        self._allowed_idx = np.flatnonzero(self.allowed).astype(np.int64)
+        self.emb = np.zeros((0, 0)) if emb is None else np.ascontiguousarray(emb, np.float64)
+        self.sim = np.zeros((0, 0)) if sim is None else np.ascontiguousarray(sim, np.float64)
+        # head columns sorted per row: "is j in row i's head" is one binary search
+        self._head_sorted = self.cols.copy()
+        for i in range(C):
+            self._head_sorted[self.indptr[i]:self.indptr[i + 1]].sort()
 
     @property
     def row_lengths(self) -> np.ndarray:
+        """Head size of every row."""
         return np.diff(self.indptr)
 
-    @classmethod
-    def from_similarity(cls, sim, tau: float = 0.05, *, k: int | None = None, eps: float = 1e-3,
-                        allowed=None, block: int = 256) -> TextLocal:
-        """From a dense class similarity matrix ``sim float[C, C]`` (cosine of class text features)."""
-        sim = _to_numpy(sim)
-        if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
-            raise ValueError(f"sim: expected a square [C, C] similarity matrix, got shape {sim.shape}")
-        return cls._build(lambda lo, hi: np.array(sim[lo:hi], np.float64), sim.shape[0], tau, k, eps,
-                          allowed, block)
+    @property
+    def exact(self) -> bool:
+        return bool(np.all(self.truncated_mass == 0))
 
+    # ------------------------------------------------------------------------------------------ builders
     @classmethod
-    def from_embeddings(cls, features, tau: float = 0.05, *, k: int | None = None, eps: float = 1e-3,
-                        allowed=None, block: int = 256) -> TextLocal:
+    def from_embeddings(cls, features, tau: float = 0.05, *, k: int | None = 64, tail: bool = True,
+                        eps: float = 1e-3, allowed=None, block: int = 256) -> TextLocal:
         """From class text features ``float[C, d]`` (normalised here; s = cosine), a block of rows at a
         time (never the whole C×C matrix)."""
-        f = np.asarray(_to_numpy(features), np.float64)
-        if f.ndim != 2:
-            raise ValueError(f"features: expected [C, d] class embeddings, got shape {f.shape}")
-        norms = np.linalg.norm(f, axis=1, keepdims=True)
-        if np.any(norms == 0):
-            bad = int(np.flatnonzero(norms[:, 0] == 0)[0])
-            raise ValueError(f"features: class {bad} has a zero embedding")
-        f = f / norms
-        return cls._build(lambda lo, hi: f[lo:hi] @ f.T, f.shape[0], tau, k, eps, allowed, block)
+        f = _unit_rows(features)
+        return cls._build(lambda lo, hi: f[lo:hi] @ f.T, f.shape[0], tau, k, tail, eps, allowed, block, emb=f)
+
+    @classmethod
+    def from_similarity(cls, sim, tau: float = 0.05, *, k: int | None = 64, tail: bool = True,
+                        eps: float = 1e-3, allowed=None, block: int = 256) -> TextLocal:
+        """From a dense class similarity matrix ``sim float[C, C]`` (kept for the tail when ``tail``)."""
+        sim = np.asarray(_to_numpy(sim), np.float64)
+        if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+            raise ValueError(f"sim: expected a square [C, C] similarity matrix, got shape {sim.shape}")
+        return cls._build(lambda lo, hi: np.array(sim[lo:hi]), sim.shape[0], tau, k, tail, eps, allowed,
+                          block, sim=sim if tail else None)
 
     @classmethod
     def from_topk(cls, idx, sim, tau: float = 0.05) -> TextLocal:
-        """From precomputed neighbours ``idx int[C, k]`` and their similarities ``sim float[C, k]``
-        (self entries and ``idx < 0`` padding are dropped); the kept mass outside is unknown (NaN)."""
+        """Truncated table from precomputed neighbours ``idx int[C, k]`` and similarities ``sim float[C, k]``
+        (self entries and ``idx < 0`` padding dropped). The mass outside them is unknown: NaN."""
         idx, sim = np.asarray(idx), np.asarray(sim, np.float64)
         if idx.shape != sim.shape or idx.ndim != 2:
             raise ValueError(f"idx {idx.shape} and sim {sim.shape}: expected two [C, k] arrays")
@@ -541,58 +621,118 @@ class TextLocal:
             j, s = idx[i][keep].astype(np.int64), sim[i][keep]
             order = np.argsort(-s, kind="stable")
             j, s = j[order], s[order]
-            w = np.exp((s - s.max()) / tau) if s.size else s
             cols.append(j)
-            cum.append(np.cumsum(w))
+            cum.append(np.cumsum(np.exp((s - s.max()) / tau)) if s.size else s)
             indptr.append(indptr[-1] + j.size)
-        return cls(np.array(indptr), _cat(cols, np.int64), _cat(cum, np.float64), np.full(C, np.nan), tau)
+        return cls(np.array(indptr), _cat(cols, np.int64), _cat(cum, np.float64), tau,
+                   truncated_mass=np.full(C, np.nan))
 
     @classmethod
-    def _build(cls, rows_of, C, tau, k, eps, allowed, block) -> TextLocal:
+    def _build(cls, rows_of, C, tau, k, tail, eps, allowed, block, emb=None, sim=None) -> TextLocal:
         if not tau > 0:
             raise ValueError(f"tau: expected a positive temperature, got {tau}")
         if k is not None and k < 1:
-            raise ValueError(f"k: expected a positive neighbour count or None (automatic), got {k}")
+            raise ValueError(f"k: expected a positive head size, got {k}")
+        if tail and k is None:
+            raise ValueError("k=None (automatic truncation) needs tail=False; with the exact tail k is the "
+                             "head size")
         ok = np.ones(C, bool) if allowed is None else np.asarray(allowed, bool)
         if ok.shape != (C,):
             raise ValueError(f"allowed: expected bool[{C}], got shape {ok.shape}")
-        indptr, cols, cum, trunc = [0], [], [], np.zeros(C)
+        indptr, cols, cum = [0], [], []
+        trunc, tail_mass, tail_max, row_max = (np.zeros(C) for _ in range(4))
         for lo in range(0, C, block):
-            s = rows_of(lo, min(lo + block, C))
-            r = np.arange(lo, lo + s.shape[0])
-            s[np.arange(s.shape[0]), r] = -np.inf  # self excluded from numerator and denominator
-            s[:, ~ok] = -np.inf
-            order = np.argsort(-s, axis=1, kind="stable")
-            ss = np.take_along_axis(s, order, axis=1)
-            w = np.exp((ss - ss[:, :1]) / tau)  # largest weight is 1: no overflow, no underflow of the top
-            w[~np.isfinite(ss)] = 0.0
-            c = np.cumsum(w, axis=1)
-            total = c[:, -1:]
-            # truncated mass after keeping m neighbours: 1 − c[m−1]/total
-            tail = 1.0 - c / np.where(total > 0, total, 1.0)
+            s = _masked_rows(rows_of(lo, min(lo + block, C)), lo, ok)
+            m = s.max(axis=1, keepdims=True)
+            w = np.exp((s - np.where(np.isfinite(m), m, 0.0)) / tau)  # 0 at −inf (self, not allowed)
+            total = w.sum(axis=1)
             for t in range(s.shape[0]):
+                i = lo + t
                 avail = int(np.count_nonzero(w[t]))
-                if k is None:
-                    m = int(np.searchsorted(-tail[t, :avail], -eps, side="right")) + 1 if avail else 0
-                    m = min(m, avail)
+                if k is None:  # fewest neighbours whose dropped mass is below eps
+                    order = np.argsort(-w[t], kind="stable")[:avail]
+                    c = np.cumsum(w[t, order])
+                    kk = min(int(np.searchsorted(c, (1 - eps) * total[t], side="right")) + 1, avail)
                 else:
-                    m = min(k, avail)
-                trunc[lo + t] = tail[t, m - 1] if m else 0.0
-                cols.append(order[t, :m].astype(np.int64))
-                cum.append(c[t, :m])
-                indptr.append(indptr[-1] + m)
-        return cls(np.array(indptr), _cat(cols, np.int64), _cat(cum, np.float64), np.maximum(trunc, 0), tau)
+                    kk = min(k, avail)
+                    part = np.argpartition(-w[t], kk - 1)[:kk] if 0 < kk < C else np.arange(C)[:kk]
+                    order = part[np.argsort(-w[t, part], kind="stable")]
+                head = order[:kk].astype(np.int64)
+                hw = w[t, head]
+                cols.append(head)
+                cum.append(np.cumsum(hw))
+                indptr.append(indptr[-1] + kk)
+                rest = max(total[t] - hw.sum(), 0.0) if kk < avail else 0.0
+                row_max[i] = m[t, 0] if np.isfinite(m[t, 0]) else 0.0
+                if tail and rest > 0:
+                    tail_mass[i] = rest
+                    outside = np.ones(C, bool)
+                    outside[head] = False
+                    tail_max[i] = w[t, outside].max()
+                else:
+                    trunc[i] = rest / total[t] if total[t] > 0 else 0.0
+        return cls(np.array(indptr), _cat(cols, np.int64), _cat(cum, np.float64), tau, truncated_mass=trunc,
+                   tail_mass=tail_mass if tail else None, tail_max=tail_max if tail else None,
+                   row_max=row_max, allowed=ok, emb=emb if tail else None, sim=sim)
 
+    # ------------------------------------------------------------------------------------------ queries
     def probabilities(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(classes, p) that row i is sampled from (renormalised over the kept neighbours)."""
+        """(classes, p) row i samples from: the head and, with the exact tail, every other allowed class."""
         lo, hi = self.indptr[i], self.indptr[i + 1]
-        c = self.cum[lo:hi]
-        return self.cols[lo:hi], np.diff(c, prepend=0.0) / (c[-1] if c.size else 1.0)
+        head, c = self.cols[lo:hi], self.cum[lo:hi]
+        hw = np.diff(c, prepend=0.0)
+        if self.tail_mass[i] == 0:
+            return head, hw / (c[-1] if c.size else 1.0)
+        cand = self._allowed_idx[(self._allowed_idx != i) & ~np.isin(self._allowed_idx, head)]
+        s = self.emb[cand] @ self.emb[i] if self.emb.size else self.sim[i, cand]
+        tw = np.exp((s - self.row_max[i]) / self.tau)
+        z = hw.sum() + tw.sum()
+        return np.concatenate([head, cand]), np.concatenate([hw, tw]) / z
 
-    def draw(self, anchor_classes: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Partner class per anchor class (−1 where the anchor has no neighbour)."""
-        return _draw_csr(self.indptr, self.cols, self.cum, np.ascontiguousarray(anchor_classes, np.int64),
-                         np.ascontiguousarray(x, np.float64))
+    def draw(self, anchor_classes, rng: np.random.Generator) -> np.ndarray:
+        """Partner class per anchor class (−1 where the anchor has no possible partner)."""
+        a = np.ascontiguousarray(anchor_classes, np.int64)
+        x = rng.random(a.shape[0])
+        seed = int(rng.integers(0, 2**63 - 1))
+        mode = 0 if not np.any(self.tail_mass) else (1 if self.emb.size else 2)
+        return _draw_text(self.indptr, self.cols, self.cum, self._head_sorted, self.tail_mass, self.tail_max,
+                          self.row_max, self._allowed_idx, self.emb, self.sim, mode, self.tau, a, x,
+                          np.uint64(seed))
+
+
+def _unit_rows(features) -> np.ndarray:
+    f = np.asarray(_to_numpy(features), np.float64)
+    if f.ndim != 2:
+        raise ValueError(f"features: expected [C, d] class embeddings, got shape {f.shape}")
+    norms = np.linalg.norm(f, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        bad = int(np.flatnonzero(norms[:, 0] == 0)[0])
+        raise ValueError(f"features: class {bad} has a zero embedding")
+    return f / norms
+
+
+def _masked_rows(s: np.ndarray, lo: int, ok: np.ndarray) -> np.ndarray:
+    """Similarity rows lo… with self and disallowed classes at −inf (out of numerator and denominator)."""
+    s[np.arange(s.shape[0]), np.arange(lo, lo + s.shape[0])] = -np.inf
+    s[:, ~ok] = -np.inf
+    return s
+
+
+def truncation_k(features, tau: float = 0.05, eps: float = 1e-3, block: int = 256) -> np.ndarray:
+    """int64[C]: neighbours each class must keep so a truncated text-local row drops < ``eps`` of its
+    softmax mass (what ``TextLocal(tail=False, k=None)`` would store), without storing them."""
+    f = _unit_rows(features)
+    C = f.shape[0]
+    out = np.zeros(C, np.int64)
+    ok = np.ones(C, bool)
+    for lo in range(0, C, block):
+        s = _masked_rows(f[lo:lo + block] @ f.T, lo, ok)
+        w = np.exp((s - s.max(axis=1, keepdims=True)) / tau)
+        w = -np.sort(-w, axis=1)
+        c = np.cumsum(w, axis=1)
+        for t in range(w.shape[0]):
+            out[lo + t] = min(int(np.searchsorted(c[t], (1 - eps) * c[t, -1], side="right")) + 1, C - 1)
+    return out
 
 
 def _cat(parts, dtype):
@@ -608,20 +748,22 @@ class TextLocalPartner(_RowSpace):
         if neighbours.num_classes != self.num_classes:
             raise ValueError(f"neighbours cover {neighbours.num_classes} classes, the shard has "
                              f"{self.num_classes}")
-        empty = np.flatnonzero(self.sizes[neighbours.cols] == 0)
+        drawable = np.isin(np.arange(self.num_classes), neighbours.cols)
+        if np.any(neighbours.tail_mass):
+            drawable |= neighbours.allowed
+        empty = np.flatnonzero((self.sizes == 0) & drawable)
         if empty.size:
-            c = int(neighbours.cols[empty[0]])
-            raise ValueError(f"neighbours include class {c}, which owns no rows; build them with "
-                             "allowed=class_counts > 0")
+            raise ValueError(f"neighbours may draw class {int(empty[0])}, which owns no rows; build them "
+                             "with allowed=class_counts > 0")
         self.neighbours = neighbours
 
     def pairs(self, rng: np.random.Generator, n: int | None = None, anchors=None):
         a = self.uniform_rows(rng, n) if anchors is None else self.check_rows(anchors, "anchors")
-        x = rng.random((2, a.shape[0]))
-        j = self.neighbours.draw(class_of_rows(self.offsets, a), x[0])
-        b = _uniform_index(x[1], self.num_rows)  # fallback for anchors without neighbours
+        j = self.neighbours.draw(class_of_rows(self.offsets, a), rng)
+        x = rng.random(a.shape[0])
+        b = _uniform_index(x, self.num_rows)  # fallback for anchors without any partner class
         has = j >= 0
-        b[has] = self.rows_in(j[has], x[1][has])
+        b[has] = self.rows_in(j[has], x[has])
         return a, b
 
 
@@ -867,9 +1009,3 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts=None,
     from fastlt.producers import make_producer as _make
 
     return _make(plan, index, batch_size=batch_size, seed=seed, counts=counts, recipe=recipe, **kw)
-
-
-def needed_k(tl: TextLocal) -> int:
-    """Largest per-class neighbour count of an automatically truncated :class:`TextLocal`."""
-    return int(tl.row_lengths.max()) if tl.num_classes else 0
-

@@ -20,6 +20,7 @@ from fastlt.sampling import (
     TextLocalPartner,
     check_offsets,
     class_of_rows,
+    truncation_k,
 )
 
 # class sizes with a tail, one empty class (3) that no policy may ever draw
@@ -289,42 +290,49 @@ def softmax_rows(S, tau):
     return W / W.sum(1, keepdims=True)
 
 
-def test_text_local_rows_match_softmax_without_self():
+def unit(f):
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("source", ["similarity", "embeddings"])
+def test_text_local_exact_rows_match_softmax_without_self(source):
+    """Head of 2 + rejection tail reproduces the full softmax (no truncation), duplicate classes included."""
     rng = np.random.default_rng(2)
-    f = rng.standard_normal((C, 6))
-    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    f = unit(rng.standard_normal((C, 6)))
+    f[5] = f[4]  # two classes with the same text: a tie across the head/tail boundary
     S = f @ f.T
     tau = 0.3
     S_before = S.copy()
-    tl = TextLocal.from_similarity(S, tau, eps=1e-15)
+    tl = (TextLocal.from_similarity(S, tau, k=2) if source == "similarity"
+          else TextLocal.from_embeddings(f * 3.0, tau, k=2))
     assert np.array_equal(S, S_before)  # the caller's matrix is not touched
+    assert tl.exact and np.all(tl.row_lengths == 2) and np.all(tl.tail_mass > 0)
     P = softmax_rows(S, tau)
     for i in range(C):
         cols, p = tl.probabilities(i)
         full = np.zeros(C)
         full[cols] = p
-        assert np.allclose(full, P[i], atol=1e-12)
-        assert i not in cols
+        assert np.allclose(full, P[i], atol=1e-12) and i not in cols
     anchors = np.repeat(np.arange(C), 20_000)
-    j = tl.draw(anchors, np.random.default_rng(3).random(anchors.size))
+    j = tl.draw(anchors, np.random.default_rng(3))
     assert g_test(anchors * C + j, (P / C).ravel()) > 1e-3
-    # it can fail: uniform partners over j ≠ i are rejected
-    assert g_test(anchors * C + j, (np.full((C, C), 1.0) - np.eye(C)).ravel() / (C * (C - 1))) < 1e-6
-    # embeddings build the same table as their cosine matrix
-    tl2 = TextLocal.from_embeddings(f * 3.0, tau, eps=1e-15, block=3)
-    assert np.array_equal(tl2.indptr, tl.indptr) and np.array_equal(tl2.cols, tl.cols)
-    assert np.allclose(tl2.cum, tl.cum)
+    # it can fail: the head alone (truncated, renormalised) is rejected
+    head = np.zeros((C, C))
+    for i in range(C):
+        cols, _ = tl.probabilities(i)
+        head[i, cols[:2]] = P[i, cols[:2]] / P[i, cols[:2]].sum()
+    assert g_test(anchors * C + j, (head / C).ravel() + 1e-12) < 1e-6
 
 
 def test_text_local_truncation_automatic_and_fixed_k():
     rng = np.random.default_rng(4)
     Cb = 300
-    f = rng.standard_normal((Cb, 16))
-    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    f = unit(rng.standard_normal((Cb, 16)))
     S = f @ f.T
     tau = 0.05
     P = softmax_rows(S, tau)
-    tl = TextLocal.from_similarity(S, tau, eps=1e-3)
+    tl = TextLocal.from_similarity(S, tau, k=None, tail=False, eps=1e-3)
+    assert np.array_equal(tl.row_lengths, truncation_k(f, tau, 1e-3, block=64))
     for i in range(Cb):
         cols, p = tl.probabilities(i)
         kept = P[i, cols].sum()
@@ -333,37 +341,45 @@ def test_text_local_truncation_automatic_and_fixed_k():
         assert np.allclose(p, P[i, cols] / kept)  # renormalised over the kept neighbours
         assert np.all(np.diff(P[i, cols]) <= 1e-15)  # the most similar classes are kept
     assert tl.row_lengths.max() < Cb - 1  # truncation actually happened
-    top3 = TextLocal.from_similarity(S, tau, k=3)
-    assert np.all(top3.row_lengths == 3)
+    top3 = TextLocal.from_similarity(S, tau, k=3, tail=False)
+    assert np.all(top3.row_lengths == 3) and np.all(top3.truncated_mass > 0)
     i = 17
     cols, p = top3.probabilities(i)
     order = np.argsort(-P[i])[:3]
     assert np.array_equal(cols, order) and np.allclose(p, P[i, order] / P[i, order].sum())
+    anchors = np.full(30_000, i)
+    drawn = top3.draw(anchors, np.random.default_rng(8))
+    expected = np.zeros(Cb)
+    expected[order] = P[i, order] / P[i, order].sum()
+    assert g_test(drawn, expected) > 1e-3
     # the same neighbours given as a precomputed top-k (self entries dropped)
     idx = np.argsort(-S, axis=1)[:, :4]  # includes self (s_ii = 1 is the largest)
     tk = TextLocal.from_topk(idx, np.take_along_axis(S, idx, 1), tau)
     assert np.array_equal(tk.cols, top3.cols) and np.allclose(tk.cum, top3.cum)
+    with pytest.raises(ValueError, match="needs tail=False"):
+        TextLocal.from_similarity(S, tau, k=None)
 
 
 def test_text_local_partner_rows():
     rng = np.random.default_rng(5)
     f = rng.standard_normal((C, 5))
     tau = 0.5
-    tl = TextLocal.from_embeddings(f, tau, eps=1e-15, allowed=SIZES > 0)
+    tl = TextLocal.from_embeddings(f, tau, k=2, allowed=SIZES > 0)  # class 3 owns no rows: never a partner
     pol = TextLocalPartner(OFFSETS, tl)
     anchors = np.full(50_000, OFFSETS[1])  # class 1
     a, b = pol.pairs(np.random.default_rng(6), anchors=anchors)
-    cols, p = tl.probabilities(1)
+    S = unit(f) @ unit(f).T
+    w = np.exp(S[1] / tau) * (SIZES > 0)
+    w[1] = 0
     pr = np.zeros(N)
-    for j, pj in zip(cols, p):
-        pr[OFFSETS[j]:OFFSETS[j + 1]] = pj / SIZES[j]
+    for j in np.flatnonzero(w):
+        pr[OFFSETS[j]:OFFSETS[j + 1]] = w[j] / w.sum() / SIZES[j]
     assert g_test(b, pr) > 1e-3
-    assert not np.any(ROW_CLASS[b] == 1)  # never the anchor's own class
     a, b = pol.pairs(np.random.default_rng(7), 20_000)  # anchors drawn instance-uniform
     assert g_test(a, np.full(N, 1 / N)) > 1e-3
     assert np.all(ROW_CLASS[a] != ROW_CLASS[b])
-    with pytest.raises(ValueError, match="owns no rows"):
-        TextLocalPartner(OFFSETS, TextLocal.from_embeddings(f, tau))
+    with pytest.raises(ValueError, match="class 3, which owns no rows"):
+        TextLocalPartner(OFFSETS, TextLocal.from_embeddings(f, tau, k=2))
 
 
 def test_offsets_and_anchors_are_checked():
