@@ -1,14 +1,14 @@
 """fastlt.pipelines: plan-driven loaders (resident, ffcv, dali, torch) that turn StepPlans into Batches.
 
-    pipe = make_pipeline("ffcv", shard, train=True, image_size=224, device=torch.device("cuda"), seed=0, workers=8)
+    pipe = make_pipeline("ffcv", shard, train=True, image_size=224, device="cuda", seed=0, workers=8)
     batch = pipe.load(plan)                 # one plan, synchronously
     for batch in pipe.batches(plan_queue):  # in plan order, prefetched on a thread, never ahead of the plans
         ...
     pipe.close()
 
 Every pipeline returns ``Batch(plan, rows int64[R], images uint8[R, S, S, 3] NHWC, labels int64[R])`` on
-``device``, with ``S = image_size``, rows exactly as planned (repeats included) and labels from the shard index.
-Train mode: random-resized-crop + flip (resident 32 px data: pad-4 crop + flip), seeded by the plan.
+``device``, with ``S = image_size``, rows exactly as planned (repeats included) and labels from the shard
+index. Train mode: random-resized-crop + flip (resident 32 px data: pad-4 crop + flip), seeded by the plan.
 Eval mode: deterministic centre crop (shorter side → image_size/0.875), identity for data already S × S.
 """
 

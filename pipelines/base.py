@@ -3,18 +3,19 @@
 A pipeline only implements ``_load(plan, seed) -> images uint8[R, S, S, 3]`` on the target device; this class
 checks the plan, derives the augmentation seed, attaches rows and labels, and runs the prefetch thread.
 
-Prefetch without lookahead (the deadlock rule). The plans iterable is usually a ``PlanQueue``, which only makes
-plan ``s + k`` after the trainer has finished step ``s``. So ``batches()`` runs one loader thread that pulls one
-plan at a time, loads it, and pushes the finished Batch into a bounded queue of depth ``prefetch``; the
-consumer pops from that queue. Batch ``s`` is therefore handed over as soon as it is built, while the loader
-thread may already be blocked waiting for plan ``s + 1``: producing batch ``s`` never needs a later plan.
+Prefetch without lookahead (the deadlock rule). The plans iterable is usually a ``PlanQueue``, which only
+makes plan ``s + k`` after the trainer has finished step ``s``. So ``batches()`` runs one loader thread that
+pulls one plan at a time, loads it, and pushes the finished Batch into a bounded queue of depth ``prefetch``;
+the consumer pops from that queue. Batch ``s`` is therefore handed over as soon as it is built, while the
+loader thread may already be blocked waiting for plan ``s + 1``: producing batch ``s`` never needs a later
+plan.
 
 Labels come from the shard index (``shard.index.labels[rows]``): rows are class-sorted, so a label is an
 offset lookup and nothing is decoded for it.
 
-Augmentation seed of a plan: ``step_seed(pipeline seed, plan.epoch, plan.step, plan.seed)``. It depends only on
-the plan and the pipeline's seed, so loading a plan twice gives the same pixels, while plans that a sampler left
-at the default ``seed=0`` still get different crops at every step.
+Augmentation seed of a plan: ``step_seed(pipeline seed, plan.epoch, plan.step, plan.seed)``. It depends only
+on the plan and the pipeline's seed, so loading a plan twice gives the same pixels, while plans that a sampler
+left at the default ``seed=0`` still get different crops at every step.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Pipeline(ABC):
     def _load(self, plan: StepPlan, seed: int) -> torch.Tensor:
         """uint8[R, S, S, 3] images of ``plan.rows`` on ``self.device``, owned by the caller."""
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook, most pipelines hold nothing to release
         """Release pipeline-specific resources."""
 
     # ------------------------------------------------------------------ the shared engine
@@ -83,7 +84,8 @@ class Pipeline(ABC):
         R, S = len(plan.rows), self.image_size
         if tuple(images.shape) != (R, S, S, 3) or images.dtype != torch.uint8:
             raise RuntimeError(
-                f"{self.name} pipeline returned {images.dtype}{list(images.shape)}, expected uint8{[R, S, S, 3]}"
+                f"{self.name} pipeline returned {images.dtype}{list(images.shape)}, "
+                f"expected uint8{[R, S, S, 3]}"
             )
         rows = torch.from_numpy(plan.rows)
         labels = self._labels[rows]
@@ -93,7 +95,8 @@ class Pipeline(ABC):
         return Batch(plan=plan, rows=rows, images=images, labels=labels)
 
     def batches(self, plans: Iterable[StepPlan]) -> Iterator[Batch]:
-        """Batches of ``plans`` in order, loaded ``prefetch`` ahead on a background thread (no plan lookahead)."""
+        """Batches of ``plans`` in order, loaded ``prefetch`` ahead on a background thread (no plan
+        lookahead)."""
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -131,8 +134,8 @@ class Pipeline(ABC):
                 yield item
         finally:
             stop.set()
-            # The thread may be blocked inside the plans iterable (a PlanQueue waiting for the trainer); it is a
-            # daemon and exits at its next check, so only wait briefly here.
+            # The thread may be blocked inside the plans iterable (a PlanQueue waiting for the trainer); it is
+            # a daemon and exits at its next check, so only wait briefly here.
             thread.join(timeout=1.0)
             if not thread.is_alive():
                 self._threads.remove(thread)

@@ -1,10 +1,11 @@
-"""Random access to a shard's stored images: FFCV's own ``Reader`` for the metadata, a memory map for the bytes.
+"""Random access to a shard's stored images: FFCV's own ``Reader`` for the metadata, a memory map for the
+bytes.
 
-FFCV stores one metadata record per row (``mode`` jpg/raw, ``width``, ``height``, ``data_ptr``) and an allocation
-table mapping every data pointer to its byte size. Row ``r``'s payload is therefore
-``mmap[data_ptr : data_ptr + size]``: JPEG bytes for ``mode == jpg``, ``uint8[h, w, 3]`` pixels for ``raw``.
-This is how the dali and torch pipelines read the very same ``.beton`` the ffcv pipeline reads — one shard
-format, no second copy of the data.
+FFCV stores one metadata record per row (``mode`` jpg/raw, ``width``, ``height``, ``data_ptr``) and an
+allocation table mapping every data pointer to its byte size. Row ``r``'s payload is therefore ``mmap[data_ptr
+: data_ptr + size]``: JPEG bytes for ``mode == jpg``, ``uint8[h, w, 3]`` pixels for ``raw``. This is how the
+dali and torch pipelines read the very same ``.beton`` the ffcv pipeline reads — one shard format, no second
+copy of the data.
 
 The object is cheap to pickle (arrays only; the memory map is reopened lazily in each process), so DataLoader
 workers and DALI callbacks can hold one.

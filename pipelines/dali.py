@@ -18,10 +18,11 @@ themselves.
 
 Driving it per plan. ``DALIGenericIterator.__next__`` schedules run ``s + 1`` before it returns batch ``s``,
 so a pull-style source would have to produce plan ``s + 1`` first — exactly the lookahead a ``PlanQueue`` does
-not allow (plan ``s + 1`` may wait for the trainer to finish step ``s``). fastlt therefore pushes each plan into
-the named external sources with ``feed_input`` and calls ``run()`` once, with ``prefetch_queue_depth=1`` so a run
-never asks for more input than was fed, and converts the output with the DALI torch plugin's ``feed_ndarray``
-(the same copy ``DALIGenericIterator`` makes). Overlap between plans comes from the shared prefetch thread.
+not allow (plan ``s + 1`` may wait for the trainer to finish step ``s``). fastlt therefore pushes each plan
+into the named external sources with ``feed_input`` and calls ``run()`` once, with ``prefetch_queue_depth=1``
+so a run never asks for more input than was fed, and converts the output with the DALI torch plugin's
+``feed_ndarray`` (the same copy ``DALIGenericIterator`` makes). Overlap between plans comes from the shared
+prefetch thread.
 
 CPU-only machines: ``device_id=None`` and CPU decode. With CUDA the decode is ``mixed`` and the output is
 copied straight into a torch CUDA tensor.

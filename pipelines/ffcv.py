@@ -1,14 +1,15 @@
 """ffcv pipeline: FFCV 1.0.2's compiled pipeline, driven one StepPlan at a time.
 
-How plans get into FFCV. FFCV's ``Loader`` computes an epoch's whole order up front, its ``EpochIterator`` chunks
-that order into fixed-size batches and prefetches ``batches_ahead`` of them, and 1.0.2 rejects custom
+How plans get into FFCV. FFCV's ``Loader`` computes an epoch's whole order up front, its ``EpochIterator``
+chunks that order into fixed-size batches and prefetches ``batches_ahead`` of them, and 1.0.2 rejects custom
 ``TraversalOrder`` classes. None of that fits a stream of plans that only exist a step or two ahead. But the
-order is the only part that does not fit: everything FFCV compiles takes the batch's row indices as an *argument*.
-So fastlt builds a real ``Loader`` (``os_cache=True``: the ``.beton`` is memory-mapped and any access order is
-allowed) purely for its machinery — the ``Reader``, the OS-cache memory manager and its compiled reader, the
-pipeline ``Graph`` and the numba code it generates — and never iterates it. Its own short "epoch iterator" runs
-FFCV's compiled stages for each plan exactly as ``EpochIterator.run_pipeline`` does, with
-``batch_indices = plan.rows``, and the shared engine (``pipelines.base``) adds the bounded prefetch thread.
+order is the only part that does not fit: everything FFCV compiles takes the batch's row indices as an
+*argument*. So fastlt builds a real ``Loader`` (``os_cache=True``: the ``.beton`` is memory-mapped and any
+access order is allowed) purely for its machinery — the ``Reader``, the OS-cache memory manager and its
+compiled reader, the pipeline ``Graph`` and the numba code it generates — and never iterates it. Its own short
+"epoch iterator" runs FFCV's compiled stages for each plan exactly as ``EpochIterator.run_pipeline`` does,
+with ``batch_indices = plan.rows``, and the shared engine (``pipelines.base``) adds the bounded prefetch
+thread.
 
 Seeded crops. FFCV's ``RandomResizedCropRGBImageDecoder`` draws crops from numba's global RNG inside compiled
 code, which cannot be tied to a plan. ``PlanCropDecoder`` below is an FFCV ``Operation`` with the same job
@@ -18,9 +19,10 @@ transforms module (seeded by the plan) before running the stages. So the crop is
 
 Speed levers inside the decoder (FFCV's own ``imdecode`` from ``libffcv``, i.e. libjpeg-turbo):
 
-* DCT-scaled decode: when the crop box is at least twice the output size, the JPEG is decoded at 1/2, 1/4 or 1/8
-  scale (``imdecode``'s ``scale_num/scale_denom``), which cuts the IDCT and colour conversion by 4–64×; the box
-  is then resized from an image that is still at least ``image_size`` (``transforms.dct_scale_denominator``).
+* DCT-scaled decode: when the crop box is at least twice the output size, the JPEG is decoded at 1/2, 1/4 or
+  1/8 scale (``imdecode``'s ``scale_num/scale_denom``), which cuts the IDCT and colour conversion by 4–64×;
+  the box is then resized from an image that is still at least ``image_size``
+  (``transforms.dct_scale_denominator``).
 * The resize is FFCV's ``resize_crop`` (OpenCV INTER_AREA on the box); the flip is a column swap in the same
   compiled loop.
 
@@ -52,8 +54,9 @@ N_PARAMS = 6
 
 
 # Compiled FFCV graphs, one per (file, image size, threads, device), kept for the life of the process: a numba
-# compile costs seconds, and numba's dispatcher finaliser trips over FFCV's per-graph wrappers of the same C entry
-# points when a graph is garbage-collected (KeyError in numba/core/dispatcher.py), so graphs are never dropped.
+# compile costs seconds, and numba's dispatcher finaliser trips over FFCV's per-graph wrappers of the same C
+# entry points when a graph is garbage-collected (KeyError in numba/core/dispatcher.py), so graphs are never
+# dropped.
 _GRAPHS: dict = {}
 
 
@@ -65,7 +68,8 @@ def _make_decoder_class():
     from ffcv.pipeline.operation import Operation
 
     class PlanCropDecoder(Operation):
-        """Decode + crop box + resize to ``size`` + flip, per-row parameters from a buffer (see module doc)."""
+        """Decode + crop box + resize to ``size`` + flip, per-row parameters from a buffer (see module
+        doc)."""
 
         def __init__(self, size: int):
             super().__init__()
@@ -239,7 +243,8 @@ class FFCVPipeline(Pipeline):
         with _STAGE_LOCK, ctx:
             numba.set_num_threads(self.workers)  # per calling thread; Compiler's version also resets torch
             if self._stream is not None:
-                # The previous plan's clone (default stream) must be done before ToDevice overwrites its source.
+                # The previous plan's clone (default stream) must be done before ToDevice overwrites its
+                # source.
                 self._stream.wait_stream(torch.cuda.default_stream(self.device))
             for stage_code, define_outputs in self._code:
                 results = stage_code(**args)

@@ -1,8 +1,8 @@
 """resident pipeline: the whole decoded split lives on the device as uint8; a plan is a gather.
 
-For small datasets (CIFAR-LT, digits-lt) decoding is paid once: every row of the ``.beton`` is decoded into one
-``uint8[N, H, W, 3]`` tensor on the training device (50,000 CIFAR images are 150 MB). Loading a plan is then an
-index gather plus batched augmentation, with no per-image Python and no host round trip.
+For small datasets (CIFAR-LT, digits-lt) decoding is paid once: every row of the ``.beton`` is decoded into
+one ``uint8[N, H, W, 3]`` tensor on the training device (50,000 CIFAR images are 150 MB). Loading a plan is
+then an index gather plus batched augmentation, with no per-image Python and no host round trip.
 
 Augmentation policies (parameters from the shared transforms module, so they are seeded by the plan):
 
@@ -12,9 +12,10 @@ Augmentation policies (parameters from the shared transforms module, so they are
   ``x_k(j) = dx_k − 4 + j`` (``x_k(W − 1 − j)`` for mirrored rows), and reads a zero pixel kept after the
   data where that falls outside the image. The padded image is never materialised.
 * **random-resized-crop + flip** — anything else: the box of each row is resampled to ``S × S`` by
-  ``torchvision.ops.roi_align`` (``aligned=True``: box edges are pixel edges, and with ``sampling_ratio=-1`` each
-  output pixel averages ``ceil(box/S)²`` bilinear samples, an area filter when shrinking).
-* **eval** — identity when the data is already ``S × S``; otherwise the shared centre-crop box through roi_align.
+  ``torchvision.ops.roi_align`` (``aligned=True``: box edges are pixel edges, and with ``sampling_ratio=-1``
+  each output pixel averages ``ceil(box/S)²`` bilinear samples, an area filter when shrinking).
+* **eval** — identity when the data is already ``S × S``; otherwise the shared centre-crop box through
+  roi_align.
 """
 
 from __future__ import annotations
@@ -70,10 +71,15 @@ def resized_crops(images: torch.Tensor, boxes: np.ndarray, flip: np.ndarray, siz
 
 
 def pad_crops(
-    pixels: torch.Tensor, shape: tuple[int, int, int], rows: torch.Tensor, offsets: np.ndarray, flip: np.ndarray,
+    pixels: torch.Tensor,
+    shape: tuple[int, int, int],
+    rows: torch.Tensor,
+    offsets: np.ndarray,
+    flip: np.ndarray,
     pad: int,
 ) -> torch.Tensor:
-    """uint8[R, H, W, 3] pad-crop + flip of rows of the resident data as one gather (see the module docstring).
+    """uint8[R, H, W, 3] pad-crop + flip of rows of the resident data as one gather (see the module
+    docstring).
 
     ``pixels`` is the resident data flattened to ``[N·H·W + 1, 3]`` whose last entry is a zero pixel: every
     output pixel is one index into it, and those that fall in the padding point at the zero pixel, so the
@@ -112,7 +118,9 @@ class ResidentPipeline(Pipeline):
         host = decode_all(BetonImages(shard.beton_path))
         N, self.height, self.width, _ = host.shape
         # One trailing zero pixel serves as the padding of pad-crop (see pad_crops).
-        self.pixels = torch.zeros((N * self.height * self.width + 1, 3), dtype=torch.uint8, device=self.device)
+        self.pixels = torch.zeros(
+            (N * self.height * self.width + 1, 3), dtype=torch.uint8, device=self.device
+        )
         self.pixels[:-1] = torch.from_numpy(host.reshape(-1, 3)).to(self.device)
         self.data = self.pixels[:-1].view(N, self.height, self.width, 3)
         self.pad = int(pad)

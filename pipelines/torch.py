@@ -1,15 +1,15 @@
 """torch pipeline: ``torch.utils.data.DataLoader`` + PIL — the portable correctness reference.
 
 Every row of a plan becomes one dataset item ``(row, y, x, h, w, flip)``: the crop box and flip come from the
-shared transforms module, so this pipeline cuts exactly the boxes the others cut. A worker reads the row's bytes
-from the ``.beton`` through a memory map (``BetonImages``), decodes them with PIL, and resizes the box to
-``image_size`` with PIL's antialiased bilinear filter (``Image.resize(box=...)``), then mirrors if asked.
+shared transforms module, so this pipeline cuts exactly the boxes the others cut. A worker reads the row's
+bytes from the ``.beton`` through a memory map (``BetonImages``), decodes them with PIL, and resizes the box
+to ``image_size`` with PIL's antialiased bilinear filter (``Image.resize(box=...)``), then mirrors if asked.
 
-Plans reach the workers without lookahead: the DataLoader's batch sampler is a small mutable object holding the
-chunks of the *current* plan only. ``load(plan)`` sets it and iterates the DataLoader once; with
+Plans reach the workers without lookahead: the DataLoader's batch sampler is a small mutable object holding
+the chunks of the *current* plan only. ``load(plan)`` sets it and iterates the DataLoader once; with
 ``persistent_workers=True`` the worker processes survive between plans. A DataLoader that drew plans from its
-own sampler would prefetch ``prefetch_factor × workers`` plans before returning the first batch, which would need
-plans the trainer has not unlocked yet.
+own sampler would prefetch ``prefetch_factor × workers`` plans before returning the first batch, which would
+need plans the trainer has not unlocked yet.
 """
 
 from __future__ import annotations

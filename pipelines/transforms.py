@@ -1,9 +1,9 @@
 """One definition of every pipeline's geometry: crop boxes and flips as plain integer arrays.
 
 All four pipelines (resident, ffcv, dali, torch) call these functions and only differ in *how* they cut a box
-out of an image and resize it to ``image_size`` (OpenCV INTER_AREA inside FFCV, DALI's antialiased resize, PIL's
-antialiased bilinear, torchvision ``roi_align`` on the device). So for the same plan they crop the same boxes and
-flip the same rows; their outputs differ only by decoder/interpolation rounding.
+out of an image and resize it to ``image_size`` (OpenCV INTER_AREA inside FFCV, DALI's antialiased resize,
+PIL's antialiased bilinear, torchvision ``roi_align`` on the device). So for the same plan they crop the same
+boxes and flip the same rows; their outputs differ only by decoder/interpolation rounding.
 
 Randomness is a pure function of ``(plan.seed, R)`` and the row's *position* in the plan: the generator is
 seeded from ``plan.seed`` alone and every draw is one vectorised array indexed by position. Loading a plan
@@ -11,11 +11,11 @@ twice gives identical pixels; a row repeated inside a plan (two views of one ima
 
 Boxes are ``int32[R, 4]`` = ``(y, x, h, w)`` in source pixels, always inside the image.
 
-Train (``random_resized_crop_boxes``) follows torchvision's RandomResizedCrop: up to ``attempts`` tries of an area
-fraction ``s ~ U(scale)`` and a log-uniform aspect ratio ``r``; the crop is ``w = round(sqrt(s·A·r))``,
+Train (``random_resized_crop_boxes``) follows torchvision's RandomResizedCrop: up to ``attempts`` tries of an
+area fraction ``s ~ U(scale)`` and a log-uniform aspect ratio ``r``; the crop is ``w = round(sqrt(s·A·r))``,
 ``h = round(sqrt(s·A/r))``; the first try that fits wins and its corner is uniform over the valid positions.
-When none fits, the fallback is the largest centred crop whose aspect ratio lies inside ``ratio``.
-All tries are drawn at once, so a batch costs a handful of numpy calls rather than a Python loop per row.
+When none fits, the fallback is the largest centred crop whose aspect ratio lies inside ``ratio``. All tries
+are drawn at once, so a batch costs a handful of numpy calls rather than a Python loop per row.
 
 Eval (``center_crop_boxes``) is the standard "resize the shorter side to image_size / crop_fraction, then take
 the centre image_size square". Resizing then cropping is the same as cropping the centred square of side
@@ -50,7 +50,8 @@ def random_resized_crop_boxes(
     ratio: tuple[float, float] = RATIO,
     attempts: int = 10,
 ) -> np.ndarray:
-    """int32[R, 4] (y, x, h, w) RandomResizedCrop boxes for images of the given sizes (see module docstring)."""
+    """int32[R, 4] (y, x, h, w) RandomResizedCrop boxes for images of the given sizes (see module
+    docstring)."""
     H = np.asarray(heights, dtype=np.float64)
     W = np.asarray(widths, dtype=np.float64)
     R = len(H)
@@ -127,8 +128,8 @@ def dct_scale_denominators(box_h: np.ndarray, box_w: np.ndarray, image_size: int
     """int32[R]: per row, the largest d in {1, 2, 4, 8} with the box still ≥ image_size on both sides at 1/d.
 
     libjpeg-turbo can run its inverse DCT at 1/2, 1/4, 1/8 scale, which cuts the IDCT and colour-conversion
-    work by d² at no extra cost; the crop is then resized down from an image that is still at least image_size,
-    so the output never gets upsampled from a decode that threw detail away.
+    work by d² at no extra cost; the crop is then resized down from an image that is still at least
+    image_size, so the output never gets upsampled from a decode that threw detail away.
     """
     short = np.minimum(np.asarray(box_h), np.asarray(box_w))
     d = np.ones(short.shape, dtype=np.int32)

@@ -7,8 +7,8 @@ FFCV's numba compile is the expensive part.
 Pixel agreement tolerances: all pipelines cut identical boxes (one shared geometry) but resize with
 different filters — OpenCV INTER_AREA (ffcv, on a DCT-scaled decode), DALI's antialiased linear, PIL's
 antialiased bilinear (torch, the reference), ``roi_align`` (resident). On these small photographs they agree
-to a mean absolute difference per image of ≤ 6 grey levels (measured: DALI ≈ 0.2, FFCV 0.5–4.1, resident ≈ 1–3;
-OpenCV's area filter keeps more detail than PIL's triangle filter when shrinking by less than 2×).
+to a mean absolute difference per image of ≤ 6 grey levels (measured: DALI ≈ 0.2, FFCV 0.5–4.1, resident ≈
+1–3; OpenCV's area filter keeps more detail than PIL's triangle filter when shrinking by less than 2×).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from fastlt.pipelines import PIPELINES, PlanQueue, StepPlan, eval_plans, make_pipeline
 from fastlt.pipelines.beton import BetonImages
 from fastlt.pipelines.transforms import PAD, pad_crop_params
+
 from fastlt.shards import ArraySource, ImageSource, ShardError, write_shard
 
 MEAN_TOL = 6.0  # mean |Δ| per image between two pipelines, grey levels (see module docstring)
@@ -79,7 +79,9 @@ def pipe(name, shard, *, train, size):
     """One pipeline per (name, shard, mode, size) for the whole module."""
     key = (name, str(shard.beton_path), train, size)
     if key not in _cache:
-        _cache[key] = make_pipeline(name, shard, train=train, image_size=size, device="cpu", seed=3, workers=2)
+        _cache[key] = make_pipeline(
+            name, shard, train=train, image_size=size, device="cpu", seed=3, workers=2
+        )
     return _cache[key]
 
 
@@ -93,7 +95,9 @@ def _close_pipelines():
 
 def _plan(seed=7, step=0):
     # main batch with a repeated row, and an aligned partner segment repeating rows of main (two views)
-    return StepPlan.from_segments(0, step, seed=seed, main=np.array([0, 4, 4, 29, 11, 17]), b=np.array([4, 0]))
+    return StepPlan.from_segments(
+        0, step, seed=seed, main=np.array([0, 4, 4, 29, 11, 17]), b=np.array([4, 0])
+    )
 
 
 def _mean_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -161,7 +165,9 @@ def test_eval_centre_crop_matches_a_direct_pil_computation(jpg_shard):
     from PIL import Image
 
     images = BetonImages(jpg_shard.beton_path)
-    out = pipe("torch", jpg_shard, train=False, size=40).load(StepPlan.from_segments(0, 0, main=[5])).images[0]
+    out = (
+        pipe("torch", jpg_shard, train=False, size=40).load(StepPlan.from_segments(0, 0, main=[5])).images[0]
+    )
     full = Image.fromarray(images.decode(5))
     short = min(full.size)
     resized = full.resize((round(full.width * 46 / short), round(full.height * 46 / short)), Image.BILINEAR)
@@ -223,8 +229,9 @@ def test_batches_never_need_a_later_plan(name, raw_shard):
     """lookahead=0: plan s+1 is made only after the trainer finished step s. A loader that needed plan
     s+1 to deliver batch s would deadlock here (the timeout turns that into a failure)."""
     steps = 6
-    queue = PlanQueue(lambda s: StepPlan.from_segments(0, s, seed=s, main=np.arange(s, s + 5)), range(steps),
-                      lookahead=0)
+    queue = PlanQueue(
+        lambda s: StepPlan.from_segments(0, s, seed=s, main=np.arange(s, s + 5)), range(steps), lookahead=0
+    )
     p = pipe(name, raw_shard, train=True, size=32)
     seen = []
     done = threading.Event()

@@ -4,14 +4,14 @@
 
 Measured in one command, on the same images, with the same number of worker processes/threads:
 
-* **torchvision** — ``ImageFolder`` + PIL ``DataLoader`` over the *original* JPEG files the shard was converted
-  from (a folder-per-class tree of links to them), ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip`` +
-  ``PILToTensor``: what a user runs today. Every ratio is against this.
+* **torchvision** — ``ImageFolder`` + PIL ``DataLoader`` over the *original* JPEG files the shard was
+  converted from (a folder-per-class tree of links to them), ``RandomResizedCrop(224)`` +
+  ``RandomHorizontalFlip`` + ``PILToTensor``: what a user runs today. Every ratio is against this.
 * **decode ceiling** — libjpeg-turbo (simplejpeg) decoding the same original files and nothing else, in the
   same number of processes: no loader that decodes every full image can beat it. A second row gives the
   ceiling for the shard's own stored JPEGs, to show what the shard's ``max_resolution`` buys.
-* each pipeline (``ffcv``, ``dali``, ``torch``) on every ``--shard`` given, train transforms to 224 px, plans of
-  a shuffled epoch fed through ``pipeline.batches``.
+* each pipeline (``ffcv``, ``dali``, ``torch``) on every ``--shard`` given, train transforms to 224 px, plans
+  of a shuffled epoch fed through ``pipeline.batches``.
 * **resident** needs one image size, so it is measured on CIFAR-sized data: the shard's images resized to
   32×32 and written as a raw shard, pad-4 crop + flip, against the CIFAR loader users run today (an in-memory
   dataset + PIL ``RandomCrop(32, padding=4)`` + flip in a ``DataLoader``), at ``--cifar-batch-size``.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import tempfile
 import time
@@ -78,7 +77,9 @@ def torchvision_imagefolder(files, labels, *, batch_size, workers, repeats, imag
         def run():
             # Shuffled; drawn with replacement only when a pass needs more images than the set holds.
             sampler = torch.utils.data.RandomSampler(ds, replacement=images > len(ds), num_samples=images)
-            return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers)
+            return torch.utils.data.DataLoader(
+                ds, batch_size=batch_size, sampler=sampler, num_workers=workers
+            )
 
         return throughput(run, repeats)
 
@@ -96,7 +97,9 @@ _beton = None
 def _decode_row(row: int) -> int:
     import simplejpeg
 
-    return simplejpeg.decode_jpeg(memoryview(np.ascontiguousarray(_beton.payload(row))), colorspace="RGB").shape[0]
+    return simplejpeg.decode_jpeg(
+        memoryview(np.ascontiguousarray(_beton.payload(row))), colorspace="RGB"
+    ).shape[0]
 
 
 def _init_beton(path: str) -> None:
@@ -127,7 +130,11 @@ class _CifarStyle:
 
         self.images, self.labels = images, labels
         self.tf = transforms.Compose(
-            [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.PILToTensor()]
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.PILToTensor(),
+            ]
         )
 
     def __len__(self):
@@ -156,7 +163,9 @@ def epoch_plans(num_rows: int, batch_size: int, steps: int, seed: int):
 def pipeline_rate(name, shard, *, image_size, batch_size, steps, workers, repeats, device) -> float:
     from fastlt.pipelines import make_pipeline
 
-    pipe = make_pipeline(name, shard, train=True, image_size=image_size, device=device, seed=0, workers=workers)
+    pipe = make_pipeline(
+        name, shard, train=True, image_size=image_size, device=device, seed=0, workers=workers
+    )
     try:
         return throughput(lambda: pipe.batches(epoch_plans(shard.num_rows, batch_size, steps, 0)), repeats)
     finally:
@@ -188,7 +197,11 @@ def cifar_sized_shard(shard, folder: Path, rows: int):
     labels = shard.index.labels[:n]
     names = shard.index.class_names
     source = ArraySource(small, labels, [str(r) for r in range(n)])
-    return write_shard(folder, "cifar-sized", "train", source, names, write_mode="raw", workers=1), small, labels
+    return (
+        write_shard(folder, "cifar-sized", "train", source, names, write_mode="raw", workers=1),
+        small,
+        labels,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -196,11 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/bench loader", description=__doc__.split("\n\n")[0])
     p.add_argument("--shard", action="append", required=True, help="a jpg .beton (repeat to compare shards)")
     p.add_argument("--pipeline", default="all", help=f"all, or a comma list of {', '.join(ALL)}")
-    p.add_argument("--source-root", default=None, help="root of the original images (default: from the index)")
+    p.add_argument(
+        "--source-root", default=None, help="root of the original images (default: from the index)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="processes / threads for every loader (default 2)")
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--images", type=int, default=None, help="images per pass (default: one epoch of the shard)")
+    p.add_argument(
+        "--images", type=int, default=None, help="images per pass (default: one epoch of the shard)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="passes per loader; the median is reported")
     p.add_argument("--cifar-batch-size", type=int, default=256)
     p.add_argument("--cifar-images", type=int, default=51200, help="images per resident/CIFAR pass")
@@ -232,14 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(f) for f in files[:50] if not f.is_file()]
         if missing:
             raise SystemExit(
-                f"tools/bench loader: original image {missing[0]} not found; the torchvision baseline reads the "
-                "files the shard was converted from — pass --source-root DIR"
+                f"tools/bench loader: original image {missing[0]} not found; the torchvision baseline "
+                "reads the files the shard was converted from — pass --source-root DIR"
             )
         n = steps * B
         labels = first.index.labels
         print(f"baselines on the {len(files)} original JPEGs under {root}, {n} images per pass", flush=True)
-        base = torchvision_imagefolder(files, labels, batch_size=B, workers=W, repeats=args.repeats, images=n,
-                                       size=args.image_size)
+        base = torchvision_imagefolder(
+            files, labels, batch_size=B, workers=W, repeats=args.repeats, images=n, size=args.image_size
+        )
         files = [files[i % len(files)] for i in range(n)]
         rows.append({"loader": "torchvision ImageFolder + PIL", "images": "original JPEGs", "img/s": base})
         ceiling = decode_ceiling(_decode_file, [str(f) for f in files], workers=W, repeats=args.repeats)
@@ -249,13 +267,27 @@ def main(argv: list[str] | None = None) -> int:
         res = resolution(shard)
         print(f"shard {shard.beton_path}: {res}", flush=True)
         if not args.no_baseline and shard.index.settings.get("write_mode", "jpg") == "jpg":
-            c = decode_ceiling(_decode_row, [i % shard.num_rows for i in range(steps * B)], workers=W,
-                               repeats=args.repeats, initializer=_init_beton, initargs=(str(shard.beton_path),))
+            c = decode_ceiling(
+                _decode_row,
+                [i % shard.num_rows for i in range(steps * B)],
+                workers=W,
+                repeats=args.repeats,
+                initializer=_init_beton,
+                initargs=(str(shard.beton_path),),
+            )
             rows.append({"loader": "decode ceiling (simplejpeg)", "images": res, "img/s": c})
         for name in (n for n in names if n in DECODE_PIPELINES):
             print(f"  {name} ...", flush=True)
-            rate = pipeline_rate(name, shard, image_size=args.image_size, batch_size=B, steps=steps,
-                                 workers=W, repeats=args.repeats, device=args.device)
+            rate = pipeline_rate(
+                name,
+                shard,
+                image_size=args.image_size,
+                batch_size=B,
+                steps=steps,
+                workers=W,
+                repeats=args.repeats,
+                device=args.device,
+            )
             rows.append({"loader": f"fastlt {name}", "images": res, "img/s": rate})
 
     if "resident" in names:
@@ -281,20 +313,31 @@ def main(argv: list[str] | None = None) -> int:
             print("  resident ...", flush=True)
             from fastlt.pipelines import make_pipeline
 
-            pipe = make_pipeline("resident", small_shard, train=True, image_size=32, device=args.device, seed=0)
-            rate = throughput(lambda: pipe.batches(epoch_plans(small_shard.num_rows, cb, csteps, 0)),
-                              args.repeats)
+            pipe = make_pipeline(
+                "resident", small_shard, train=True, image_size=32, device=args.device, seed=0
+            )
+            rate = throughput(
+                lambda: pipe.batches(epoch_plans(small_shard.num_rows, cb, csteps, 0)), args.repeats
+            )
             pipe.close()
-            rows.append({"loader": "fastlt resident", "images": what, "img/s": rate,
-                         "× cifar baseline": rate / cbase if cbase else ""})
+            rows.append(
+                {
+                    "loader": "fastlt resident",
+                    "images": what,
+                    "img/s": rate,
+                    "× cifar baseline": rate / cbase if cbase else "",
+                }
+            )
 
     for r in rows:
         if base and "× torchvision" not in r:
             r["× torchvision"] = r["img/s"] / base
         if ceiling and r["loader"].startswith("fastlt") and "32×32" not in r["images"]:
             r["% decode ceiling"] = f"{100 * r['img/s'] / ceiling:.0f}%"
-    title = (f"tools/bench loader — train transforms to {args.image_size} px (resident: 32 px), batch {B}, "
-             f"{W} workers, device {args.device}")
+    title = (
+        f"tools/bench loader — train transforms to {args.image_size} px (resident: 32 px), batch {B}, "
+        f"{W} workers, device {args.device}"
+    )
     cols = ["loader", "images", "img/s", "× torchvision", "% decode ceiling", "× cifar baseline"]
     print_table(title, rows, cols)
     record["rows"] = rows

@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from fastlt.pipelines import PlanQueue, StepPlan, make_pipeline
+
 from fastlt.shards import ArraySource, ImageSource, write_shard
 
 CUDA = torch.device("cuda")
@@ -34,11 +34,19 @@ def _smooth_images(n: int, rng: np.random.Generator, lo: int, hi: int) -> list[n
     for _ in range(n):
         h, w = int(rng.integers(lo, hi)), int(rng.integers(lo, hi))
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        img = np.stack([yy / h * rng.uniform(80, 255), xx / w * rng.uniform(80, 255),
-                        (yy + xx) / (h + w) * rng.uniform(80, 255)], axis=-1)
+        img = np.stack(
+            [
+                yy / h * rng.uniform(80, 255),
+                xx / w * rng.uniform(80, 255),
+                (yy + xx) / (h + w) * rng.uniform(80, 255),
+            ],
+            axis=-1,
+        )
         for _ in range(4):
             y0, x0 = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
-            img[y0 : y0 + int(rng.integers(4, h // 2)), x0 : x0 + int(rng.integers(4, w // 2))] = rng.uniform(0, 255, 3)
+            img[y0 : y0 + int(rng.integers(4, h // 2)), x0 : x0 + int(rng.integers(4, w // 2))] = rng.uniform(
+                0, 255, 3
+            )
         img += rng.normal(0, 4, img.shape)
         out.append(np.clip(img, 0, 255).astype(np.uint8))
     return out
@@ -49,8 +57,9 @@ def jpg_shard(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = _smooth_images(24, rng, 80, 200)
     labels = rng.integers(0, 3, len(images))
-    return write_shard(tmp_path_factory.mktemp("s"), "smooth", "train", _Images(images, labels), list("abc"),
-                       workers=1)
+    return write_shard(
+        tmp_path_factory.mktemp("s"), "smooth", "train", _Images(images, labels), list("abc"), workers=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +67,15 @@ def raw_shard(tmp_path_factory):
     rng = np.random.default_rng(1)
     images = np.stack(_smooth_images(32, rng, 32, 33))
     labels = rng.integers(0, 4, len(images))
-    return write_shard(tmp_path_factory.mktemp("s"), "tiny", "train",
-                       ArraySource(images, labels, [str(i) for i in range(len(images))]), list("abcd"),
-                       write_mode="raw", workers=1)
+    return write_shard(
+        tmp_path_factory.mktemp("s"),
+        "tiny",
+        "train",
+        ArraySource(images, labels, [str(i) for i in range(len(images))]),
+        list("abcd"),
+        write_mode="raw",
+        workers=1,
+    )
 
 
 def _plan(seed=3):
@@ -99,8 +114,9 @@ def test_resident_on_cuda_matches_the_cpu_gather(raw_shard):
 
 @pytest.mark.timeout(120)
 def test_cuda_batches_never_need_a_later_plan(jpg_shard):
-    queue = PlanQueue(lambda s: StepPlan.from_segments(0, s, seed=s, main=np.arange(s, s + 4)), range(5),
-                      lookahead=0)
+    queue = PlanQueue(
+        lambda s: StepPlan.from_segments(0, s, seed=s, main=np.arange(s, s + 4)), range(5), lookahead=0
+    )
     pipe = make_pipeline("ffcv", jpg_shard, train=True, image_size=64, device=CUDA, seed=0, workers=2)
     seen = []
 
