@@ -43,6 +43,7 @@ Contiguous slices (``images[plan.segment('a')]``) work just as well and cost not
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -109,26 +110,46 @@ def rule_params(rule: str, params: dict) -> tuple[int, float, float, float]:
 
 
 def normalize_coefficients(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``scale = 1/(255·std)``, ``shift = −mean/std`` as fp32 [3] (mean/std in 0–1 units), computed in float64
-    and rounded once so every implementation uses the same two constants per channel."""
-    mean = torch.as_tensor(mean, dtype=torch.float64).flatten()
-    std = torch.as_tensor(std, dtype=torch.float64).flatten()
-    if mean.numel() != 3 or std.numel() != 3:
-        raise ValueError(f"mean and std need 3 channel values, got {mean.numel()} and {std.numel()}")
-    if not bool((std > 0).all()):
-        raise ValueError(f"std must be positive per channel, got {std.tolist()}")
-    if float(mean.abs().max()) > 1.0 or float(std.max()) > 1.0:
+    """``scale = 1/(255·std)``, ``shift = −mean/std`` as fp32 [3] tensors on ``device`` (mean/std in 0–1
+    units), computed in float64 and rounded once so every implementation uses the same two constants."""
+    key = (_channels(mean, "mean"), _channels(std, "std"))
+    return _coefficient_tensors(*key, str(torch.device(device)))
+
+
+def _channels(x, name: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in torch.as_tensor(x, dtype=torch.float64).flatten().tolist())
+    if len(values) != 3:
+        raise ValueError(f"{name} needs 3 channel values, got {len(values)}")
+    return values
+
+
+@functools.lru_cache(maxsize=32)
+def _coefficients(mean: tuple, std: tuple) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Python floats holding the fp32 values (exactly representable), for kernels taking scalar arguments."""
+    m = torch.tensor(mean, dtype=torch.float64)
+    sd = torch.tensor(std, dtype=torch.float64)
+    if not bool((sd > 0).all()):
+        raise ValueError(f"std must be positive per channel, got {list(std)}")
+    if float(m.abs().max()) > 1.0 or float(sd.max()) > 1.0:
         raise ValueError(
             f"mean/std are in 0-1 units (e.g. ImageNet {IMAGENET_MEAN} / {IMAGENET_STD}); "
-            f"got mean={mean.tolist()}, std={std.tolist()} (divide 0-255 values by 255)"
+            f"got mean={list(mean)}, std={list(std)} (divide 0-255 values by 255)"
         )
-    scale = (1.0 / (255.0 * std)).to(torch.float32)
-    shift = (-mean / std).to(torch.float32)
-    return scale.to(device), shift.to(device)
+    scale = (1.0 / (255.0 * sd)).to(torch.float32)
+    shift = (-m / sd).to(torch.float32)
+    return tuple(scale.tolist()), tuple(shift.tolist())
+
+
+@functools.lru_cache(maxsize=32)
+def _coefficient_tensors(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached per device: a host-to-device copy per call would stall the stream for two 12-byte tensors.
+    scale, shift = _coefficients(mean, std)
+    f32 = dict(dtype=torch.float32, device=device)
+    return torch.tensor(scale, **f32), torch.tensor(shift, **f32)
 
 
 def _check(cond: torch.Tensor, msg: str) -> None:
-    # On CPU a plain check is free; on CUDA an async assert keeps the launch free of host syncs.
+    # On CPU a plain check is cheap; on CUDA (only with check=True) an async assert avoids a host sync.
     if cond.device.type == "cuda":
         torch._assert_async(cond.all(), msg)
     elif not bool(cond.all()):
@@ -142,7 +163,7 @@ def _images(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def _index(idx, n_rows: int, batch: int | None, name: str, device) -> torch.Tensor:
+def _index(idx, n_rows: int, batch: int | None, name: str, device, check: bool) -> torch.Tensor:
     if idx is None:
         if batch is not None and batch > n_rows:
             raise ValueError(
@@ -152,7 +173,7 @@ def _index(idx, n_rows: int, batch: int | None, name: str, device) -> torch.Tens
     idx = torch.as_tensor(idx, device=device)
     if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{name} must be an int64 [B] row index, got {idx.dtype} {tuple(idx.shape)}")
-    if idx.numel():
+    if check and idx.numel():
         _check((idx >= 0) & (idx < n_rows), f"{name} has rows outside [0, {n_rows})")
     return idx.to(torch.int64).contiguous()
 
@@ -179,7 +200,7 @@ def _boxes(boxes, batch: int, device) -> torch.Tensor:
     return boxes.to(torch.int32).contiguous()
 
 
-def _counts(class_counts, y_a, y_b, batch: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _counts(class_counts, y_a, y_b, batch: int, device, check: bool) -> tuple[torch.Tensor, ...]:
     if class_counts is None or y_a is None or y_b is None:
         raise ValueError(
             "this label rule needs the pair's classes: pass y_a, y_b (int64 [B]) and class_counts [C]"
@@ -188,11 +209,13 @@ def _counts(class_counts, y_a, y_b, batch: int, device) -> tuple[torch.Tensor, t
     if counts.dim() != 1:
         raise ValueError(f"class_counts must be [C], got shape {tuple(counts.shape)}")
     counts = counts.to(torch.float32).contiguous()
-    _check(counts >= 0, "class_counts must be non-negative")
+    if check:
+        _check(counts >= 0, "class_counts must be non-negative")
     ys = []
     for name, y in (("y_a", y_a), ("y_b", y_b)):
         y = _per_sample(y, batch, torch.int64, name, device, 0)
-        _check((y >= 0) & (y < counts.numel()), f"{name} has labels outside [0, {counts.numel()})")
+        if check:
+            _check((y >= 0) & (y < counts.numel()), f"{name} has labels outside [0, {counts.numel()})")
         ys.append(y)
     return counts, ys[0], ys[1]
 
@@ -272,68 +295,72 @@ def mix_reference(a, b, idx_a, idx_b, lam, mode, boxes, scale, shift, out_dtype)
 # ----------------------------------------------------------------------------------------------------------
 
 
+# fmt: off
 def _mix_kernel(
-    a_ptr,
-    b_ptr,
-    ia_ptr,
-    ib_ptr,
-    lam_ptr,
-    mode_ptr,
-    box_ptr,
-    scale_ptr,
-    shift_ptr,
-    ya_ptr,
-    yb_ptr,
-    counts_ptr,
-    out_ptr,
-    lamy_ptr,
-    H,
-    W,
-    kappa,
-    tau,
-    alpha,
-    HAS_B: tl.constexpr,
-    RULE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    a_ptr, b_ptr, ia_ptr, ib_ptr, lam_ptr, mode_ptr, box_ptr, ya_ptr, yb_ptr, counts_ptr, out_ptr, lamy_ptr,
+    s0, s1, s2, t0, t1, t2,  # per-channel scale / shift
+    H, W, inv_w, HW3, N_A, N_B, C, kappa, tau, alpha,
+    HAS_B: tl.constexpr, RULE: tl.constexpr, SMALL: tl.constexpr, BLOCK: tl.constexpr,
 ):
+# fmt: on
     i = tl.program_id(0)
     j = tl.program_id(1)
-    hw3 = H * W * 3
+    # HW3 = H·W·3 is its own argument so Triton's divisibility specialisation sees it (150528 = 16·9408):
+    # row bases are then provably aligned and the byte loads and bf16 stores vectorise.
     offs = j * BLOCK + tl.arange(0, BLOCK)
-    m = offs < hw3
-    # Row bases in int64: N·H·W·3 overflows int32 for large resident datasets.
-    a_row = tl.load(ia_ptr + i).to(tl.int64) * hw3
-    scale = tl.load(scale_ptr + offs % 3, mask=m, other=0.0)
-    shift = tl.load(shift_ptr + offs % 3, mask=m, other=0.0)
+    m = offs < HW3
+    c = offs % 3
+    scale = tl.where(c == 0, s0, tl.where(c == 1, s1, s2))
+    shift = tl.where(c == 0, t0, tl.where(c == 1, t1, t2))
+    # Rows are clamped into the tensors: a bad index can give a wrong image, never a read out of bounds
+    # (the CPU path and ``check=True`` raise on it). Row bases in int64: N·H·W·3 can overflow int32.
+    ra = tl.minimum(tl.maximum(tl.load(ia_ptr + i), 0), N_A - 1).to(tl.int64) * HW3
+    out_ptrs = out_ptr + i.to(tl.int64) * HW3 + offs
+    out_ty = out_ptr.dtype.element_ty
     if HAS_B:
-        b_row = tl.load(ib_ptr + i).to(tl.int64) * hw3
+        rb = tl.minimum(tl.maximum(tl.load(ib_ptr + i), 0), N_B - 1).to(tl.int64) * HW3
         mode = tl.load(mode_ptr + i)
         lam = tl.load(lam_ptr + i)
         y0 = tl.minimum(tl.maximum(tl.load(box_ptr + 4 * i + 0), 0), H)
         x0 = tl.minimum(tl.maximum(tl.load(box_ptr + 4 * i + 1), 0), W)
         y1 = tl.maximum(tl.minimum(tl.maximum(tl.load(box_ptr + 4 * i + 2), 0), H), y0)
         x1 = tl.maximum(tl.minimum(tl.maximum(tl.load(box_ptr + 4 * i + 3), 0), W), x0)
-        if mode == 2:
-            # Only boxed samples pay for the two integer divisions that recover (y, x).
-            pix = offs // 3
-            y = pix // W
+        # One branch per mode, decided once per program: each keeps its loads uniform (vectorisable), and
+        # only boxed samples pay for the integer divisions that recover (y, x).
+        if mode == 1:
+            va = tl.load(a_ptr + ra + offs, mask=m, other=0).to(tl.float32)
+            vb = tl.load(b_ptr + rb + offs, mask=m, other=0).to(tl.float32)
+            v = lam * va + (1.0 - lam) * vb
+            tl.store(out_ptrs, (v * scale + shift).to(out_ty), mask=m)
+        elif mode == 2:
+            pix = offs // 3  # division by a constant: a multiply and a shift
+            if SMALL:
+                # y = ⌊pix/W⌋ through one fp32 multiply instead of an integer division (the kernel's
+                # bottleneck for boxed samples). (pix + ½)/W sits ≥ ½/W away from an integer, and the fp32
+                # product errs by < 2⁻²³·pix/W, so the floor is exact whenever pix < 2²² (H·W < 4.19 M px).
+                y = ((pix.to(tl.float32) + 0.5) * inv_w).to(tl.int32)
+            else:
+                y = pix // W
             x = pix - y * W
             inside = (y >= y0) & (y < y1) & (x >= x0) & (x < x1)
-            w = tl.where(inside, 0.0, 1.0)
+            # w·a + (1 − w)·b with w ∈ {0, 1} is exactly b inside the box and a outside. Both images are
+            # read whole: masking each load by the box would make the masks non-uniform and the loads
+            # scalar, which on H100 costs more (52 µs vs ~32 µs at B=128, 224²) than the extra bytes of b.
+            va = tl.load(a_ptr + ra + offs, mask=m, other=0).to(tl.float32)
+            vb = tl.load(b_ptr + rb + offs, mask=m, other=0).to(tl.float32)
+            v = tl.where(inside, vb, va)
+            tl.store(out_ptrs, (v * scale + shift).to(out_ty), mask=m)
         else:
-            w = tl.zeros([BLOCK], dtype=tl.float32) + tl.where(mode == 1, lam, 1.0)
-        # A pixel whose weight is 0 (1) never reads a (b): CutMix reads each input pixel once.
-        va = tl.load(a_ptr + a_row + offs, mask=m & (w != 0.0), other=0).to(tl.float32)
-        vb = tl.load(b_ptr + b_row + offs, mask=m & (w != 1.0), other=0).to(tl.float32)
-        v = w * va + (1.0 - w) * vb
+            va = tl.load(a_ptr + ra + offs, mask=m, other=0).to(tl.float32)
+            tl.store(out_ptrs, (va * scale + shift).to(out_ty), mask=m)
         if j == 0:
             area = ((y1 - y0) * (x1 - x0)).to(tl.float32)
             lam_box = 1.0 - tl.math.div_rn(area, (H * W).to(tl.float32))
             lam_pix = tl.where(mode == 2, lam_box, tl.where(mode == 1, lam, 1.0))
             lam_y = lam_pix
             if RULE != 0:
-                n_a = tl.load(counts_ptr + tl.load(ya_ptr + i))
-                n_b = tl.load(counts_ptr + tl.load(yb_ptr + i))
+                n_a = tl.load(counts_ptr + tl.minimum(tl.maximum(tl.load(ya_ptr + i), 0), C - 1))
+                n_b = tl.load(counts_ptr + tl.minimum(tl.maximum(tl.load(yb_ptr + i), 0), C - 1))
                 total = n_a + n_b
                 safe = tl.where(total > 0, total, 1.0)
                 if RULE == 1:  # remix
@@ -349,65 +376,34 @@ def _mix_kernel(
             lam_y = tl.where(mode == 0, 1.0, lam_y)
             tl.store(lamy_ptr + i, lam_y)
     else:
-        v = tl.load(a_ptr + a_row + offs, mask=m, other=0).to(tl.float32)
-    out = v * scale + shift
-    tl.store(out_ptr + i.to(tl.int64) * hw3 + offs, out.to(out_ptr.dtype.element_ty), mask=m)
+        va = tl.load(a_ptr + ra + offs, mask=m, other=0).to(tl.float32)
+        tl.store(out_ptrs, (va * scale + shift).to(out_ty), mask=m)
 
 
 def _mix_triton(
-    a,
-    b,
-    idx_a,
-    idx_b,
-    lam,
-    mode,
-    boxes,
-    scale,
-    shift,
-    y_a,
-    y_b,
-    counts,
-    code,
-    kappa,
-    tau,
-    alpha,
-    out_dtype,
+    a, b, idx_a, idx_b, lam, mode, boxes, coeffs, y_a, y_b, counts, code, kappa, tau, alpha, out_dtype,
     block: int = 1024,
-):
+):  # fmt: skip
     batch, (height, width) = idx_a.numel(), a.shape[1:3]
     out = torch.empty((batch, height, width, 3), dtype=out_dtype, device=a.device)
-    lam_y = torch.ones(batch, dtype=torch.float32, device=a.device)
+    has_b = b is not None
+    # With a partner every λ_y is written by the kernel; without one every label stays y_a.
+    lam_y = (torch.empty if has_b else torch.ones)(batch, dtype=torch.float32, device=a.device)
     if batch == 0:
         return out, lam_y
-    has_b = b is not None
+    (s0, s1, s2), (t0, t1, t2) = coeffs
     dummy = idx_a  # never dereferenced: the branches that read these pointers are compiled out
     grid = (batch, triton.cdiv(height * width * 3, block))
     _dispatch.jit(_mix_kernel)[grid](
-        a,
-        b if has_b else a,
-        idx_a,
-        idx_b if has_b else dummy,
-        lam,
-        mode,
-        boxes,
-        scale,
-        shift,
-        y_a if y_a is not None else dummy,
-        y_b if y_b is not None else dummy,
-        counts if counts is not None else lam,
-        out,
-        lam_y,
-        height,
-        width,
-        kappa,
-        tau,
-        alpha,
-        HAS_B=has_b,
-        RULE=code,
-        BLOCK=block,
-        num_warps=4,
+        a, b if has_b else a, idx_a, idx_b if has_b else dummy, lam, mode, boxes,
+        y_a if y_a is not None else dummy, y_b if y_b is not None else dummy,
+        counts if counts is not None else lam, out, lam_y,
+        s0, s1, s2, t0, t1, t2,
+        height, width, 1.0 / width, height * width * 3, a.shape[0], (b if has_b else a).shape[0],
+        counts.numel() if counts is not None else 1, kappa, tau, alpha,
+        HAS_B=has_b, RULE=code, SMALL=height * width < 2**22, BLOCK=block, num_warps=4,
         enable_fp_fusion=False,
-    )
+    )  # fmt: skip
     return out, lam_y
 
 
@@ -502,6 +498,7 @@ def mix_images(
     y_b=None,
     class_counts=None,
     backend: str | None = None,
+    check: bool | None = None,
     **rule_kwargs,
 ) -> Mixed:
     """Mix, normalise and weigh labels for a batch in one pass. Returns ``Mixed(images, lam_y)``.
@@ -518,19 +515,23 @@ def mix_images(
                   (``kappa``, ``tau``, ``alpha``); rules using class counts need ``y_a``, ``y_b``
                   (int64 ``[B]``) and ``class_counts`` ``[C]`` (training images per class)
     backend       ``None`` (``FASTLT_KERNELS`` or auto), ``'triton'``, ``'numba'``, ``'torch'``
+    check         validate index/label/mode/λ values (default: on CPU tensors only — on CUDA each check is a
+                  few extra kernel launches per step, as long as the mix itself; the Triton kernel clamps
+                  every row and label index into range, so unchecked bad values never read out of bounds)
     """
     code, kappa, tau, alpha = rule_params(rule, rule_kwargs)
     a = _images(a, "a")
     device = a.device
+    check = device.type != "cuda" if check is None else bool(check)
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {', '.join(map(str, _OUT_DTYPES))}, got {out_dtype}")
-    scale, shift = normalize_coefficients(mean, std, device)
+    coeffs = (_channels(mean, "mean"), _channels(std, "std"))
     if b is None:
         if idx_b is not None or lam is not None or boxes is not None or mode is not None or code != 0:
             raise ValueError(
                 "b is None (plain normalisation): idx_b, lam, boxes, mode and label rules need a partner b"
             )
-        idx_a = _index(idx_a, a.shape[0], None, "idx_a", device)
+        idx_a = _index(idx_a, a.shape[0], None, "idx_a", device, check)
         batch = idx_a.numel()
         lam_t = torch.zeros(batch, dtype=torch.float32, device=device)
         mode_t = torch.zeros(batch, dtype=torch.int32, device=device)
@@ -549,15 +550,16 @@ def mix_images(
                 raise ValueError(f"a has {a.shape[0]} rows and b {b.shape[0]}: give idx_a/idx_b to pair them")
         else:
             batch = (idx_a if idx_a is not None else idx_b).shape[0]
-        idx_a = _index(idx_a, a.shape[0], batch, "idx_a", device)
-        idx_b = _index(idx_b, b.shape[0], batch, "idx_b", device)
+        idx_a = _index(idx_a, a.shape[0], batch, "idx_a", device, check)
+        idx_b = _index(idx_b, b.shape[0], batch, "idx_b", device, check)
         if idx_a.numel() != idx_b.numel():
             raise ValueError(f"idx_a has {idx_a.numel()} samples and idx_b {idx_b.numel()}")
         default_mode = CUTMIX if rule == "cutmix" else MIXUP
         mode_t = _per_sample(mode, batch, torch.int32, "mode", device, default_mode)
-        _check((mode_t >= 0) & (mode_t <= 2), "mode must be 0 (none), 1 (mixup) or 2 (cutmix) per sample")
         lam_t = _per_sample(lam, batch, torch.float32, "lam", device, 1.0)
-        _check((lam_t >= 0) & (lam_t <= 1), "lam must lie in [0, 1]")
+        if check:
+            _check((mode_t >= 0) & (mode_t <= 2), "mode must be 0 (none), 1 (mixup) or 2 (cutmix) per sample")
+            _check((lam_t >= 0) & (lam_t <= 1), "lam must lie in [0, 1]")
         if lam is None and bool((mode_t == MIXUP).any()):
             raise ValueError("mixup samples need lam (λ_x per sample)")
         if boxes is None and bool((mode_t == CUTMIX).any()):
@@ -565,31 +567,17 @@ def mix_images(
         boxes_t = _boxes(boxes, batch, device)
         counts = ya = yb = None
         if code != 0:
-            counts, ya, yb = _counts(class_counts, y_a, y_b, batch, device)
+            counts, ya, yb = _counts(class_counts, y_a, y_b, batch, device, check)
 
     impl = _dispatch.pick(device, backend, has_numba=numba is not None)
     height, width = a.shape[1:3]
     if impl == "triton":
         out, lam_y = _mix_triton(
-            a,
-            b,
-            idx_a,
-            idx_b,
-            lam_t,
-            mode_t,
-            boxes_t,
-            scale,
-            shift,
-            ya,
-            yb,
-            counts,
-            code,
-            kappa,
-            tau,
-            alpha,
-            out_dtype,
-        )
+            a, b, idx_a, idx_b, lam_t, mode_t, boxes_t, _coefficients(*coeffs), ya, yb, counts,
+            code, kappa, tau, alpha, out_dtype,
+        )  # fmt: skip
         return Mixed(out.permute(0, 3, 1, 2), lam_y)
+    scale, shift = _coefficient_tensors(*coeffs, str(device))
     if impl == "numba":
         out = _mix_numba(a, b, idx_a, idx_b, lam_t, mode_t, boxes_t, scale, shift, out_dtype).permute(
             0, 3, 1, 2

@@ -109,7 +109,8 @@ def _soft_ce_fwd_kernel(
 
     k = tl.arange(0, BLOCK_K)
     mk = k < K
-    idx = tl.load(idx_ptr + row.to(tl.int64) * K + k, mask=mk, other=0)
+    # Indices are clamped into [0, C): unchecked bad input gives a wrong loss, never a read out of bounds.
+    idx = tl.minimum(tl.maximum(tl.load(idx_ptr + row.to(tl.int64) * K + k, mask=mk, other=0), 0), C - 1)
     ww = tl.load(w_ptr + row.to(tl.int64) * K + k, mask=mk, other=0.0).to(tl.float32)
     if HAS_CW:
         ww = ww * tl.load(cw_ptr + idx, mask=mk, other=0.0).to(tl.float32)
@@ -148,7 +149,8 @@ def _soft_ce_bwd_kernel(
     g_total = g * tl.load(wsum_ptr + row)
     k = tl.arange(0, BLOCK_K)
     mk = k < K
-    idx = tl.load(idx_ptr + row.to(tl.int64) * K + k, mask=mk, other=-1)
+    idx = tl.minimum(tl.maximum(tl.load(idx_ptr + row.to(tl.int64) * K + k, mask=mk, other=0), 0), C - 1)
+    idx = tl.where(mk, idx, -1)
     ww = tl.load(w_ptr + row.to(tl.int64) * K + k, mask=mk, other=0.0).to(tl.float32)
     if HAS_CW:
         ww = ww * tl.load(cw_ptr + idx, mask=mk, other=0.0).to(tl.float32)
@@ -271,6 +273,7 @@ def soft_cross_entropy(
     reduction: str = "mean",
     *,
     backend: str | None = None,
+    check: bool | None = None,
 ) -> torch.Tensor:
     """Soft-label cross-entropy of ``logits [B, C]`` against ``(idx int64 [B, K], w float [B, K])``.
 
@@ -278,7 +281,8 @@ def soft_cross_entropy(
     ``class_weight [C]`` weighs each target term by its class; ``reduction`` is ``'mean'`` (Σℓ/ΣW with
     class weights, Σℓ/B without), ``'sum'`` or ``'none'``. The loss is float32 (float64 for float64
     logits); the gradient flows to ``logits`` only and has their dtype.
-    See the module docstring for the exact definition.
+    See the module docstring for the exact definition. ``check`` validates the class indices (default: on
+    CPU only; on CUDA it costs extra launches, and the kernels clamp indices so nothing reads out of bounds).
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
         what = (
@@ -303,7 +307,9 @@ def soft_cross_entropy(
         )
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
-    if idx.numel():
+    if check is None:
+        check = device.type != "cuda"
+    if check and idx.numel():
         bad = (idx < 0) | (idx >= C)
         if device.type == "cuda":
             torch._assert_async(~bad.any(), "soft_cross_entropy: idx outside [0, C)")
