@@ -60,7 +60,7 @@ def link_tree(files: list[Path], labels: np.ndarray, root: Path) -> Path:
     for i, (f, y) in enumerate(zip(files, labels)):
         d = root / f"{int(y):05d}"
         d.mkdir(exist_ok=True)
-        (d / f"{i:07d}_{f.name}").symlink_to(f)
+        (d / f"{i:07d}_{f.name}").symlink_to(f.resolve())
     return root
 
 
