@@ -46,11 +46,26 @@ def norm(u8):
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
+def _beta(g, alpha, n):
+    s = int(torch.randint(0, 2**62, (1,), generator=g).item())
+    return torch.from_numpy(np.random.default_rng(s).beta(alpha, alpha, size=n).astype(np.float32))
+
+
 def beta_like(ctx_seed, alpha, n):
     """Replays StepContext.beta: one int from the step generator seeds numpy's Beta."""
     g = torch.Generator().manual_seed(ctx_seed)
-    s = int(torch.randint(0, 2**62, (1,), generator=g).item())
-    return torch.from_numpy(np.random.default_rng(s).beta(alpha, alpha, size=n).astype(np.float32)), g
+    return _beta(g, alpha, n), g
+
+
+def beta_draws(ctx_seed, alpha, sizes, perm_after_first=None):
+    """Replays several StepContext.beta calls, with StepContext.permutation(n) after the first one."""
+    g = torch.Generator().manual_seed(ctx_seed)
+    lams, perm = [], None
+    for i, n in enumerate(sizes):
+        lams.append(_beta(g, alpha, n))
+        if i == 0 and perm_after_first:
+            perm = torch.randperm(perm_after_first, generator=g)
+    return lams, perm
 
 
 def run(method, batch, ctx, model=None):
