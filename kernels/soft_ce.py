@@ -31,6 +31,7 @@ Memory: O(B) saved besides the logits, no ``[B, C]`` target, softmax or one-hot 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import _dispatch
@@ -40,6 +41,12 @@ try:
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = tl = None
+try:  # numba compiles lazily, on the first CPU launch (cached on disk afterwards)
+    import numba
+    from numba import prange
+except ImportError:  # pragma: no cover
+    numba = None
+    prange = range
 
 REDUCTIONS = ("mean", "sum", "none")
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -172,48 +179,128 @@ def _blocks(C: int, K: int) -> tuple[int, int]:
     return min(_dispatch.next_pow2(C), 2048), max(2, _dispatch.next_pow2(K))
 
 
+def _triton_forward(logits, idx, w, adjust, cw, rows, lse, wsum):
+    (B, C), K = logits.shape, idx.shape[1]
+    block_c, block_k = _blocks(C, K)
+    has_adj, has_cw = adjust is not None, cw is not None
+    _dispatch.jit(_soft_ce_fwd_kernel)[(B,)](
+        logits, logits.stride(0), adjust if has_adj else logits, idx, w, cw if has_cw else w,
+        rows, lse, wsum, C, K,
+        HAS_ADJ=has_adj, HAS_CW=has_cw, BLOCK_C=block_c, BLOCK_K=block_k, num_warps=8,
+    )  # fmt: skip
+
+
+def _triton_backward(logits, idx, w, adjust, cw, lse, wsum, g, dz):
+    (B, C), K = logits.shape, idx.shape[1]
+    block_c, block_k = _blocks(C, K)
+    has_adj, has_cw = adjust is not None, cw is not None
+    _dispatch.jit(_soft_ce_bwd_kernel)[(B,)](
+        logits, logits.stride(0), adjust if has_adj else logits, idx, w, cw if has_cw else w,
+        lse, wsum, g, dz, dz.stride(0), C, K,
+        HAS_ADJ=has_adj, HAS_CW=has_cw, BLOCK_C=block_c, BLOCK_K=block_k, num_warps=8,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# numba CPU fast path: the same two row passes as the Triton kernels, one row per parallel task. Sums are
+# accumulated in float64, so results agree with the reference to fp32 rounding, not bit for bit.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _numba_forward_rows(z, adj, has_adj, idx, w, cw, has_cw, rows, lse, wsum):
+    B, C = z.shape
+    K = idx.shape[1]
+    for r in prange(B):
+        m = -np.inf
+        for j in range(C):
+            v = z[r, j] + adj[j] if has_adj else z[r, j]
+            m = max(m, v)
+        s = 0.0
+        for j in range(C):
+            v = z[r, j] + adj[j] if has_adj else z[r, j]
+            s += np.exp(v - m)
+        lse_r = m + np.log(s)
+        acc = 0.0
+        total = 0.0
+        for k in range(K):
+            c = min(max(idx[r, k], 0), C - 1)
+            ww = w[r, k] * cw[c] if has_cw else w[r, k]
+            zt = z[r, c] + adj[c] if has_adj else z[r, c]
+            acc += ww * (lse_r - zt)
+            total += ww
+        rows[r] = acc
+        lse[r] = lse_r
+        wsum[r] = total
+
+
+def _numba_backward_rows(z, adj, has_adj, idx, w, cw, has_cw, lse, wsum, g, dz):
+    B, C = z.shape
+    K = idx.shape[1]
+    for r in prange(B):
+        scale = g[r] * wsum[r]
+        for j in range(C):
+            v = z[r, j] + adj[j] if has_adj else z[r, j]
+            dz[r, j] = scale * np.exp(v - lse[r])
+        # Sequential within the row, after the dense write: duplicate indices simply add up.
+        for k in range(K):
+            c = min(max(idx[r, k], 0), C - 1)
+            ww = w[r, k] * cw[c] if has_cw else w[r, k]
+            dz[r, c] -= g[r] * ww
+
+
+if numba is not None:
+    _numba_forward = numba.njit(parallel=True, cache=True, nogil=True)(_numba_forward_rows)
+    _numba_backward = numba.njit(parallel=True, cache=True, nogil=True)(_numba_backward_rows)
+
+
+def _present(x, like):
+    # numba needs an array in every slot; an absent vector is a 1-element placeholder its flag ignores.
+    return x.numpy() if x is not None else np.zeros(1, dtype=like.numpy().dtype)
+
+
+def _numba_forward_launch(logits, idx, w, adjust, cw, rows, lse, wsum):
+    _numba_forward(
+        logits.numpy(), _present(adjust, w), adjust is not None, idx.numpy(), w.numpy(), _present(cw, w),
+        cw is not None, rows.numpy(), lse.numpy(), wsum.numpy(),
+    )  # fmt: skip
+
+
+def _numba_backward_launch(logits, idx, w, adjust, cw, lse, wsum, g, dz):
+    _numba_backward(
+        logits.numpy(), _present(adjust, w), adjust is not None, idx.numpy(), w.numpy(), _present(cw, w),
+        cw is not None, lse.numpy(), wsum.numpy(), g.numpy(), dz.numpy(),
+    )  # fmt: skip
+
+
+_LAUNCH = {
+    "triton": (_triton_forward, _triton_backward),
+    "numba": (_numba_forward_launch, _numba_backward_launch),
+}
+
+
 class _SoftCrossEntropy(torch.autograd.Function):
+    """Row kernels (Triton or numba) for ℓ_b, lse_b, W_b and the gradient; the reductions live here."""
+
     @staticmethod
-    def forward(ctx, logits, idx, w, adjust, cw, reduction):
-        B, C = logits.shape
-        K = idx.shape[1]
-        block_c, block_k = _blocks(C, K)
+    def forward(ctx, logits, idx, w, adjust, cw, reduction, impl):
+        B = logits.shape[0]
         f32 = dict(dtype=torch.float32, device=logits.device)
         rows, lse, wsum = torch.empty(B, **f32), torch.empty(B, **f32), torch.empty(B, **f32)
-        has_adj, has_cw = adjust is not None, cw is not None
         if B:
-            _dispatch.jit(_soft_ce_fwd_kernel)[(B,)](
-                logits,
-                logits.stride(0),
-                adjust if has_adj else logits,
-                idx,
-                w,
-                cw if has_cw else w,
-                rows,
-                lse,
-                wsum,
-                C,
-                K,
-                HAS_ADJ=has_adj,
-                HAS_CW=has_cw,
-                BLOCK_C=block_c,
-                BLOCK_K=block_k,
-                num_warps=8,
-            )
+            _LAUNCH[impl][0](logits, idx, w, adjust, cw, rows, lse, wsum)
         ctx.save_for_backward(logits, idx, w, adjust, cw, lse, wsum)
-        ctx.reduction = reduction
+        ctx.reduction, ctx.impl = reduction, impl
         if reduction == "none":
             return rows
         if reduction == "sum":
             return rows.sum()
-        ctx.denom = wsum.sum() if has_cw else torch.tensor(float(B), **f32)
+        ctx.denom = wsum.sum() if cw is not None else torch.tensor(float(B), **f32)
         return rows.sum() / ctx.denom
 
     @staticmethod
     def backward(ctx, grad):
         logits, idx, w, adjust, cw, lse, wsum = ctx.saved_tensors
-        B, C = logits.shape
-        K = idx.shape[1]
+        B = logits.shape[0]
         if ctx.reduction == "none":
             g = grad.to(torch.float32).contiguous()
         elif ctx.reduction == "sum":
@@ -221,30 +308,9 @@ class _SoftCrossEntropy(torch.autograd.Function):
         else:
             g = (grad.to(torch.float32) / ctx.denom).expand(B).contiguous()
         dz = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        block_c, block_k = _blocks(C, K)
-        has_adj, has_cw = adjust is not None, cw is not None
         if B:
-            _dispatch.jit(_soft_ce_bwd_kernel)[(B,)](
-                logits,
-                logits.stride(0),
-                adjust if has_adj else logits,
-                idx,
-                w,
-                cw if has_cw else w,
-                lse,
-                wsum,
-                g,
-                dz,
-                dz.stride(0),
-                C,
-                K,
-                HAS_ADJ=has_adj,
-                HAS_CW=has_cw,
-                BLOCK_C=block_c,
-                BLOCK_K=block_k,
-                num_warps=8,
-            )
-        return dz, None, None, None, None, None
+            _LAUNCH[ctx.impl][1](logits, idx, w, adjust, cw, lse, wsum, g, dz)
+        return dz, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,25 +384,28 @@ def soft_cross_entropy(
     logit_adjust = _vector(logit_adjust, C, "logit_adjust", device)
     class_weight = _vector(class_weight, C, "class_weight", device)
 
-    impl = _dispatch.pick(device, backend)
-    if impl == "triton":
-        if logits.dtype not in _TRITON_DTYPES:
-            raise ValueError(
-                f"the Triton soft_cross_entropy takes {', '.join(map(str, _TRITON_DTYPES))} logits, "
-                f"got {logits.dtype} (use backend='torch')"
-            )
-        f32 = dict(dtype=torch.float32)
-        adj = logit_adjust.detach().to(**f32).contiguous() if logit_adjust is not None else None
-        cw = class_weight.detach().to(**f32).contiguous() if class_weight is not None else None
-        return _SoftCrossEntropy.apply(
-            logits if logits.stride(1) == 1 else logits.contiguous(),
-            idx.to(torch.int64).contiguous(),
-            w.detach().to(**f32).contiguous(),
-            adj,
-            cw,
-            reduction,
+    impl = _dispatch.pick(device, backend, has_numba=numba is not None and logits.dtype == torch.float32)
+    if impl == "triton" and logits.dtype not in _TRITON_DTYPES:
+        raise ValueError(
+            f"the Triton soft_cross_entropy takes {', '.join(map(str, _TRITON_DTYPES))} logits, "
+            f"got {logits.dtype} (use backend='torch')"
         )
-    return soft_ce_reference(logits, idx.to(torch.int64), w, logit_adjust, class_weight, reduction)
+    if impl == "torch":
+        return soft_ce_reference(logits, idx.to(torch.int64), w, logit_adjust, class_weight, reduction)
+    f32 = dict(dtype=torch.float32)
+    adj = logit_adjust.detach().to(**f32).contiguous() if logit_adjust is not None else None
+    cw = class_weight.detach().to(**f32).contiguous() if class_weight is not None else None
+    # Triton reads rows by stride; numba needs a plain C-contiguous array.
+    contiguous = logits.stride(1) == 1 if impl == "triton" else logits.is_contiguous()
+    return _SoftCrossEntropy.apply(
+        logits if contiguous else logits.contiguous(),
+        idx.to(torch.int64).contiguous(),
+        w.detach().to(**f32).contiguous(),
+        adj,
+        cw,
+        reduction,
+        impl,
+    )
 
 
 __all__ = ["soft_cross_entropy", "soft_ce_reference", "REDUCTIONS"]

@@ -1,9 +1,10 @@
-"""kernels.soft_ce: the reference against F.cross_entropy and gradcheck, the Triton kernels (interpreter)
-against the reference, forward and backward, including duplicate indices, logit adjustment and class weights.
+"""kernels.soft_ce: the reference against F.cross_entropy and gradcheck, the Triton (interpreter) and numba
+kernels against the reference, forward and backward, including duplicate indices, logit adjustment and class
+weights.
 
-Tolerances (Triton vs reference): fp32 logits — loss rtol 1e-5, gradient atol 1e-6 (the kernel sums exp in
-blocks, torch's logsumexp in another order); bf16/fp16 logits — both read the same rounded logits and work in
-fp32, so the loss keeps rtol 1e-5; the gradient is rounded once to the logits' dtype, so it is held to one
+Tolerances (Triton or numba vs reference): fp32 logits — loss rtol 1e-5, gradient atol 1e-6 (the kernels sum
+exp in another order than torch's logsumexp); bf16/fp16 logits — both read the same rounded logits and work
+in fp32, so the loss keeps rtol 1e-5; the gradient is rounded once to the logits' dtype, so it is held to one
 ulp of that dtype.
 """
 
@@ -105,10 +106,11 @@ def test_reference_gradcheck_float64(reduction):
         (1, 8142, 1, "sum", True),
     ],
 )
-def test_triton_matches_reference_fp32(B, C, K, reduction, weighted, interpreter):
+@pytest.mark.parametrize("backend", ["triton", "numba"])
+def test_kernel_matches_reference_fp32(B, C, K, reduction, weighted, backend, interpreter):
     logits, idx, w, adjust, cw = _problem(B, C, K, seed=B * C + K)
     args = (logits, idx, w, adjust if weighted else None, cw if weighted else None, reduction)
-    loss, grad = _run("triton", interpreter, *args)
+    loss, grad = _run(backend, interpreter, *args)
     ref_loss, ref_grad = _run("torch", interpreter, *args)
     assert loss.dtype == torch.float32 and grad.dtype == torch.float32 and loss.shape == ref_loss.shape
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
@@ -128,7 +130,7 @@ def test_triton_low_precision_logits(dtype, interpreter):
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=ulp, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "numba", "torch"])
 def test_duplicate_indices_accumulate(backend, interpreter):
     logits, idx, _, adjust, cw = _problem(4, 7, 1, seed=5)
     split = (torch.cat([idx, idx, idx], 1), torch.tensor([[0.2, 0.3, 0.5]]).expand(4, 3).contiguous())
