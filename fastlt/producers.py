@@ -39,6 +39,7 @@ import numpy as np
 
 from fastlt.pipelines.plan import StepPlan, step_seed
 from fastlt.sampling import (
+    HEAD_K,
     ClassBalanced,
     ConfusionCounts,
     ConfusionPartner,
@@ -257,7 +258,8 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: Conf
     ``counts`` is shared confusion state (every producer feeds it through ``apply``; ``cpmix`` draws from it,
     making its own when None). Recipe fields read when present: ``cpmix_batch_size`` (B_m; 0/None: B),
     ``cpmix_fallback`` ('instance' | 'redraw'), ``lfm_tau`` (0.05), ``lfm_k`` (head size of the exact
-    text-local table, default 64). LFM needs ``neighbours`` (a TextLocal) or ``text_features`` (float[C, d]).
+    text-local table, default HEAD_K = 256). LFM needs ``neighbours`` (a TextLocal) or ``text_features``
+    (float[C, d]).
     Other keywords (``drop_last``, ``first_epoch``, ``first_step``) go to the producer.
     """
     if plan not in PRODUCERS:
@@ -274,7 +276,7 @@ def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: Conf
             if text_features is None:
                 raise ValueError("plan 'lfm' needs the class similarities: pass neighbours=TextLocal(...) or "
                                  "text_features=float[C, d] class text embeddings")
-            tau, k = getattr(r, "lfm_tau", 0.05), getattr(r, "lfm_k", None) or 64
+            tau, k = getattr(r, "lfm_tau", 0.05), getattr(r, "lfm_k", None) or HEAD_K
             neighbours = _text_local(text_features, tau, k, np.diff(offsets) > 0)
         kw["neighbours"] = neighbours
     return PRODUCERS[plan](offsets, batch_size, seed, counts=counts, **kw)

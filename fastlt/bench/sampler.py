@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from fastlt.bench.report import print_table, write_json
-from fastlt.sampling import ConfusionCounts, ConfusionPartner, TextLocal
+from fastlt.sampling import HEAD_K, ConfusionCounts, ConfusionPartner, TextLocal, truncation_k
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -139,27 +139,62 @@ def per_step(fn, inputs) -> float:
     return float(np.median(times))
 
 
-def text_local_k(C: int, dim: int, tau: float, eps: float, seed: int) -> list[dict]:
-    """Neighbours LFM keeps per class so the dropped softmax mass is < eps, for two embedding models."""
+def text_local(C: int, dim: int, tau: float, eps: float, seed: int, offsets, draws: int, steps: int,
+               minilm: bool) -> tuple[list[dict], list[dict]]:
+    """LFM partners for C class embeddings: the neighbours truncation would need (dropped mass < eps), and
+    the exact sampler (head of HEAD_K + rejection tail) vs a dense numpy softmax per step."""
     rng = np.random.default_rng(seed)
-    rand = rng.standard_normal((C, dim))
+    models = {"random unit vectors": rng.standard_normal((C, dim))}
     # a taxonomy: 40 families → 800 genera → C species; each level a perturbation of its parent
     fam = rng.standard_normal((40, dim))
     gen = fam[rng.integers(0, 40, 800)] + 0.7 * rng.standard_normal((800, dim))
-    clustered = gen[rng.integers(0, 800, C)] + 0.5 * rng.standard_normal((C, dim))
-    rows = []
-    for name, emb in (("random unit vectors", rand), ("clustered taxonomy", clustered)):
-        t0 = time.perf_counter()
-        tl = TextLocal.from_embeddings(emb, tau, eps=eps)
+    models["clustered taxonomy"] = gen[rng.integers(0, 800, C)] + 0.5 * rng.standard_normal((C, dim))
+    if minilm:
+        from torchvision.models import ResNet50_Weights
+
+        from fastlt.text import MiniLMEncoder, class_prompts
+
+        names = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+        models["MiniLM, ImageNet-1k prompts"] = MiniLMEncoder().encode(class_prompts(names))
+    need, speed = [], []
+    for name, emb in models.items():
         e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         s = e[:500] @ e.T
         s[np.arange(500), np.arange(500)] = np.nan
-        k = tl.row_lengths
-        rows.append({"embeddings": name, "sim mean": float(np.nanmean(s)), "sim std": float(np.nanstd(s)),
-                     "k median": float(np.median(k)), "k p99": float(np.percentile(k, 99)),
-                     "k max": int(k.max()), "max dropped mass": float(tl.truncated_mass.max()),
-                     "MB": (tl.cols.nbytes + tl.cum.nbytes) / 2**20, "build s": time.perf_counter() - t0})
-    return rows
+        k = truncation_k(e, tau, eps)
+        need.append({"embeddings": name, "C": e.shape[0], "sim mean": float(np.nanmean(s)),
+                     "sim std": float(np.nanstd(s)), "k median": float(np.median(k)),
+                     "k p99": float(np.percentile(k, 99)), "k max": int(k.max()),
+                     "truncated CSR MB": float(k.sum()) * 16 / 2**20})
+        if e.shape[0] == C:
+            speed.append({"embeddings": name, **exact_text_local_speed(e, tau, offsets, draws, steps, seed)})
+    return need, speed
+
+
+def exact_text_local_speed(e, tau, offsets, draws, steps, seed) -> dict:
+    """Per-step partner draws of the exact sampler vs a dense softmax row per anchor in numpy."""
+    C = e.shape[0]
+    t0 = time.perf_counter()
+    tl = TextLocal.from_embeddings(e, tau, k=HEAD_K)
+    build = time.perf_counter() - t0
+    labels = np.repeat(np.arange(C), np.diff(offsets))
+    anchors = [labels[np.random.default_rng(seed + t).integers(0, labels.size, draws)] for t in range(steps)]
+    rngs = [np.random.default_rng(seed + 1000 + t) for t in range(steps)]
+    tl.draw(anchors[0], rngs[0])
+    fast = per_step(lambda t: tl.draw(anchors[t], rngs[t]), range(steps))
+
+    def dense(t):  # the straightforward way: every anchor's full softmax row, then one searchsorted each
+        a = anchors[t]
+        w = np.exp((e[a] @ e.T - 1.0) / tau)
+        w[np.arange(a.size), a] = 0.0
+        c = np.cumsum(w, axis=1)
+        u = np.random.default_rng(t).random(a.size) * c[:, -1]
+        return (c < u[:, None]).sum(axis=1)
+
+    ref = per_step(dense, range(min(steps, 10)))
+    mb = (tl.cols.nbytes + tl.cum.nbytes + tl.emb.nbytes + tl._head_sorted.nbytes) / 2**20
+    return {"exact draw µs/step": fast * 1e6, "numpy dense µs/step": ref * 1e6, "fastlt speed-up": ref / fast,
+            "head k": HEAD_K, "MB": mb, "build s": build}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300, help="timed steps per method")
     ap.add_argument("--choice-steps", type=int, default=20, help="timed steps of the slow rng.choice loop")
     ap.add_argument("--tau", type=float, default=0.05)
-    ap.add_argument("--no-text", action="store_true", help="skip the text-local neighbour count")
+    ap.add_argument("--no-text", action="store_true", help="skip the LFM text-local figures")
+    ap.add_argument("--minilm", action="store_true",
+                    help="also measure all-MiniLM-L6-v2 embeddings of the 1000 ImageNet class prompts")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="folder for sampler.json")
     a = ap.parse_args(argv)
@@ -206,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     refresh = per_step(lambda _: ref.refresh(), range(min(a.steps, 30)))
 
     base = draw["fastlt (numba sum tree)"]
+    nnz_at_draw = len(ys)
     rows = [{"method": k, "draw µs/step": v * 1e6, "fastlt speed-up": v / base} for k, v in draw.items()]
-    print_table(f"\nCP-Mix pair draws: C={C}, {counts.nnz:,} pairs, B_m={Bm} (median of {a.steps} steps)",
+    print_table(f"\nCP-Mix pair draws: C={C}, {nnz_at_draw:,} pairs, B_m={Bm} (median of {a.steps} steps)",
                 rows, ["method", "draw µs/step", "fastlt speed-up"])
     urows = [
         {"method": "fastlt (numba hash + sum tree)", "update µs/step": upd_fast * 1e6,
@@ -227,11 +265,15 @@ def main(argv: list[str] | None = None) -> int:
               "update_s": {"fastlt": upd_fast, "numpy": upd_np, "numpy_refresh": refresh},
               "counts_mb": counts.nbytes / 2**20, "numpy_mb": ref_mb}
     if not a.no_text:
-        trows = text_local_k(C, 384, a.tau, 1e-3, a.seed)
-        print_table(f"\nLFM text-local neighbours for dropped mass < 1e-3 at τ={a.tau}, C={C}, 384-d", trows,
-                    ["embeddings", "sim mean", "sim std", "k median", "k p99", "k max", "max dropped mass",
+        need, speed = text_local(C, 384, a.tau, 1e-3, a.seed, offsets, Bm, min(a.steps, 50), a.minilm)
+        title = f"\nLFM: neighbours a truncated text-local row needs for dropped mass < 1e-3 at τ={a.tau}"
+        print_table(title, need, ["embeddings", "C", "sim mean", "sim std", "k median", "k p99", "k max",
+                           "truncated CSR MB"])
+        title = f"\nLFM: exact text-local partners (head {HEAD_K} + rejection tail), {Bm} anchors/step"
+        print_table(title, speed,
+                    ["embeddings", "exact draw µs/step", "numpy dense µs/step", "fastlt speed-up", "head k",
                      "MB", "build s"])
-        record["text_local"] = trows
+        record["text_local"] = {"truncation": need, "exact": speed}
     write_json(a.out, "sampler", record)
     return 0
 
