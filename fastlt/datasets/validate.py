@@ -191,24 +191,14 @@ def escapes_root(rel: str) -> bool:
 def check_image(path: str | os.PathLike) -> tuple[str | None, int, int]:
     """``(None, width, height)`` if the file decodes as an image, else ``(what is wrong, 0, 0)``.
 
-    A real decode, not ``Image.verify()`` (which reads headers only and passes a truncated JPEG). For
-    JPEG it is a DCT-scaled decode (``draft`` at 1/8 scale): libjpeg still entropy-decodes every
-    coefficient of every block, so truncation and corrupt data are caught, but skips 63/64 of the
-    inverse-DCT and colour work, which is most of a full decode's cost.
+    A real decode (see :func:`fastlt.datasets.images.check`), so truncated and corrupt files are caught.
     """
     from PIL import Image
 
+    from fastlt.datasets.images import check
+
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w < 1 or h < 1:
-                return f"image has size {w}x{h}", 0, 0
-            if max(w, h) > MAX_SIDE:
-                return f"image is {w}x{h}; the shard format stores sides up to {MAX_SIDE} px", 0, 0
-            if im.format == "JPEG":
-                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-            im.load()
-        return None, w, h
+        w, h = check(path)
     except FileNotFoundError:
         return "file not found", 0, 0
     except IsADirectoryError:
@@ -220,6 +210,11 @@ def check_image(path: str | os.PathLike) -> tuple[str | None, int, int]:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... for bad data
         msg = str(e) or type(e).__name__
         return f"cannot decode image: {msg}", 0, 0
+    if w < 1 or h < 1:
+        return f"image has size {w}x{h}", 0, 0
+    if max(w, h) > MAX_SIDE:
+        return f"image is {w}x{h}; the shard format stores sides up to {MAX_SIDE} px", 0, 0
+    return None, w, h
 
 
 def _check_one(path: str) -> tuple[str | None, int, int]:
