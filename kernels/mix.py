@@ -412,6 +412,14 @@ def _mix_triton(
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _normalise_span(o, p, lo, hi, s0, s1, s2, t0, t1, t2):
+    """``o[x] = p[x]·scale + shift`` for x in [lo, hi): the none/CutMix case, a straight copy per span."""
+    for x in range(lo, hi):
+        o[x, 0] = np.float32(p[x, 0]) * s0 + t0
+        o[x, 1] = np.float32(p[x, 1]) * s1 + t1
+        o[x, 2] = np.float32(p[x, 2]) * s2 + t2
+
+
 def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
     batch, height, width = out.shape[0], out.shape[1], out.shape[2]
     one = np.float32(1.0)
@@ -421,20 +429,12 @@ def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
     for task in prange(batch * height):
         i = task // height
         y = task - i * height
-        ra = ia[i]
         o = out[i, y]
-        pa = a[ra, y]
-        if not has_b:
-            for x in range(width):
-                o[x, 0] = np.float32(pa[x, 0]) * s0 + t0
-                o[x, 1] = np.float32(pa[x, 1]) * s1 + t1
-                o[x, 2] = np.float32(pa[x, 2]) * s2 + t2
-            continue
-        pb = b[ib[i], y]
-        x_lo, x_hi = 0, 0
-        if mode[i] == 2 and boxes[i, 0] <= y < boxes[i, 2]:
-            x_lo, x_hi = boxes[i, 1], boxes[i, 3]
-        if mode[i] == 1:
+        pa = a[ia[i], y]
+        if not has_b or mode[i] == 0:
+            _normalise_span(o, pa, 0, width, s0, s1, s2, t0, t1, t2)
+        elif mode[i] == 1:
+            pb = b[ib[i], y]
             wa = w_sample[i]
             wb = one - wa
             for x in range(width):
@@ -442,15 +442,19 @@ def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
                 o[x, 1] = (wa * np.float32(pa[x, 1]) + wb * np.float32(pb[x, 1])) * s1 + t1
                 o[x, 2] = (wa * np.float32(pa[x, 2]) + wb * np.float32(pb[x, 2])) * s2 + t2
         else:
-            # none / cutmix: each pixel is exactly a or b, so w·a + (1 − w)·b is a copy.
-            for x in range(width):
-                src = pb if x_lo <= x < x_hi else pa
-                o[x, 0] = np.float32(src[x, 0]) * s0 + t0
-                o[x, 1] = np.float32(src[x, 1]) * s1 + t1
-                o[x, 2] = np.float32(src[x, 2]) * s2 + t2
+            # CutMix (boxes arrive clipped): each pixel is exactly a or b, so the row is three copied spans.
+            x_lo, x_hi = 0, 0
+            if boxes[i, 0] <= y < boxes[i, 2]:
+                x_lo, x_hi = boxes[i, 1], boxes[i, 3]
+            _normalise_span(o, pa, 0, x_lo, s0, s1, s2, t0, t1, t2)
+            _normalise_span(o, b[ib[i], y], x_lo, x_hi, s0, s1, s2, t0, t1, t2)
+            _normalise_span(o, pa, x_hi, width, s0, s1, s2, t0, t1, t2)
 
 
-_mix_rows_jit = numba.njit(parallel=True, cache=True, nogil=True)(_mix_rows) if numba is not None else None
+if numba is not None:
+    # The helper is compiled first and inlined, so _mix_rows sees a numba function under the same name.
+    _normalise_span = numba.njit(inline="always", cache=True, nogil=True)(_normalise_span)
+    _mix_rows_jit = numba.njit(parallel=True, cache=True, nogil=True)(_mix_rows)
 
 
 def _mix_numba(a, b, idx_a, idx_b, lam, mode, boxes, scale, shift, out_dtype):

@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"args": vars(args)}
     rows = []
     if not args.no_cpu:
-        cpu = [("soft_cross_entropy (dispatch: torch reference)", soft_cross_entropy)]
+        cpu = [
+            ("soft_cross_entropy (dispatch: numba)", soft_cross_entropy),
+            ("soft_cross_entropy (torch reference)", lambda *a: soft_cross_entropy(*a, backend="torch")),
+        ]
         rows += mix_rows(args.batch, args.size, args.repeats)
         rows += ce_rows(args.ce_batch, args.classes, args.repeats, "cpu", cpu)
         print_table(
