@@ -11,13 +11,27 @@ Implementation choice: Triton on CUDA, numba (mix) or the torch reference on CPU
 ``auto|triton|numba|torch`` or a per-call ``backend=`` forces one (``kernels/_dispatch.py``).
 """
 
-from .mix import IMAGENET_MEAN, IMAGENET_STD, RULES, Mixed, cutmix_boxes, mix_images, mix_labels
+from .mix import (
+    CUTMIX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIXUP,
+    NONE,
+    RULES,
+    Mixed,
+    cutmix_boxes,
+    mix_images,
+    mix_labels,
+)
 from .soft_ce import soft_cross_entropy
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RULES",
+    "NONE",
+    "MIXUP",
+    "CUTMIX",
     "Mixed",
     "mix_images",
     "mix_labels",

@@ -67,6 +67,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NONE, MIXUP, CUTMIX = 0, 1, 2
+# Below this many pixels the kernel finds a pixel's row with one fp32 multiply (exact there, see the kernel).
+FP32_ROW_LIMIT = 2**22
 
 # Rule name -> (kernel code, default parameters). mixup and cutmix share a code: λ_pix is already right.
 RULES: dict[str, tuple[int, dict[str, float]]] = {
@@ -401,7 +403,7 @@ def _mix_triton(
         s0, s1, s2, t0, t1, t2,
         height, width, 1.0 / width, height * width * 3, a.shape[0], (b if has_b else a).shape[0],
         counts.numel() if counts is not None else 1, kappa, tau, alpha,
-        HAS_B=has_b, RULE=code, SMALL=height * width < 2**22, BLOCK=block, num_warps=4,
+        HAS_B=has_b, RULE=code, SMALL=height * width < FP32_ROW_LIMIT, BLOCK=block, num_warps=4,
         enable_fp_fusion=False,
     )  # fmt: skip
     return out, lam_y

@@ -158,6 +158,27 @@ def test_index_fusion_equals_gathered_copies(interpreter):
     assert torch.equal(fused.images, sliced.images) and torch.equal(fused.lam_y, sliced.lam_y)
 
 
+def mix_with_integer_rows(*args, **kwargs):
+    """mix_images with the fp32 row shortcut off, so boxes go through the kernel's integer-division branch
+    (used only by images of ≥ 2²² pixels, too big for the interpreter). Runs in the interpreter worker."""
+    from fastlt.kernels import mix
+
+    limit, mix.FP32_ROW_LIMIT = mix.FP32_ROW_LIMIT, 0
+    try:
+        return mix_images(*args, **kwargs)
+    finally:
+        mix.FP32_ROW_LIMIT = limit
+
+
+def test_integer_row_branch_matches(interpreter):
+    images = _images(6, 17, 23)
+    kw = _random_mix(6, 6, 17, 23, seed=11)
+    kw["mode"] = torch.full((6,), 2, dtype=torch.int32)
+    ref = mix_images(images, images, backend="torch", **kw)
+    out = interpreter.apply(mix_with_integer_rows, (images, images), dict(kw, backend="triton"))
+    _assert_matches(out, ref, torch.float32, "triton")
+
+
 # ------------------------------------------------------------------------------------------------ CutMix
 
 
