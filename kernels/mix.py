@@ -6,8 +6,9 @@ the ``Batch`` layout), mixes them with the sample's own mode and λ, normalises,
 were read in: input and output offsets coincide and every load and store is contiguous). In the same launch
 it writes the sample's label weight ``λ_y`` (label = λ_y·y_a + (1 − λ_y)·y_b).
 
-Semantics (defined by :func:`mix_reference`; the Triton and numba kernels match it bit for bit in fp32, the
-Triton kernel on GPU is launched with FMA contraction off for that reason):
+Semantics (defined by :func:`mix_reference`; the Triton and numba kernels match it bit for bit in every
+output dtype — the Triton kernel is launched with FMA contraction off for that reason; only Triton's CPU
+*interpreter* rounds fp32 → bf16 by truncation, one bf16 ulp away):
 
 * per-pixel weight of ``a``:  ``w = 1`` for mode 0 (none), ``w = λ_x`` for mode 1 (mixup),
   ``w = 0`` inside the sample's box and ``1`` outside for mode 2 (cutmix);
@@ -39,6 +40,12 @@ Triton kernel on GPU is launched with FMA contraction off for that reason):
 Gather fusion: ``idx_a``/``idx_b`` index rows of ``a``/``b``, so a trainer passes the whole batch twice,
 ``mix_images(images, images, idx_a=rows_a, idx_b=rows_b, ...)``, and no gathered copy is ever made.
 Contiguous slices (``images[plan.segment('a')]``) work just as well and cost nothing either.
+
+Implementations (``kernels/_dispatch.py`` picks): Triton on CUDA — grid (sample, 1024-byte block), one
+branch per mode so loads stay vectorised, λ_y from the block-0 program; measured on an H100 at B = 128,
+224², bf16 out, all-mixup: 31 µs, ≈ 2.5 TB/s of reads + writes, 87 % of a device copy of the same bytes
+(``tools/bench kernels``). numba on CPU — one parallel pass per image row writing fp32 (a bf16/fp16 output
+adds one cast). The torch reference is several passes and exists to be read and tested against.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ is an online-softmax pass over the row that saves ``lse`` and ``W``; the backwar
 writes ``g_b · (W_b · p_bj − scatter_j)``, where the scatter is computed per column block as a
 ``[BLOCK_C, K]`` comparison against the row's indices — every duplicate adds, and no two programs touch
 the same element.
-Memory: O(B) saved besides the logits, no ``[B, C]`` target, softmax or one-hot tensor.
+Memory: O(B) saved besides the logits, no ``[B, C]`` target, softmax or one-hot tensor. A numba version of
+the same two row passes serves fp32 CPU logits (``kernels/_dispatch.py``); the torch reference is the
+definition, autograd-differentiable in float64 for gradcheck.
 """
 
 from __future__ import annotations
