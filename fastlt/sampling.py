@@ -20,7 +20,9 @@ Randomness
 Every draw takes a ``numpy.random.Generator``; the plan producers (:mod:`fastlt.producers`) make one per step
 from ``step_seed(seed, epoch, step, offset)``, so a step's rows are a pure function of the seed, the step and
 the sampler state — no generator state has to be checkpointed. Kernels receive uniform doubles ``x ∈ [0, 1)``
-and turn them into integers as ``min(⌊x·n⌋, n − 1)``; the bias of that map is below ``n·2⁻⁵³``.
+and turn them into integers as ``min(⌊x·n⌋, n − 1)``; the bias of that map is below ``n·2⁻⁵³``. The one loop
+with an unbounded number of draws (the text-local tail's rejection) takes a seed from the generator and runs a
+splitmix64 stream per draw.
 
 Confusion counts (CP-Mix)
 -------------------------
@@ -73,6 +75,7 @@ __all__ = [
     "TextLocal",
     "TextLocalPartner",
     "truncation_k",
+    "HEAD_K",
     "ConfusionPartner",
     "class_of_rows",
     "check_offsets",

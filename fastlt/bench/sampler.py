@@ -159,8 +159,9 @@ def text_local(C: int, dim: int, tau: float, eps: float, seed: int, offsets, dra
     need, speed = [], []
     for name, emb in models.items():
         e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-        s = e[:500] @ e.T
-        s[np.arange(500), np.arange(500)] = np.nan
+        m = min(500, e.shape[0])  # similarity statistics from the first rows
+        s = e[:m] @ e.T
+        s[np.arange(m), np.arange(m)] = np.nan
         k = truncation_k(e, tau, eps)
         need.append({"embeddings": name, "C": e.shape[0], "sim mean": float(np.nanmean(s)),
                      "sim std": float(np.nanstd(s)), "k median": float(np.median(k)),
