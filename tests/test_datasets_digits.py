@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from fastlt.convert import main as convert_main
 from fastlt.datasets.digits import IMBALANCE_FACTOR, N_MAX, TEST_PER_CLASS, split_indices, upscale
 from fastlt.datasets.longtail import longtail_counts
 from fastlt.shards import open_shard
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    assert convert_main(["digits-lt", "--out", str(out), "--workers", "1"]) == 0
-    return {s: open_shard(out / "digits-lt" / f"{s}.beton") for s in ("train", "test")}
+def shards(digits_data):
+    """The session's digits-lt conversion (conftest.py, through ``fastlt convert digits-lt``)."""
+    return {s: open_shard(digits_data / "digits-lt" / f"{s}.beton") for s in ("train", "test")}
 
 
 @pytest.fixture(scope="module")
