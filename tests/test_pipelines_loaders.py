@@ -291,3 +291,21 @@ def test_a_loader_error_reaches_the_consumer(jpg_shard):
 def test_unknown_pipeline_name_suggests_the_nearest(jpg_shard):
     with pytest.raises(ValueError, match="did you mean ffcv"):
         make_pipeline("ffvc", jpg_shard, train=True, image_size=32)
+
+
+def test_plans_larger_than_the_first_grow_the_buffers(jpg_shard):
+    """DALI's max batch size and FFCV's buffers are sized by the first plan and grow when a later plan is
+    larger; a torch pipeline without worker processes loads in the calling thread. All still agree."""
+    small = StepPlan.from_segments(0, 0, seed=1, main=np.arange(3))
+    big = StepPlan.from_segments(0, 1, seed=2, main=np.arange(12), b=np.arange(12))
+    ref = make_pipeline("torch", jpg_shard, train=True, image_size=32, device="cpu", seed=0, workers=0)
+    dali = make_pipeline("dali", jpg_shard, train=True, image_size=32, device="cpu", seed=0, capacity=4)
+    ffcv = pipe("ffcv", jpg_shard, train=True, size=48)
+    ffcv.load(small)
+    assert len(ffcv.load(big)) == 24
+    expected = ref.load(big).images
+    got = dali.load(big).images
+    assert dali._capacity >= 24
+    assert _mean_abs(expected, got).max() < MEAN_TOL
+    ref.close()
+    dali.close()
