@@ -55,7 +55,11 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument(
         "--out", default="data", help="shard root; writes <out>/<name>/<split>.beton (default data)"
     )
-    g.add_argument("--name", default=None, help="dataset folder name under --out (default: the subcommand)")
+    g.add_argument(
+        "--name",
+        default=None,
+        help="dataset folder name under --out (default: the subcommand; imagefolder: the root's name)",
+    )
     g.add_argument(
         "--workers", type=_positive_int, default=2, help="processes for validation and writing (default 2)"
     )

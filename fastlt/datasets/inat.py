@@ -154,6 +154,11 @@ def build(args) -> Job:
     problems.raise_if_fatal()
     label_of, names, cat_ids = read_categories(train_doc, str(files["train"]), problems)
     problems.raise_if_fatal()
+    if "val" in wanted and args.val_json is None and not files["val"].exists():
+        problems.fatal(
+            str(files["val"]), "file not found (pass --splits train to convert the train split alone)"
+        )
+        problems.raise_if_fatal()
     splits = []
     for split in wanted:
         s = read_split(
