@@ -293,5 +293,7 @@ def test_missing_val_json_suggests_train_only(inat, tmp_path, capsys):
     (inat / "val2018.json").unlink()
     err = convert_inat(inat, tmp_path, capsys)
     assert f"{inat / 'val2018.json'}: file not found (pass --splits train" in err
-    rc = convert_main(["inat2018", str(inat), "--splits", "train", "--out", str(tmp_path / "out"), "--workers", "1"])
+    rc = convert_main(
+        ["inat2018", str(inat), "--splits", "train", "--out", str(tmp_path / "out"), "--workers", "1"]
+    )
     assert rc == 0 and open_shard(tmp_path / "out" / "inat2018" / "train.beton").index.class_counts == [2, 2]
