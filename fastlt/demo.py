@@ -1,5 +1,5 @@
-"""``fastlt demo`` (what ``make demo`` runs): convert the embedded digits-lt dataset if it is missing, train it
-with Balanced Softmax and with CP-Mix, and print the many / medium / few / all table of both.
+"""``fastlt demo`` (what ``make demo`` runs): convert the embedded digits-lt dataset if it is missing,
+train it with Balanced Softmax and with CP-Mix, and print the many / medium / few / all table of both.
 
 digits-lt is scikit-learn's copy of the UCI handwritten digits made long-tailed (544 train images, IF 10,
 balanced 400-image test set; see ``fastlt/datasets/digits.py``), so the whole demo runs offline on a laptop
@@ -41,17 +41,32 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for method in METHODS:
         try:
-            recipe = resolve("digits-lt", method, ["--data-root", args.data, "--name", f"demo-{method}",
-                                                   "--seed", str(args.seed), "--progress", str(args.progress),
-                                                   *extra])
+            recipe = resolve(
+                "digits-lt",
+                method,
+                [
+                    "--data-root",
+                    args.data,
+                    "--name",
+                    f"demo-{method}",
+                    "--seed",
+                    str(args.seed),
+                    "--progress",
+                    str(args.progress),
+                    *extra,
+                ],
+            )
         except RecipeError as e:
             print(f"fastlt demo: {e}", file=sys.stderr)
             return 2
         run = Path(args.runs) / recipe.run_name
         if run.exists():
             shutil.rmtree(run)
-        print(f"\n== digits-lt × {method} ({recipe.epochs} epochs"
-              + (f" + {recipe.finetune_epochs} fine-tune" if method == "cpmix" else "") + ")")
+        print(
+            f"\n== digits-lt × {method} ({recipe.epochs} epochs"
+            + (f" + {recipe.finetune_epochs} fine-tune" if method == "cpmix" else "")
+            + ")"
+        )
         try:
             results[method] = train(recipe, args.runs)
         except TrainingError as e:

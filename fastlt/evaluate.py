@@ -2,9 +2,9 @@
 
 Rebuilds the model from the run's ``recipe.json``, loads the checkpoint (``weights_only=True``), evaluates the
 shard (default: the recipe's eval split) and prints many / medium / few / all. It writes ``eval.json``,
-``confusion.png`` and ``per_class_accuracy.png`` into the run directory when it evaluates the recipe's own eval
-split, and into ``<run>/eval-<dataset>-<split>/`` for any other shard (``--out`` overrides), so the training
-run's own results are never overwritten by a different split.
+``confusion.png`` and ``per_class_accuracy.png`` into the run directory when it evaluates the recipe's
+own eval split, and into ``<run>/eval-<dataset>-<split>/`` for any other shard (``--out`` overrides),
+so the training run's own results are never overwritten by a different split.
 
 The many / medium / few groups always come from the *training* counts stored in the evaluated shard's index.
 """
@@ -23,19 +23,34 @@ from fastlt import metrics as M
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastlt eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory (holds recipe.json and last.pt / best.pt)")
-    p.add_argument("--shard", default=None, help="a .beton (or .index.json) to evaluate; default: the recipe's "
-                   "eval split")
-    p.add_argument("--checkpoint", default="best", help="best | last | a checkpoint file (default best, "
-                   "falling back to last)")
-    p.add_argument("--pipeline", default=None, help="override the recipe's pipeline (resident|ffcv|dali|torch)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="a .beton (or .index.json) to evaluate; default: the recipe's eval split",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best | last | a checkpoint file (default best, falling back to last)",
+    )
+    p.add_argument(
+        "--pipeline", default=None, help="override the recipe's pipeline (resident|ffcv|dali|torch)"
+    )
     p.add_argument("--device", default=None, help="cpu | cuda (default: the recipe's)")
     p.add_argument("--out", default=None, help="where to write eval.json and the plots")
     p.add_argument("--no-plots", action="store_true")
     return p
 
 
-def evaluate_run(run: str | Path, shard_path: str | None = None, checkpoint: str = "best", pipeline=None,
-                 device=None, out: str | None = None, plots: bool = True) -> dict:
+def evaluate_run(
+    run: str | Path,
+    shard_path: str | None = None,
+    checkpoint: str = "best",
+    pipeline=None,
+    device=None,
+    out: str | None = None,
+    plots: bool = True,
+) -> dict:
     from fastlt.checkpoint import load_checkpoint
     from fastlt.methods.base import Priors, get_method
     from fastlt.recipes import Recipe, apply_overrides
@@ -69,12 +84,18 @@ def evaluate_run(run: str | Path, shard_path: str | None = None, checkpoint: str
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise TrainingError(f"{ckpt}: its model does not fit {index.num_classes} classes of {shard.beton_path} "
-                            f"({str(e).splitlines()[0]})") from None
+        raise TrainingError(
+            f"{ckpt}: its model does not fit {index.num_classes} classes of {shard.beton_path} "
+            f"({str(e).splitlines()[0]})"
+        ) from None
     model.to(dev)
     method.load_state_dict(state.get("method", {}))
-    ctx_kwargs = dict(priors=Priors(index.train_counts).to(dev), mean=tuple(recipe.mean), std=tuple(recipe.std),
-                      dtype=torch.bfloat16 if dev.type == "cuda" and recipe.amp else torch.float32)
+    ctx_kwargs = dict(
+        priors=Priors(index.train_counts).to(dev),
+        mean=tuple(recipe.mean),
+        std=tuple(recipe.std),
+        dtype=torch.bfloat16 if dev.type == "cuda" and recipe.amp else torch.float32,
+    )
     pipe = build_pipeline(choose_pipeline(recipe, shard, dev), shard, recipe, dev, train=False)
     try:
         summary, matrix = evaluate(model, method, pipe, index, recipe, dev, Dist(), ctx_kwargs)
@@ -83,8 +104,14 @@ def evaluate_run(run: str | Path, shard_path: str | None = None, checkpoint: str
     own = shard_path is None
     out_dir = Path(out) if out else (run if own else run / f"eval-{index.dataset}-{index.split}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    M.write_eval(out_dir, summary, index, matrix, plots=plots,
-                 extra={"checkpoint": str(ckpt), "epoch": int(state["epoch"]), "shard": str(shard.beton_path)})
+    M.write_eval(
+        out_dir,
+        summary,
+        index,
+        matrix,
+        plots=plots,
+        extra={"checkpoint": str(ckpt), "epoch": int(state["epoch"]), "shard": str(shard.beton_path)},
+    )
     summary["out_dir"] = str(out_dir)
     summary["epoch"] = int(state["epoch"])
     return summary
@@ -97,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        s = evaluate_run(args.run, args.shard, args.checkpoint, args.pipeline, args.device, args.out,
-                         plots=not args.no_plots)
+        s = evaluate_run(
+            args.run,
+            args.shard,
+            args.checkpoint,
+            args.pipeline,
+            args.device,
+            args.out,
+            plots=not args.no_plots,
+        )
     except (TrainingError, CheckpointError, RecipeError) as e:
         print(f"fastlt eval: {e}", file=sys.stderr)
         return 2

@@ -79,12 +79,20 @@ def format_row(label: str, s: dict) -> str:
 TABLE_HEADER = f"{'':<14}  many  medium  few    all"
 
 
-def write_eval(run_dir: str | os.PathLike, summary: dict, index, matrix: np.ndarray,
-               extra: dict | None = None, plots: bool = True) -> Path:
+def write_eval(
+    run_dir: str | os.PathLike,
+    summary: dict,
+    index,
+    matrix: np.ndarray,
+    extra: dict | None = None,
+    plots: bool = True,
+) -> Path:
     """``eval.json`` (+ ``confusion.png``, ``per_class_accuracy.png``) in ``run_dir``; atomic JSON write."""
     run_dir = Path(run_dir)
     record = {
-        "dataset": index.dataset, "split": index.split, "num_classes": index.num_classes,
+        "dataset": index.dataset,
+        "split": index.split,
+        "num_classes": index.num_classes,
         **{k: summary[k] for k in ("many", "medium", "few", "all", "mean_class", "num_images")},
         "class_names": list(index.class_names),
         "class_groups": list(index.class_groups),
@@ -98,8 +106,12 @@ def write_eval(run_dir: str | os.PathLike, summary: dict, index, matrix: np.ndar
     os.replace(tmp, path)
     if plots:
         plot_confusion(run_dir / "confusion.png", matrix, index.class_names)
-        plot_per_class(run_dir / "per_class_accuracy.png", summary["per_class"], index.train_class_counts,
-                       index.class_groups)
+        plot_per_class(
+            run_dir / "per_class_accuracy.png",
+            summary["per_class"],
+            index.train_class_counts,
+            index.class_groups,
+        )
     return path
 
 

@@ -50,16 +50,25 @@ class CosineClassifier(nn.Module):
 class Classifier(nn.Module):
     """``backbone`` (→ [B, D]) followed by ``classifier`` (→ [B, C])."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, classifier: str = "linear",
-                 cosine_scale: float | None = 30.0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        classifier: str = "linear",
+        cosine_scale: float | None = 30.0,
+    ):
         super().__init__()
         if classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {classifier!r}; choose from {CLASSIFIERS}")
         self.backbone = backbone
         self.feature_dim = int(feature_dim)
         self.num_classes = int(num_classes)
-        self.classifier = (nn.Linear(feature_dim, num_classes) if classifier == "linear"
-                           else CosineClassifier(feature_dim, num_classes, cosine_scale))
+        self.classifier = (
+            nn.Linear(feature_dim, num_classes)
+            if classifier == "linear"
+            else CosineClassifier(feature_dim, num_classes, cosine_scale)
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -81,11 +90,15 @@ class SmallNet(nn.Module):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            _conv_bn(3, w), nn.MaxPool2d(2),
-            _conv_bn(w, 2 * w), nn.MaxPool2d(2),
-            _conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),
+            _conv_bn(3, w),
+            nn.MaxPool2d(2),
+            _conv_bn(w, 2 * w),
+            nn.MaxPool2d(2),
+            _conv_bn(2 * w, 4 * w),
+            nn.MaxPool2d(2),
             _conv_bn(4 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.out_dim = 4 * w
 
@@ -118,8 +131,9 @@ class ResNetCifar(nn.Module):
 
     def __init__(self, n: int = 5, widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
         layers, cin = [], widths[0]
         for i, w in enumerate(widths):
             for j in range(n):
@@ -168,8 +182,9 @@ def _torchvision(name: str, pretrained: str | None) -> nn.Module:
             raise ValueError(f"{pretrained}: not a {name} state dict ({why})") from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
-            raise ValueError(f"{pretrained}: not a {name} state dict (missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]})")
+            raise ValueError(
+                f"{pretrained}: not a {name} state dict (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
     return _TorchvisionTrunk(net)
 
 
@@ -184,11 +199,21 @@ def build_backbone(name: str, *, width: int = 16, pretrained: str | None = None)
     import difflib
 
     near = difflib.get_close_matches(name, BACKBONES, n=2)
-    raise ValueError(f"unknown model {name!r}" + (f"; did you mean {' or '.join(near)}?" if near else "")
-                     + f" (choose from {', '.join(BACKBONES)})")
+    raise ValueError(
+        f"unknown model {name!r}"
+        + (f"; did you mean {' or '.join(near)}?" if near else "")
+        + f" (choose from {', '.join(BACKBONES)})"
+    )
 
 
-def build_model(name: str, num_classes: int, *, classifier: str = "linear", cosine_scale: float | None = 30.0,
-                width: int = 16, pretrained: str | None = None) -> Classifier:
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    classifier: str = "linear",
+    cosine_scale: float | None = 30.0,
+    width: int = 16,
+    pretrained: str | None = None,
+) -> Classifier:
     backbone = build_backbone(name, width=width, pretrained=pretrained)
     return Classifier(backbone, backbone.out_dim, num_classes, classifier, cosine_scale)

@@ -1,6 +1,6 @@
 """The digits-lt results table: methods × seeds, mean ± std of many / medium / few / all.
 
-    python -m fastlt.results                     # ce, bs, mixup, remix, cpmix × seeds 0,1,2 → results/digits-lt.md
+    python -m fastlt.results         # ce, bs, mixup, remix, cpmix × seeds 0,1,2 → results/digits-lt.md
     python -m fastlt.results --methods bs,cpmix --seeds 0,1 --out /tmp/table.md
 
 Every cell trains the method's digits-lt preset (``fastlt/recipes.py``) with ``--seed s`` (model init, plans,
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--out", default="results/digits-lt.md", help="markdown file to write (default %(default)s)")
+    p.add_argument(
+        "--out", default="results/digits-lt.md", help="markdown file to write (default %(default)s)"
+    )
     p.add_argument("--fresh", action="store_true", help="retrain runs that already have an eval.json")
     args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
 
@@ -69,9 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         results[method] = []
         for seed in seeds:
             try:
-                recipe = resolve("digits-lt", method, ["--data-root", args.data, "--seed", str(seed),
-                                                       "--name", f"{method}-s{seed}", "--progress", "false",
-                                                       *extra])
+                recipe = resolve(
+                    "digits-lt",
+                    method,
+                    [
+                        "--data-root",
+                        args.data,
+                        "--seed",
+                        str(seed),
+                        "--name",
+                        f"{method}-s{seed}",
+                        "--progress",
+                        "false",
+                        *extra,
+                    ],
+                )
             except RecipeError as e:
                 print(f"fastlt.results: {e}", file=sys.stderr)
                 return 2
@@ -91,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             results[method].append({k: rec[k] for k in KEYS})
             print("   " + "  ".join(f"{k} {rec[k]:.1f}" for k in KEYS), flush=True)
     table = markdown_table(results, seeds)
-    header = (f"digits-lt test accuracy (%), mean ± std over seeds {','.join(map(str, seeds))} "
-              f"(`python -m fastlt.results{' ' + ' '.join(argv or []) if argv else ''}`, "
-              f"{time.perf_counter() - t0:.0f} s)")
+    header = (
+        f"digits-lt test accuracy (%), mean ± std over seeds {','.join(map(str, seeds))} "
+        f"(`python -m fastlt.results{' ' + ' '.join(argv or []) if argv else ''}`, "
+        f"{time.perf_counter() - t0:.0f} s)"
+    )
     text = header + "\n\n" + table + "\n"
     print("\n" + text)
     out = Path(args.out)

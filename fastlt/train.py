@@ -5,7 +5,7 @@
 
 The data path of DESIGN.md §1, step by step:
 
-    plan  = producer.make_plan(step)                  # rows of the shard (PlanQueue thread, `lookahead` ahead)
+    plan  = producer.make_plan(step)                  # shard rows (PlanQueue thread, `lookahead` ahead)
     batch = pipeline.load(plan)                       # uint8 NHWC on the device (pipeline thread, prefetched)
     out   = method.loss(model, batch, ctx)            # mix (fused kernel) → forward → loss
     out.loss.backward(); optimizer.step()             # (gradients averaged across ranks under DDP)
@@ -120,7 +120,7 @@ def open_split(recipe: Recipe, split: str):
 
 
 def choose_pipeline(recipe: Recipe, shard, device: torch.device) -> str:
-    """``auto``: resident when the decoded split (N × S × S × 3 bytes) fits ``memory_budget_gb``, else ffcv."""
+    """``auto``: resident when the decoded split (N·S·S·3 bytes) fits ``memory_budget_gb``, else ffcv."""
     if recipe.pipeline != "auto":
         return recipe.pipeline
     decoded = shard.num_rows * recipe.image_size * recipe.image_size * 3
@@ -130,14 +130,21 @@ def choose_pipeline(recipe: Recipe, shard, device: torch.device) -> str:
 def build_pipeline(name: str, shard, recipe: Recipe, device: torch.device, train: bool):
     from fastlt.pipelines import make_pipeline
 
-    return make_pipeline(name, shard, train=train, image_size=recipe.image_size, device=device,
-                         seed=recipe.seed + (0 if train else 1), workers=recipe.workers)
+    return make_pipeline(
+        name,
+        shard,
+        train=train,
+        image_size=recipe.image_size,
+        device=device,
+        seed=recipe.seed + (0 if train else 1),
+        workers=recipe.workers,
+    )
 
 
 def lr_at(recipe: Recipe, stage: Stage, group_epochs: int, t: float) -> float:
     """Learning rate ``t`` epochs (fractional) into a stage group of ``group_epochs`` epochs.
 
-    Linear warmup from lr/warmup... over ``warmup_epochs``, then the group's schedule: cosine decays to 0 at the
+    Linear warmup over ``warmup_epochs``, then the group's schedule: cosine decays to 0 at the
     group's end, multistep multiplies by ``lr_decay`` at each milestone, constant stays.
     """
     base = stage.lr if stage.lr is not None else recipe.lr
@@ -157,8 +164,13 @@ def lr_at(recipe: Recipe, stage: Stage, group_epochs: int, t: float) -> float:
 def make_optimizer(recipe: Recipe, params, lr: float) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                               nesterov=recipe.nesterov)
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=recipe.nesterov,
+        )
     cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=lr, weight_decay=recipe.weight_decay)
 
@@ -181,7 +193,7 @@ def group_span(stages, index: int) -> tuple[int, int]:
     hi = index
     while hi + 1 < len(stages) and stages[hi + 1].group == g:
         hi += 1
-    return stage_start(stages, lo), sum(s.epochs for s in stages[lo:hi + 1])
+    return stage_start(stages, lo), sum(s.epochs for s in stages[lo : hi + 1])
 
 
 def all_reduce_grads(params, world: int) -> None:
@@ -197,7 +209,7 @@ def all_reduce_grads(params, world: int) -> None:
     pos = 0
     for g in grads:
         n = g.numel()
-        g.copy_(flat[pos:pos + n].view_as(g))
+        g.copy_(flat[pos : pos + n].view_as(g))
         pos += n
 
 
@@ -236,15 +248,30 @@ def average_buffers(model: nn.Module, d: Dist) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, method: Method, pipeline, index, recipe: Recipe, device: torch.device,
-             d: Dist, ctx_kwargs: dict) -> tuple[dict, np.ndarray]:
+def evaluate(
+    model: nn.Module,
+    method: Method,
+    pipeline,
+    index,
+    recipe: Recipe,
+    device: torch.device,
+    d: Dist,
+    ctx_kwargs: dict,
+) -> tuple[dict, np.ndarray]:
     """Confusion matrix over the whole split (split across ranks, summed), then the summary."""
     model.eval()
     cm = M.ConfusionMatrix(index.num_classes, device)
     plans = eval_plans(index.num_rows, recipe.eval_batch_size, d.rank, d.world)
     plans = (p for p in plans if len(p.rows))
-    ctx = StepContext(recipe=recipe, stage=Stage("eval", 1), epoch=0, step=0, device=device,
-                      generator=torch.Generator().manual_seed(0), **ctx_kwargs)
+    ctx = StepContext(
+        recipe=recipe,
+        stage=Stage("eval", 1),
+        epoch=0,
+        step=0,
+        device=device,
+        generator=torch.Generator().manual_seed(0),
+        **ctx_kwargs,
+    )
     with autocast(device, recipe):
         for batch in pipeline.batches(plans):
             logits = method.eval_logits(model, ctx.normalize(batch.images))
@@ -302,8 +329,12 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
     cuda = device.type == "cuda"
     if cuda and recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ctx_kwargs = dict(priors=priors, mean=tuple(recipe.mean), std=tuple(recipe.std),
-                      dtype=torch.bfloat16 if cuda and recipe.amp else torch.float32)
+    ctx_kwargs = dict(
+        priors=priors,
+        mean=tuple(recipe.mean),
+        std=tuple(recipe.std),
+        dtype=torch.bfloat16 if cuda and recipe.amp else torch.float32,
+    )
     from fastlt.sampling import ConfusionCounts
 
     counts = ConfusionCounts(index.num_classes)  # CP-Mix pairs; every method collects them (cheap, O(nnz))
@@ -331,13 +362,19 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             _truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
     elif d.main:
         if (run_dir / "last.pt").exists():
-            raise TrainingError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --name")
+            raise TrainingError(
+                f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --name"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         recipe.save(run_dir / "recipe.json")
     if d.main:
-        log(f"{recipe.dataset} × {recipe.method}: {index.num_rows} train images, {index.num_classes} classes, "
+        log(
+            f"{recipe.dataset} × {recipe.method}: {index.num_rows} train images, "
+            f"{index.num_classes} classes, "
             f"model {recipe.model}, pipeline {pipe_name}, device {device}"
-            + (f", {d.world} ranks" if d.world > 1 else "") + f" → {run_dir}")
+            + (f", {d.world} ranks" if d.world > 1 else "")
+            + f" → {run_dir}"
+        )
 
     optimizer, cur_group, summary, record = None, None, None, None
     for epoch in range(start_epoch, total_epochs):
@@ -353,13 +390,21 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             if epoch > start_epoch or epoch == stage_start(stages, si):
                 log(f"stage {stage.name}: plans {stage.plan!r}, training {stage.trainable}")
         trainable = [p for p in model.parameters() if p.requires_grad]
-        producer = method.producer(index, stage, recipe.seed, counts, first_epoch=epoch, first_step=global_step)
+        producer = method.producer(
+            index, stage, recipe.seed, counts, first_epoch=epoch, first_step=global_step
+        )
         steps = producer.steps_per_epoch
         if recipe.steps_per_epoch:
             steps = min(steps, recipe.steps_per_epoch)
         step0 = global_step
-        queue = PlanQueue(producer.make_plan, steps=range(step0, step0 + steps), lookahead=recipe.lookahead,
-                          apply=producer.apply, rank=d.rank, world_size=d.world)
+        queue = PlanQueue(
+            producer.make_plan,
+            steps=range(step0, step0 + steps),
+            lookahead=recipe.lookahead,
+            apply=producer.apply,
+            rank=d.rank,
+            world_size=d.world,
+        )
         method.set_train_mode(model, stage)
         bar = Progress(recipe.progress and d.main, steps, f"epoch {epoch + 1}/{total_epochs} {stage.name}")
         loss_sum = torch.zeros((), device=device)
@@ -376,8 +421,15 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(recipe, stage, g_epochs, epoch - g_start + i / steps)
                 gen = torch.Generator().manual_seed(step_seed(recipe.seed, epoch, global_step, 7))
-                ctx = StepContext(recipe=recipe, stage=stage, epoch=epoch, step=global_step, device=device,
-                                  generator=gen, **ctx_kwargs)
+                ctx = StepContext(
+                    recipe=recipe,
+                    stage=stage,
+                    epoch=epoch,
+                    step=global_step,
+                    device=device,
+                    generator=gen,
+                    **ctx_kwargs,
+                )
                 with autocast(device, recipe):
                     out = method.loss(model, batch, ctx)  # mix → forward → loss
                 optimizer.zero_grad(set_to_none=True)
@@ -405,7 +457,9 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
                             f"is {run_dir / 'last.pt'} (epoch {epoch}); lower --lr or check the data."
                         )
                     el = time.perf_counter() - t_epoch
-                    bar.update(loss=f"{lv:.3f}", **{"img/s": f"{images / el:.0f}", "wait": f"{wait / el:.0%}"})
+                    bar.update(
+                        loss=f"{lv:.3f}", **{"img/s": f"{images / el:.0f}", "wait": f"{wait / el:.0%}"}
+                    )
                 else:
                     bar.update()
         finally:
@@ -421,44 +475,70 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
         every = recipe.eval_every
         summary = None
         if every > 0 and ((epoch + 1) % every == 0 or last):
-            summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
+            summary, matrix = evaluate(
+                model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs
+            )
         test = {k: (summary[k] if summary else None) for k in ("many", "medium", "few", "all")}
         train_loss = loss_sum.item() / max(steps, 1)
         record = {
-            "epoch": epoch, "stage": stage.name, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss, "train_acc": 100 * correct.item() / seen if seen else None,
-            "img_per_s": images * d.world / elapsed, "steps_per_s": steps / elapsed, "data_wait": wait / elapsed,
-            "confusion_pairs": int(counts.total), **test,
+            "epoch": epoch,
+            "stage": stage.name,
+            "step": global_step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "train_acc": 100 * correct.item() / seen if seen else None,
+            "img_per_s": images * d.world / elapsed,
+            "steps_per_s": steps / elapsed,
+            "data_wait": wait / elapsed,
+            "confusion_pairs": int(counts.total),
+            **test,
         }
         is_best = test["all"] is not None and test["all"] > best
         best = max(best, test["all"] or 0.0)
         if d.main:
             state = {
-                "version": CHECKPOINT_VERSION, "epoch": epoch, "global_step": global_step,
-                "recipe": recipe.to_json(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "optimizer_group": stage.group,
+                "version": CHECKPOINT_VERSION,
+                "epoch": epoch,
+                "global_step": global_step,
+                "recipe": recipe.to_json(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "optimizer_group": stage.group,
                 "schedule": {"group": stage.group, "group_start_epoch": g_start, "group_epochs": g_epochs},
-                "sampler": {"counts": counts.state_dict()}, "method": method.state_dict(),
-                "rng": rng_state(), "best": best, "metrics": record,
+                "sampler": {"counts": counts.state_dict()},
+                "method": method.state_dict(),
+                "rng": rng_state(),
+                "best": best,
+                "metrics": record,
             }
             save_checkpoint(run_dir / "last.pt", state)
             if is_best:
                 save_checkpoint(run_dir / "best.pt", state)
             # after the checkpoint: a metrics line always has its checkpoint (resume drops lines past it)
             M.append_jsonl(run_dir / "metrics.jsonl", record)
-            log(f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
+            log(
+                f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
                 f"acc {_f(record['train_acc'])} | test many {_f(test['many'])} medium {_f(test['medium'])} "
                 f"few {_f(test['few'])} all {_f(test['all'])} | {record['img_per_s']:.0f} img/s, "
-                f"data wait {record['data_wait']:.0%}")
+                f"data wait {record['data_wait']:.0%}"
+            )
     if summary is None and recipe.eval_every > 0:  # resumed a finished run: evaluate what is there
         summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
     train_pipe.close()
     eval_pipe.close()
     if d.world > 1:  # every rank must hold the same counts (they drive identical CP-Mix plans): show it
-        print(f"[rank {d.rank}] confusion counts: {counts.total} pairs, sha256 {counts_digest(counts)}", flush=True)
+        print(
+            f"[rank {d.rank}] confusion counts: {counts.total} pairs, sha256 {counts_digest(counts)}",
+            flush=True,
+        )
     if d.main and summary is not None:
-        M.write_eval(run_dir, summary, eval_shard.index, matrix,
-                     extra={"checkpoint": "last.pt", "epochs": total_epochs})
+        M.write_eval(
+            run_dir,
+            summary,
+            eval_shard.index,
+            matrix,
+            extra={"checkpoint": "last.pt", "epochs": total_epochs},
+        )
     return summary if summary is not None else record
 
 
@@ -478,7 +558,9 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     """Drop lines of epochs after the checkpoint (written by a run killed before its next checkpoint)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
+    keep = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch
+    ]
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
@@ -487,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastlt train",
         description="Train a recipe (dataset × method preset, plus --key value overrides of any recipe key).",
-        epilog="Any recipe key can be overridden, e.g. --epochs 10 --lr 0.05 --milestones 160,180 --amp false. "
+        epilog="Any recipe key can be overridden, e.g. --epochs 10 --lr 0.05 --milestones 160,180 "
+        "--amp false. "
         "See fastlt/recipes.py for the keys and presets.",
     )
     p.add_argument("--dataset", default=None, help=f"one of {', '.join(DATASETS)} (default digits-lt)")

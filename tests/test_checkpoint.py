@@ -28,10 +28,20 @@ def real_state(epoch=0):
     opt.step()
     counts = ConfusionCounts(3)
     counts.update(np.array([0, 1, 2, 2]), np.array([1, 0, 0, 1]))
-    return {"version": CHECKPOINT_VERSION, "epoch": epoch, "global_step": 10, "recipe": preset("digits-lt", "bs").to_json(),
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "optimizer_group": "main",
-            "sampler": {"counts": counts.state_dict()}, "method": {}, "rng": rng_state(), "best": 1.5,
-            "metrics": {"all": 1.5, "few": None}}
+    return {
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "global_step": 10,
+        "recipe": preset("digits-lt", "bs").to_json(),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "optimizer_group": "main",
+        "sampler": {"counts": counts.state_dict()},
+        "method": {},
+        "rng": rng_state(),
+        "best": 1.5,
+        "metrics": {"all": 1.5, "few": None},
+    }
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -65,7 +75,7 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, real_state(epoch=4))
     before = path.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises((TypeError, AttributeError, RuntimeError)):  # pickling a lambda fails
         save_checkpoint(path, {"version": CHECKPOINT_VERSION, "bad": lambda: 0})  # not picklable
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
@@ -97,7 +107,9 @@ def test_check_recipe_names_the_differing_keys():
     state = real_state()
     r = preset("digits-lt", "bs")
     check_recipe(state, r, "x.pt")  # same recipe: fine
-    check_recipe(state, apply_overrides(r, ["--workers", "9", "--name", "other"]), "x.pt")  # runtime keys only
+    check_recipe(
+        state, apply_overrides(r, ["--workers", "9", "--name", "other"]), "x.pt"
+    )  # runtime keys only
     with pytest.raises(CheckpointError) as e:
         check_recipe(state, apply_overrides(r, ["--epochs", "50", "--milestones", "10,20"]), "runs/x/last.pt")
     msg = str(e.value)

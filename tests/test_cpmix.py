@@ -1,7 +1,7 @@
-"""CP-Mix: stages as data, and the stage-2 objective on a tiny batch against REFERENCE.md written out directly:
+"""CP-Mix: stages as data, and the stage-2 objective on a tiny batch against REFERENCE.md written out:
 
-    L = CE(z_main + log n, y) + η · [ CE_soft(CP-mix(cp_a, cp_b)) + CE_soft(mixup(main, main[π])) ]
-    λ_x ~ Beta(α, α) per sample, λ_y = (1 − κ)·λ_x + κ·n_b/(n_a + n_b)
+L = CE(z_main + log n, y) + η · [ CE_soft(CP-mix(cp_a, cp_b)) + CE_soft(mixup(main, main[π])) ]
+λ_x ~ Beta(α, α) per sample, λ_y = (1 − κ)·λ_x + κ·n_b/(n_a + n_b)
 """
 
 import pytest
@@ -73,5 +73,9 @@ def test_erm_and_finetune_stages():
     y = batch.labels
     erm = get_method("cpmix")(preset("digits-lt", "cpmix")).loss(model, batch, ctx_for("cpmix", stage="erm"))
     assert erm.loss.item() == pytest.approx(F.cross_entropy(z + COUNTS.log(), y).item(), rel=1e-5)
-    ft = get_method("cpmix")(preset("digits-lt", "cpmix")).loss(model, batch, ctx_for("cpmix", stage="finetune"))
-    assert ft.loss.item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-5)  # balanced batches: plain CE
+    ft = get_method("cpmix")(preset("digits-lt", "cpmix")).loss(
+        model, batch, ctx_for("cpmix", stage="finetune")
+    )
+    assert ft.loss.item() == pytest.approx(
+        F.cross_entropy(z, y).item(), rel=1e-5
+    )  # balanced batches: plain CE

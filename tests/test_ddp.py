@@ -18,10 +18,35 @@ def test_two_process_gloo_run_agrees_on_confusion_counts(digits_data, tmp_path):
     if not Path(torchrun).exists():
         pytest.skip("torchrun not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "fastlt", "train", "--dataset", "digits-lt",
-           "--method", "cpmix", "--epochs", "2", "--cpmix-start-epoch", "1", "--finetune-epochs", "0",
-           "--data-root", str(digits_data), "--runs", str(tmp_path), "--name", "ddp", "--progress", "false",
-           "--device", "cpu"]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fastlt",
+        "train",
+        "--dataset",
+        "digits-lt",
+        "--method",
+        "cpmix",
+        "--epochs",
+        "2",
+        "--cpmix-start-epoch",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--data-root",
+        str(digits_data),
+        "--runs",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--progress",
+        "false",
+        "--device",
+        "cpu",
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
@@ -41,4 +66,6 @@ def test_two_process_gloo_run_agrees_on_confusion_counts(digits_data, tmp_path):
     assert K.total > 0 and counts_digest(K) == digests["0"]
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1]  # one writer: no duplicated lines
-    assert json.loads((tmp_path / "ddp" / "eval.json").read_text())["num_images"] == 400  # every test image once
+    assert (
+        json.loads((tmp_path / "ddp" / "eval.json").read_text())["num_images"] == 400
+    )  # every test image once

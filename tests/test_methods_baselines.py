@@ -1,4 +1,4 @@
-"""Each baseline's loss on a tiny batch against its formula written out directly (REFERENCE.md §Losses/§Mixing).
+"""Each baseline's loss on a tiny batch against its formula written out (REFERENCE.md §Losses/§Mixing).
 
 The methods run through the real fused mix kernel and the real sparse soft-label CE; the expected values are
 computed here with plain torch from the formulas, replaying the step generator's draws in the same order.
@@ -36,8 +36,17 @@ def make_batch(segments: dict, seed=1):
 
 def ctx_for(method, stage="train", epoch=0, seed=11, **over):
     r = apply_overrides(preset("digits-lt", method), [(k, str(v)) for k, v in over.items()])
-    return StepContext(recipe=r, stage=Stage(stage, 1), epoch=epoch, step=0, device=torch.device("cpu"),
-                       priors=Priors(COUNTS), generator=torch.Generator().manual_seed(seed), mean=MEAN, std=STD)
+    return StepContext(
+        recipe=r,
+        stage=Stage(stage, 1),
+        epoch=epoch,
+        step=0,
+        device=torch.device("cpu"),
+        priors=Priors(COUNTS),
+        generator=torch.Generator().manual_seed(seed),
+        mean=MEAN,
+        std=STD,
+    )
 
 
 def norm(u8):

@@ -43,8 +43,14 @@ def test_empty_group_and_unseen_class_are_none():
 def test_write_eval_files(tmp_path):
     from types import SimpleNamespace
 
-    index = SimpleNamespace(dataset="toy", split="test", num_classes=3, class_names=["a", "b", "c"],
-                            class_groups=["many", "medium", "few"], train_class_counts=[200, 50, 5])
+    index = SimpleNamespace(
+        dataset="toy",
+        split="test",
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        class_groups=["many", "medium", "few"],
+        train_class_counts=[200, 50, 5],
+    )
     m = np.array([[5, 0, 0], [1, 4, 0], [2, 2, 1]])
     s = summarize(m, np.array([0, 1, 2]))
     write_eval(tmp_path, s, index, m)

@@ -20,8 +20,11 @@ def test_small_backbones_split(name, dim):
 
 def test_resnet32_is_resnet32():
     m = build_model("resnet32", 100)
-    convs = [n for n, mod in m.backbone.named_modules()
-             if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3)]
+    convs = [
+        n
+        for n, mod in m.backbone.named_modules()
+        if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3)
+    ]
     assert len(convs) == 31  # 1 stem + 3 stages × 5 blocks × 2: with the classifier, 32 weighted layers
     n = sum(p.numel() for p in m.backbone.parameters())
     assert 0.45e6 < n < 0.48e6

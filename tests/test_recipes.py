@@ -40,9 +40,24 @@ def test_papers_settings_in_presets():
 
 
 def test_overrides_are_typed():
-    r = apply_overrides(preset("digits-lt", "cpmix"),
-                        ["--lr", "0.2", "--epochs=7", "--milestones", "3,5", "--amp", "false", "--name", "x",
-                         "--mean", "0.1,0.2,0.3", "--cpmix-kappa", "0.25"])
+    r = apply_overrides(
+        preset("digits-lt", "cpmix"),
+        [
+            "--lr",
+            "0.2",
+            "--epochs=7",
+            "--milestones",
+            "3,5",
+            "--amp",
+            "false",
+            "--name",
+            "x",
+            "--mean",
+            "0.1,0.2,0.3",
+            "--cpmix-kappa",
+            "0.25",
+        ],
+    )
     assert (r.lr, r.epochs, r.milestones, r.amp, r.name) == (0.2, 7, (3, 5), False, "x")
     assert r.mean == (0.1, 0.2, 0.3) and r.cpmix_kappa == 0.25
     assert isinstance(r.lr, float) and isinstance(r.epochs, int)

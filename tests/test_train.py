@@ -1,5 +1,6 @@
 """The trainer end to end on digits-lt (real shards, resident pipeline, numba sampler, fused kernels):
-stage switching, CP-Mix batches from the confusion sampler, NaN handling, missing shards, bad resumes, eval."""
+stage switching, CP-Mix batches from the confusion sampler, NaN handling, missing shards, bad resumes,
+evaluation."""
 
 import json
 from dataclasses import replace
@@ -38,8 +39,21 @@ class RecordingCPMix(CPMix):
 
 
 def test_cpmix_stages_switch_and_pairs_come_from_confusions(digits_data, tmp_path):
-    r = replace(quick(digits_data, "cpmix", "--epochs", "3", "--cpmix-start-epoch", "2", "--finetune-epochs", "1",
-                      "--name", "cp"), method="cpmix-recording")
+    r = replace(
+        quick(
+            digits_data,
+            "cpmix",
+            "--epochs",
+            "3",
+            "--cpmix-start-epoch",
+            "2",
+            "--finetune-epochs",
+            "1",
+            "--name",
+            "cp",
+        ),
+        method="cpmix-recording",
+    )
     RecordingCPMix.seen = []
     summary = train(r, tmp_path, log=lambda *a, **k: None)
     run = tmp_path / "cp"
@@ -72,8 +86,20 @@ def test_cpmix_stages_switch_and_pairs_come_from_confusions(digits_data, tmp_pat
 
 
 def test_finetune_freezes_backbone(digits_data, tmp_path):
-    r = quick(digits_data, "cpmix", "--epochs", "1", "--cpmix-start-epoch", "1", "--finetune-epochs", "1",
-              "--name", "ft", "--eval-every", "0")
+    r = quick(
+        digits_data,
+        "cpmix",
+        "--epochs",
+        "1",
+        "--cpmix-start-epoch",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--name",
+        "ft",
+        "--eval-every",
+        "0",
+    )
     train(r, tmp_path, log=lambda *a, **k: None)
     import shutil
 
@@ -91,8 +117,22 @@ def test_finetune_freezes_backbone(digits_data, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits_data, tmp_path):
     # epoch 2 multiplies the lr by 1e12: weight decay alone then scales weights by ~1e7 per step → inf → NaN
-    r = quick(digits_data, "bs", "--epochs", "3", "--schedule", "multistep", "--milestones", "1",
-              "--lr-decay", "1e12", "--warmup-epochs", "0", "--name", "nan")
+    r = quick(
+        digits_data,
+        "bs",
+        "--epochs",
+        "3",
+        "--schedule",
+        "multistep",
+        "--milestones",
+        "1",
+        "--lr-decay",
+        "1e12",
+        "--warmup-epochs",
+        "0",
+        "--name",
+        "nan",
+    )
     with pytest.raises(TrainingError) as e:
         train(r, tmp_path, log=lambda *a, **k: None)
     msg = str(e.value)
@@ -105,14 +145,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits_data, tmp_path):
 
 
 def test_missing_shard_prints_the_convert_command(tmp_path, capsys):
-    rc = main(["--dataset", "digits-lt", "--method", "bs", "--data-root", str(tmp_path / "nowhere"),
-               "--runs", str(tmp_path / "runs")])
+    rc = main(
+        [
+            "--dataset",
+            "digits-lt",
+            "--method",
+            "bs",
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert f"tools/convert digits-lt --out {tmp_path / 'nowhere'}" in err
     assert "train.beton not found" in err
     rc = main(["--dataset", "cifar100-lt", "--method", "bs", "--data-root", str(tmp_path / "d")])
-    assert "tools/convert cifar100-lt /path/to/cifar-100-python --imbalance-factor 100" in capsys.readouterr().err
+    assert (
+        "tools/convert cifar100-lt /path/to/cifar-100-python --imbalance-factor 100"
+        in capsys.readouterr().err
+    )
 
 
 def test_cli_bad_input(tmp_path, capsys):

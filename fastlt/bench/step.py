@@ -1,13 +1,14 @@
 """``tools/bench step``: whole training steps per second and the fraction of step time spent waiting for data,
 ``ce`` (baseline) vs ``cpmix``, through the real trainer (``fastlt.train.train``) on a synthetic JPEG shard.
 
-    tools/bench step                                   # CPU defaults: 1,500 JPEGs → shard at 256 px, 112 px crops
+    tools/bench step                         # CPU defaults: 1,500 JPEGs → shard at 256 px, 112 px crops
     tools/bench step --pipeline torch --steps 30 --out bench-results
 
 What is timed: epoch 2 of a 2-epoch run (epoch 1 pays numba/Triton compilation and the first decodes), each
 epoch ``--steps`` steps, no evaluation. The trainer measures the time blocked in ``next(batches)`` (data wait)
 and the epoch's wall time; steps/s = steps / wall time. CP-Mix runs its mixing stage from the first epoch
-(``--cpmix-start-epoch 0``): each step loads main + CP-mix pairs (3·B rows, the batch of B plus B_m = B pairs),
+(``--cpmix-start-epoch 0``): each step loads main + CP-mix pairs (3·B rows: the batch of B plus B_m = B
+pairs),
 mixes twice and forwards 3·B images, so its steps/s is reported next to img/s of *loaded* rows.
 
 The shard: ``tools/convert synth-inat`` photographs (long side 500–800 px, iNat-2018 layout) converted with
@@ -34,12 +35,33 @@ def make_shard(work: Path, images: int, classes: int, max_res: int, workers: int
 
     src = work / f"synth-{images}-{classes}"
     if not (src / "val2018.json").exists():
-        rc = convert(["synth-inat", "--out", str(src), "--images", str(images), "--classes", str(classes),
-                      "--workers", str(workers)])
+        rc = convert(
+            [
+                "synth-inat",
+                "--out",
+                str(src),
+                "--images",
+                str(images),
+                "--classes",
+                str(classes),
+                "--workers",
+                str(workers),
+            ]
+        )
         if rc:
             raise SystemExit(rc)
-    rc = convert(["inat2018", str(src), "--out", str(data), "--max-resolution", str(max_res),
-                  "--workers", str(workers)])
+    rc = convert(
+        [
+            "inat2018",
+            str(src),
+            "--out",
+            str(data),
+            "--max-resolution",
+            str(max_res),
+            "--workers",
+            str(workers),
+        ]
+    )
     if rc:
         raise SystemExit(rc)
     return data
@@ -49,11 +71,40 @@ def run_one(method: str, data: Path, runs: Path, args) -> dict:
     from fastlt.recipes import resolve
     from fastlt.train import train
 
-    over = ["--data-root", str(data), "--eval-split", "val", "--name", f"bench-{method}", "--epochs", "2",
-            "--steps-per-epoch", str(args.steps), "--eval-every", "0", "--batch-size", str(args.batch_size),
-            "--image-size", str(args.image_size), "--model", args.model, "--pipeline", args.pipeline,
-            "--workers", str(args.workers), "--progress", "false", "--warmup-epochs", "0",
-            "--classifier", "linear", "--lr", "0.05", "--device", args.device]
+    over = [
+        "--data-root",
+        str(data),
+        "--eval-split",
+        "val",
+        "--name",
+        f"bench-{method}",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        str(args.steps),
+        "--eval-every",
+        "0",
+        "--batch-size",
+        str(args.batch_size),
+        "--image-size",
+        str(args.image_size),
+        "--model",
+        args.model,
+        "--pipeline",
+        args.pipeline,
+        "--workers",
+        str(args.workers),
+        "--progress",
+        "false",
+        "--warmup-epochs",
+        "0",
+        "--classifier",
+        "linear",
+        "--lr",
+        "0.05",
+        "--device",
+        args.device,
+    ]
     if method == "cpmix":
         over += ["--cpmix-start-epoch", "0", "--finetune-epochs", "0"]
     run = runs / f"bench-{method}"
@@ -65,8 +116,11 @@ def run_one(method: str, data: Path, runs: Path, args) -> dict:
     rec = lines[-1]
     rows_per_step = args.batch_size * (3 if method == "cpmix" else 1)
     return {
-        "method": method, "steps/s": rec["steps_per_s"], "img/s (loaded)": rec["steps_per_s"] * rows_per_step,
-        "data wait": rec["data_wait"], "loss": rec["train_loss"],
+        "method": method,
+        "steps/s": rec["steps_per_s"],
+        "img/s (loaded)": rec["steps_per_s"] * rows_per_step,
+        "data wait": rec["data_wait"],
+        "loss": rec["train_loss"],
     }
 
 
@@ -93,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["steps/s"]
     for r in rows:
         r["steps/s vs ce"] = r["steps/s"] / base
-    title = (f"training steps, {args.model} @ {args.image_size} px, batch {args.batch_size}, pipeline "
-             f"{args.pipeline}, shard JPEGs ≤ {args.max_resolution} px ({args.images} images), device {args.device}")
+    title = (
+        f"training steps, {args.model} @ {args.image_size} px, batch {args.batch_size}, pipeline "
+        f"{args.pipeline}, shard JPEGs ≤ {args.max_resolution} px ({args.images} images), "
+        f"device {args.device}"
+    )
     print_table(title, rows, ["method", "steps/s", "steps/s vs ce", "img/s (loaded)", "data wait", "loss"])
     write_json(args.out, "step", {"args": vars(args), "rows": rows})
     return 0

@@ -164,9 +164,20 @@ class StepContext:
 
         return mix_images(images, mean=self.mean, std=self.std, out_dtype=self.dtype).images
 
-    def mix(self, a: torch.Tensor, b: torch.Tensor, lam: torch.Tensor, *, y_a: torch.Tensor,
-            y_b: torch.Tensor, rule: str = "mixup", boxes: torch.Tensor | None = None, idx_a=None, idx_b=None,
-            **rule_params):
+    def mix(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        lam: torch.Tensor,
+        *,
+        y_a: torch.Tensor,
+        y_b: torch.Tensor,
+        rule: str = "mixup",
+        boxes: torch.Tensor | None = None,
+        idx_a=None,
+        idx_b=None,
+        **rule_params,
+    ):
         """Mix ``a`` with ``b`` (per-sample λ; CutMix when ``boxes`` is given), normalise, and weigh labels
         with ``rule`` (mixup | cutmix | remix | cpmix | lfm, using the training class counts) in one pass.
 
@@ -181,9 +192,23 @@ class StepContext:
             raise ValueError("rule 'cutmix' needs boxes (see kernels.mix.cutmix_boxes)")
         else:
             mode = torch.full((lam.numel(),), MIXUP, dtype=torch.int32, device=self.device)
-        return mix_images(a, b, idx_a=idx_a, idx_b=idx_b, lam=lam, boxes=boxes, mode=mode, mean=self.mean,
-                          std=self.std, out_dtype=self.dtype, rule=rule, y_a=y_a, y_b=y_b,
-                          class_counts=self.priors.counts, **rule_params)
+        return mix_images(
+            a,
+            b,
+            idx_a=idx_a,
+            idx_b=idx_b,
+            lam=lam,
+            boxes=boxes,
+            mode=mode,
+            mean=self.mean,
+            std=self.std,
+            out_dtype=self.dtype,
+            rule=rule,
+            y_a=y_a,
+            y_b=y_b,
+            class_counts=self.priors.counts,
+            **rule_params,
+        )
 
 
 @dataclass
@@ -215,8 +240,14 @@ class Method:
         from fastlt.models import build_model
 
         r = self.recipe
-        return build_model(r.model, num_classes, classifier=r.classifier, cosine_scale=r.cosine_scale,
-                           width=r.model_width, pretrained=r.pretrained or None)
+        return build_model(
+            r.model,
+            num_classes,
+            classifier=r.classifier,
+            cosine_scale=r.cosine_scale,
+            width=r.model_width,
+            pretrained=r.pretrained or None,
+        )
 
     def trainable_parameters(self, model: nn.Module, stage: Stage) -> list[nn.Parameter]:
         if stage.trainable == "all":
@@ -244,8 +275,15 @@ class Method:
         (e.g. LFM's text neighbours)."""
         from fastlt.producers import make_producer
 
-        return make_producer(stage.plan, index, batch_size=stage.batch_size or self.recipe.batch_size,
-                             seed=seed, counts=counts, recipe=self.recipe, **kw)
+        return make_producer(
+            stage.plan,
+            index,
+            batch_size=stage.batch_size or self.recipe.batch_size,
+            seed=seed,
+            counts=counts,
+            recipe=self.recipe,
+            **kw,
+        )
 
     # -- loss ---------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:  # pragma: no cover
@@ -297,8 +335,13 @@ def get_method(name: str) -> type[Method]:
 
 
 # ---------------------------------------------------------------------------------------------- shared losses
-def pair_cross_entropy(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam_y: torch.Tensor,
-                       logit_adjust: torch.Tensor | None = None) -> torch.Tensor:
+def pair_cross_entropy(
+    logits: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    lam_y: torch.Tensor,
+    logit_adjust: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean over the batch of −λ_y·log p(y_a) − (1−λ_y)·log p(y_b), p = softmax(z + logit_adjust).
 
     The mixed label has two non-zero entries, so it goes to the sparse soft-label kernel as

@@ -11,8 +11,9 @@ Formulas (REFERENCE.md §Losses, §Mixing rules); z are the logits, n_c the trai
 - ``cutmix``    x_b pasted into x_a inside a box of area ≈ (1−λ)·H·W; λ_y = 1 − clipped box area / (H·W)
 - ``remix``     Mixup pixels, λ_y = 0 if n_a/n_b ≥ κ and λ < τ, 1 if n_a/n_b ≤ 1/κ and 1−λ < τ, else λ
 
-The mixing methods draw the partner ``b`` instance-uniformly (plan policy ``pair``: segments ``main`` + ``b``).
-With ``mix_per_sample`` false (the papers' convention) one λ — and for CutMix one box — serves the whole batch.
+The mixing methods draw the partner ``b`` instance-uniformly (plan policy ``pair``: segments ``main``
++ ``b``). With ``mix_per_sample`` false (the papers' convention) one λ — and for CutMix one box — serves
+the whole batch.
 Mixed batches have no un-mixed forward pass, so they report no logits for the confusion counts.
 """
 
@@ -74,8 +75,14 @@ class LDAMDRW(Method):
 
         r = self.recipe
         # The cosine classifier's scale is LDAM's s, so model(x) = s·cos at test time and the margin is s·m.
-        return build_model(r.model, num_classes, classifier="cosine", cosine_scale=r.ldam_s, width=r.model_width,
-                           pretrained=r.pretrained or None)
+        return build_model(
+            r.model,
+            num_classes,
+            classifier="cosine",
+            cosine_scale=r.ldam_s,
+            width=r.model_width,
+            pretrained=r.pretrained or None,
+        )
 
     def loss(self, model, batch, ctx):
         x, y = _main(batch)
@@ -88,7 +95,7 @@ class LDAMDRW(Method):
 
 
 class _PairMix(Method):
-    """Shared engine of Mixup / CutMix / Remix: instance-uniform partner, vary only the pixel and label rule."""
+    """Shared engine of Mixup / CutMix / Remix: instance-uniform partner; only the pixel/label rule varies."""
 
     rule = "mixup"
     boxes = False
@@ -110,8 +117,16 @@ class _PairMix(Method):
             H, W = batch.images.shape[1:3]
             boxes, _ = _cutmix_boxes(lam if r.mix_per_sample else lam[:1], H, W, ctx.generator)
             boxes = boxes.expand(B, 4).contiguous().to(ctx.device)
-        mixed = ctx.mix(batch.images[sa], batch.images[sb], lam, y_a=y_a, y_b=y_b, rule=self.rule, boxes=boxes,
-                        **self.rule_params())
+        mixed = ctx.mix(
+            batch.images[sa],
+            batch.images[sb],
+            lam,
+            y_a=y_a,
+            y_b=y_b,
+            rule=self.rule,
+            boxes=boxes,
+            **self.rule_params(),
+        )
         logits = model(mixed.images)
         loss = pair_cross_entropy(logits, y_a, y_b, mixed.lam_y)
         return StepOutput(loss, stats={"lam_y": mixed.lam_y.mean()})

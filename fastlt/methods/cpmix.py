@@ -2,12 +2,12 @@
 
 Stages (data, see :meth:`CPMix.stages`):
 
-1. ``erm``      the first ``cpmix_start_epoch`` epochs (default ⌊2/3·epochs⌉): Balanced-Softmax ERM,
+1. ``erm``      the first ``cpmix_start_epoch`` epochs (−1, the default: round(2/3 · epochs)): Balanced-Softmax ERM,
                 L = CE(z + log n, y). The trainer records every mispredicted (y, ŷ) of this ordinary forward
                 pass into the confusion counts K (never reset).
-2. ``cpmix``    the remaining epochs: each plan also holds a CP-mix batch ``cp_a``/``cp_b`` of B_m pairs drawn by
-                the confusion sampler (class i uniform over the label set, partner j ∝ K[i, j], one image of
-                each uniformly). The objective is
+2. ``cpmix``    the remaining epochs: each plan also holds a CP-mix batch ``cp_a``/``cp_b`` of B_m pairs
+                drawn by the confusion sampler (class i uniform over the label set, partner j ∝ K[i, j],
+                one image of each uniformly). The objective is
 
                     L = L_BS(main) + η · [ CE_soft(CP-mix(cp_a, cp_b)) + CE_soft(mixup(main, main[π])) ]
 
@@ -47,8 +47,17 @@ class CPMix(Method):
         stages = [
             Stage("erm", start, plan="erm"),
             Stage("cpmix", r.epochs - start, plan="cpmix"),
-            Stage("finetune", r.finetune_epochs, plan="balanced", trainable="classifier", group="finetune",
-                  lr=r.finetune_lr, schedule="cosine", warmup_epochs=0, milestones=()),
+            Stage(
+                "finetune",
+                r.finetune_epochs,
+                plan="balanced",
+                trainable="classifier",
+                group="finetune",
+                lr=r.finetune_lr,
+                schedule="cosine",
+                warmup_epochs=0,
+                milestones=(),
+            ),
         ]
         return tuple(s for s in stages if s.epochs > 0)
 
@@ -73,11 +82,26 @@ class CPMix(Method):
         sa, sb = batch.segment("cp_a"), batch.segment("cp_b")
         ya, yb = batch.labels[sa], batch.labels[sb]
         B, Bm = y.numel(), ya.numel()
-        cp = ctx.mix(batch.images[sa], batch.images[sb], ctx.beta(r.cpmix_alpha, Bm), y_a=ya, y_b=yb,
-                     rule="cpmix", kappa=r.cpmix_kappa)
+        cp = ctx.mix(
+            batch.images[sa],
+            batch.images[sb],
+            ctx.beta(r.cpmix_alpha, Bm),
+            y_a=ya,
+            y_b=yb,
+            rule="cpmix",
+            kappa=r.cpmix_kappa,
+        )
         perm = ctx.permutation(B)
-        mu = ctx.mix(x, x, ctx.beta(r.cpmix_alpha, B), idx_b=perm, y_a=y, y_b=y[perm], rule="cpmix",
-                     kappa=r.cpmix_kappa)
+        mu = ctx.mix(
+            x,
+            x,
+            ctx.beta(r.cpmix_alpha, B),
+            idx_b=perm,
+            y_a=y,
+            y_b=y[perm],
+            rule="cpmix",
+            kappa=r.cpmix_kappa,
+        )
         logits = model(torch.cat([ctx.normalize(x), cp.images, mu.images]))
         l_main, l_cp, l_mu = logits.split([B, Bm, B])
         erm = balanced_softmax(l_main, y, ctx.priors.log_counts)
