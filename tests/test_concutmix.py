@@ -213,3 +213,8 @@ def test_fastlt_train_concutmix_on_digits_lt_writes_eval_json(digits_root, tmp_p
     assert [x["epoch"] for x in lines] == [0, 1] and all(math.isfinite(x["train_loss"]) for x in lines)
     state = torch.load(run / "last.pt", weights_only=True)
     assert any(k.startswith("prototype_head.") for k in state["model"])  # the BCL heads are saved
+    # `fastlt eval` rebuilds the method's model from recipe.json and reproduces the run's evaluation.
+    ev_dir = tmp_path / "ev"
+    assert cli(["eval", "--run", str(run), "--checkpoint", "last", "--out", str(ev_dir), "--no-plots"]) == 0
+    again = json.loads((ev_dir / "eval.json").read_text())
+    assert again["all"] == pytest.approx(ev["all"])

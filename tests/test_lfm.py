@@ -216,3 +216,8 @@ def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_root, tmp_path):
     assert [x["stage"] for x in lines] == ["encoder", "w_i"]
     assert all(math.isfinite(x["train_loss"]) for x in lines)
     assert list((digits_root / "digits-lt").glob("text-minilm-*.npz"))
+    # `fastlt eval` rebuilds the method's model from recipe.json and reproduces the run's evaluation.
+    ev_dir = tmp_path / "ev"
+    assert cli(["eval", "--run", str(run), "--checkpoint", "last", "--out", str(ev_dir), "--no-plots"]) == 0
+    again = json.loads((ev_dir / "eval.json").read_text())
+    assert again["all"] == pytest.approx(ev["all"])
