@@ -177,41 +177,6 @@ def _tree_build(arena, base, cap):
         n >>= _LOG_B
 
 
-@_jit
-def _tree_find(arena, base, cap, u):
-    """The slot s with prefix(s) ≤ u < prefix(s + 1), for 0 ≤ u < row total: at each level, walk the 16 child
-    sums of the current node, subtracting each sum that u passes."""
-    L = _levels(cap)
-    lo, hi = 0, cap
-    if L > 0:
-        off = base + 2 * cap  # offset of level L = base + 2·cap + Σ_{l<L} (cap >> 4l)
-        for l in range(1, L):
-            off += cap >> (_LOG_B * l)
-        e = 0
-        lo, hi = 0, cap >> (_LOG_B * L)
-        for l in range(L, 0, -1):
-            e = hi - 1
-            for t in range(lo, hi):
-                v = arena[off + t]
-                if u < v:
-                    e = t
-                    break
-                u -= v
-            lo = e * _B
-            if l > 1:
-                n_below = cap >> (_LOG_B * (l - 1))
-                off -= n_below
-                hi = min(lo + _B, n_below)
-            else:
-                hi = min(lo + _B, cap)
-    for s in range(lo, hi):
-        v = arena[base + 2 * s + 1]
-        if u < v:
-            return s
-        u -= v
-    return hi - 1  # unreachable while u < row total
-
-
 def _aligned_arena(size: int) -> np.ndarray:
     """Zeroed int32[size] whose first element sits on a 128-byte boundary."""
     buf = np.zeros(size + _ALIGN, np.int32)
@@ -310,10 +275,11 @@ def _draw_confusion(row_base, row_cap, row_total, arena, offsets, pool, x, direc
     """CP-Mix pairs. ``x`` float64[4, n]: partner mass, row in i, row in j, class choice. Anchor class
     i = pool[k] if ``direct`` (given anchors) else pool[⌊x3·P⌋] (uniform over the pool).
 
-    If row i has pairs, u = ⌊x0·K_i·⌋ and j is the key of the slot whose count range holds u (the walk of
-    :func:`_tree_find`); otherwise (or if j owns no rows) the partner row is uniform over the whole shard.
-    The walk runs one tree level per round across all n draws: within a round the draws' cache misses are
-    independent and overlap, where draw-by-draw they would form one long dependent chain.
+    If row i has pairs, u = ⌊x0·K_i·⌋ and j is the key of the slot s with prefix(s) ≤ u < prefix(s + 1);
+    otherwise (or if j owns no rows) the partner row is uniform over the whole shard. The walk: from the top
+    level down, scan the (≤ 16) child sums of the current node, subtracting each sum u passes, and descend
+    into the child where u falls. It runs one level per round across all n draws: within a round the draws'
+    cache misses are independent and overlap, where draw by draw they would form one dependent chain.
     """
     n = x.shape[1]
     N = offsets[offsets.shape[0] - 1]
