@@ -16,9 +16,11 @@ Measured in one command, on the same images, with the same number of worker proc
   32×32 and written as a raw shard, pad-4 crop + flip, against the CIFAR loader users run today (an in-memory
   dataset + PIL ``RandomCrop(32, padding=4)`` + flip in a ``DataLoader``), at ``--cifar-batch-size``.
 
-Timing: each loader runs ``--repeats`` passes; a pass is timed from its first batch (worker start-up and
-numba compilation excluded) to its last; the median pass is reported. The resolution the shard was written at
-is printed next to every figure: decode cost scales with stored pixels, so it is part of the result.
+Timing: every loader is built first, then ``--repeats`` rounds run one pass of each loader in turn
+(interleaved, so a change in machine load hits all of them alike); a pass is timed from its first batch
+(worker start-up and numba compilation excluded) to its last; the median pass is reported. The resolution
+the shard was written at is printed next to every figure: decode cost scales with stored pixels, so it is
+part of the result.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +44,24 @@ ALL = ("resident", *DECODE_PIPELINES)
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def throughput(make_batches: Callable[[], Iterable], repeats: int) -> float:
-    """Median images/s over ``repeats`` passes, each timed from its first batch to its last."""
-    rates = []
-    for _ in range(repeats):
-        it = iter(make_batches())
-        next(it)  # start-up (workers, compilation, first decode) is not throughput
-        t0 = time.perf_counter()
-        n = 0
-        for b in it:
-            n += len(b[0]) if isinstance(b, (list, tuple)) else len(b)
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+def pass_rate(make_batches: Callable[[], Iterable]) -> float:
+    """images/s of one pass, timed from its first batch to its last (start-up is not throughput)."""
+    it = iter(make_batches())
+    next(it)
+    t0 = time.perf_counter()
+    n = 0
+    for b in it:
+        n += len(b[0]) if isinstance(b, (list, tuple)) else len(b)
+    return n / (time.perf_counter() - t0)
+
+
+@dataclass
+class Runner:
+    """One loader of the table: ``one_pass()`` measures a pass; ``row`` is its table row."""
+
+    row: dict
+    one_pass: Callable[[], float]
+    rates: list[float] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- baselines
@@ -64,24 +74,21 @@ def link_tree(files: list[Path], labels: np.ndarray, root: Path) -> Path:
     return root
 
 
-def torchvision_imagefolder(files, labels, *, batch_size, workers, repeats, images, size=224) -> float:
+def imagefolder_pass(root: Path, *, batch_size, workers, images, size) -> Callable[[], float]:
     import torch
     from torchvision import datasets, transforms
 
     tf = transforms.Compose(
         [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.PILToTensor()]
     )
-    with tempfile.TemporaryDirectory(prefix="fastlt-imagefolder-") as tmp:
-        ds = datasets.ImageFolder(str(link_tree(files, labels, Path(tmp))), transform=tf)
+    ds = datasets.ImageFolder(str(root), transform=tf)
 
-        def run():
-            # Shuffled; drawn with replacement only when a pass needs more images than the set holds.
-            sampler = torch.utils.data.RandomSampler(ds, replacement=images > len(ds), num_samples=images)
-            return torch.utils.data.DataLoader(
-                ds, batch_size=batch_size, sampler=sampler, num_workers=workers
-            )
+    def loader():
+        # Shuffled; drawn with replacement only when a pass needs more images than the set holds.
+        sampler = torch.utils.data.RandomSampler(ds, replacement=images > len(ds), num_samples=images)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers)
 
-        return throughput(run, repeats)
+    return lambda: pass_rate(loader)
 
 
 def _decode_file(path: str) -> int:
@@ -109,17 +116,19 @@ def _init_beton(path: str) -> None:
     _beton = BetonImages(path)
 
 
-def decode_ceiling(fn, items: list, *, workers: int, repeats: int, initializer=None, initargs=()) -> float:
-    """images/s of ``fn`` over ``items`` in ``workers`` processes (pool start-up excluded)."""
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        pool.map(fn, items[: 2 * workers])  # warm: imports, page cache
-        rates = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            pool.map(fn, items, chunksize=8)
-            rates.append(len(items) / (time.perf_counter() - t0))
-    return statistics.median(rates)
+def ceiling_pass(stack: ExitStack, fn, items: list, *, workers: int, initializer=None, initargs=()):
+    """One pass = ``fn`` over ``items`` in a pool of ``workers`` processes (started once, warmed)."""
+    pool = stack.enter_context(
+        mp.get_context("fork").Pool(workers, initializer=initializer, initargs=initargs)
+    )
+    pool.map(fn, items[: 2 * workers])  # imports, page cache
+
+    def one_pass() -> float:
+        t0 = time.perf_counter()
+        pool.map(fn, items, chunksize=8)
+        return len(items) / (time.perf_counter() - t0)
+
+    return one_pass
 
 
 class _CifarStyle:
@@ -146,6 +155,19 @@ class _CifarStyle:
         return self.tf(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
+def cifar_pass(images, labels, *, batch_size, workers, steps) -> Callable[[], float]:
+    import torch
+
+    ds = _CifarStyle(images, labels)
+
+    def loader():
+        # Enough draws from the small set for one pass of `steps` batches.
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=steps * batch_size)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers)
+
+    return lambda: pass_rate(loader)
+
+
 # ---------------------------------------------------------------------------------------------- pipelines
 def epoch_plans(num_rows: int, batch_size: int, steps: int, seed: int):
     """Plans of shuffled epochs (as many as ``steps`` needs), ``batch_size`` rows each."""
@@ -160,16 +182,14 @@ def epoch_plans(num_rows: int, batch_size: int, steps: int, seed: int):
         yield StepPlan.from_segments(0, step, seed=step, main=rows)
 
 
-def pipeline_rate(name, shard, *, image_size, batch_size, steps, workers, repeats, device) -> float:
+def pipeline_pass(stack: ExitStack, name, shard, *, image_size, batch_size, steps, workers, device):
     from fastlt.pipelines import make_pipeline
 
     pipe = make_pipeline(
         name, shard, train=True, image_size=image_size, device=device, seed=0, workers=workers
     )
-    try:
-        return throughput(lambda: pipe.batches(epoch_plans(shard.num_rows, batch_size, steps, 0)), repeats)
-    finally:
-        pipe.close()
+    stack.callback(pipe.close)
+    return lambda: pass_rate(lambda: pipe.batches(epoch_plans(shard.num_rows, batch_size, steps, 0)))
 
 
 def resolution(shard) -> str:
@@ -195,13 +215,11 @@ def cifar_sized_shard(shard, folder: Path, rows: int):
         [np.asarray(Image.fromarray(img.decode(r)).resize((32, 32), Image.BILINEAR)) for r in range(n)]
     )
     labels = shard.index.labels[:n]
-    names = shard.index.class_names
     source = ArraySource(small, labels, [str(r) for r in range(n)])
-    return (
-        write_shard(folder, "cifar-sized", "train", source, names, write_mode="raw", workers=1),
-        small,
-        labels,
+    out = write_shard(
+        folder, "cifar-sized", "train", source, shard.index.class_names, write_mode="raw", workers=1
     )
+    return out, small, labels
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -218,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", type=int, default=None, help="images per pass (default: one epoch of the shard)"
     )
-    p.add_argument("--repeats", type=int, default=3, help="passes per loader; the median is reported")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="interleaved passes per loader; the median is reported"
+    )
     p.add_argument("--cifar-batch-size", type=int, default=256)
     p.add_argument("--cifar-images", type=int, default=51200, help="images per resident/CIFAR pass")
     p.add_argument("--device", default="cpu", help="device of the pipelines' batches (cpu, cuda)")
@@ -227,8 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def build_runners(args, stack: ExitStack) -> list[Runner]:
     from fastlt.shards import open_shard
 
     names = ALL if args.pipeline == "all" else tuple(s.strip() for s in args.pipeline.split(","))
@@ -239,10 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     first = shards[0]
     B, W = args.batch_size, args.workers
     steps = max(2, (args.images or first.num_rows) // B)
-    rows: list[dict] = []
-    record: dict = {"batch_size": B, "workers": W, "image_size": args.image_size, "device": args.device}
+    n = steps * B
+    runners: list[Runner] = []
 
-    base = ceiling = None
     if not args.no_baseline:
         root = Path(args.source_root or first.index.settings.get("source") or "")
         files = [root / s for s in first.index.source_ids]
@@ -252,95 +270,100 @@ def main(argv: list[str] | None = None) -> int:
                 f"tools/bench loader: original image {missing[0]} not found; the torchvision baseline "
                 "reads the files the shard was converted from — pass --source-root DIR"
             )
-        n = steps * B
-        labels = first.index.labels
         print(f"baselines on the {len(files)} original JPEGs under {root}, {n} images per pass", flush=True)
-        base = torchvision_imagefolder(
-            files, labels, batch_size=B, workers=W, repeats=args.repeats, images=n, size=args.image_size
-        )
-        files = [files[i % len(files)] for i in range(n)]
-        rows.append({"loader": "torchvision ImageFolder + PIL", "images": "original JPEGs", "img/s": base})
-        ceiling = decode_ceiling(_decode_file, [str(f) for f in files], workers=W, repeats=args.repeats)
-        rows.append({"loader": "decode ceiling (simplejpeg)", "images": "original JPEGs", "img/s": ceiling})
+        tree = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fastlt-imagefolder-")))
+        link_tree(files, first.index.labels, tree)
+        one = imagefolder_pass(tree, batch_size=B, workers=W, images=n, size=args.image_size)
+        runners.append(Runner({"loader": "torchvision ImageFolder + PIL", "images": "original JPEGs"}, one))
+        items = [str(files[i % len(files)]) for i in range(n)]
+        one = ceiling_pass(stack, _decode_file, items, workers=W)
+        runners.append(Runner({"loader": "decode ceiling (simplejpeg)", "images": "original JPEGs"}, one))
 
     for shard in shards:
         res = resolution(shard)
         print(f"shard {shard.beton_path}: {res}", flush=True)
         if not args.no_baseline and shard.index.settings.get("write_mode", "jpg") == "jpg":
-            c = decode_ceiling(
+            one = ceiling_pass(
+                stack,
                 _decode_row,
-                [i % shard.num_rows for i in range(steps * B)],
+                [i % shard.num_rows for i in range(n)],
                 workers=W,
-                repeats=args.repeats,
                 initializer=_init_beton,
                 initargs=(str(shard.beton_path),),
             )
-            rows.append({"loader": "decode ceiling (simplejpeg)", "images": res, "img/s": c})
-        for name in (n for n in names if n in DECODE_PIPELINES):
-            print(f"  {name} ...", flush=True)
-            rate = pipeline_rate(
+            runners.append(Runner({"loader": "decode ceiling (simplejpeg)", "images": res}, one))
+        for name in (x for x in names if x in DECODE_PIPELINES):
+            one = pipeline_pass(
+                stack,
                 name,
                 shard,
                 image_size=args.image_size,
                 batch_size=B,
                 steps=steps,
                 workers=W,
-                repeats=args.repeats,
                 device=args.device,
             )
-            rows.append({"loader": f"fastlt {name}", "images": res, "img/s": rate})
+            runners.append(Runner({"loader": f"fastlt {name}", "images": res}, one))
 
     if "resident" in names:
-        import torch
+        from fastlt.pipelines import make_pipeline
 
-        with tempfile.TemporaryDirectory(prefix="fastlt-cifar-sized-") as tmp:
-            small_shard, small, labels = cifar_sized_shard(first, Path(tmp), rows=5000)
-            cb = args.cifar_batch_size
-            csteps = max(2, args.cifar_images // cb)
-            what = f"32×32 raw ({small_shard.num_rows} rows)"
-            if not args.no_baseline:
-                ds = _CifarStyle(small, labels)
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fastlt-cifar-sized-")))
+        small_shard, small, labels = cifar_sized_shard(first, tmp, rows=5000)
+        cb = args.cifar_batch_size
+        csteps = max(2, args.cifar_images // cb)
+        what = f"32×32 raw ({small_shard.num_rows} rows)"
+        if not args.no_baseline:
+            one = cifar_pass(small, labels, batch_size=cb, workers=W, steps=csteps)
+            runners.append(Runner({"loader": "torchvision CIFAR-style + PIL", "images": what}, one))
+        pipe = make_pipeline("resident", small_shard, train=True, image_size=32, device=args.device, seed=0)
+        stack.callback(pipe.close)
+        one = lambda: pass_rate(lambda: pipe.batches(epoch_plans(small_shard.num_rows, cb, csteps, 0)))  # noqa: E731
+        runners.append(Runner({"loader": "fastlt resident", "images": what}, one))
+    return runners
 
-                def cifar_loader():
-                    # Enough passes over the small set for one timed run of `cifar_images` images.
-                    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=csteps * cb)
-                    return torch.utils.data.DataLoader(ds, batch_size=cb, sampler=sampler, num_workers=W)
 
-                cbase = throughput(cifar_loader, args.repeats)
-                rows.append({"loader": "torchvision CIFAR-style + PIL", "images": what, "img/s": cbase})
-            else:
-                cbase = None
-            print("  resident ...", flush=True)
-            from fastlt.pipelines import make_pipeline
-
-            pipe = make_pipeline(
-                "resident", small_shard, train=True, image_size=32, device=args.device, seed=0
-            )
-            rate = throughput(
-                lambda: pipe.batches(epoch_plans(small_shard.num_rows, cb, csteps, 0)), args.repeats
-            )
-            pipe.close()
-            rows.append(
-                {
-                    "loader": "fastlt resident",
-                    "images": what,
-                    "img/s": rate,
-                    "× cifar baseline": rate / cbase if cbase else "",
-                }
-            )
-
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with ExitStack() as stack:
+        runners = build_runners(args, stack)
+        for rep in range(args.repeats):
+            for r in runners:
+                r.rates.append(r.one_pass())
+                print(
+                    f"  round {rep + 1}/{args.repeats}  {r.row['loader']:<30} {r.rates[-1]:>10,.0f} img/s",
+                    flush=True,
+                )
+    rows = []
+    for r in runners:
+        rows.append({**r.row, "img/s": statistics.median(r.rates), "passes": [round(x, 1) for x in r.rates]})
+    by_name = {(r["loader"], r["images"]): r["img/s"] for r in rows}
+    base = by_name.get(("torchvision ImageFolder + PIL", "original JPEGs"))
+    ceiling = by_name.get(("decode ceiling (simplejpeg)", "original JPEGs"))
+    cifar = next((r["img/s"] for r in rows if r["loader"] == "torchvision CIFAR-style + PIL"), None)
     for r in rows:
-        if base and "× torchvision" not in r:
+        if base:
             r["× torchvision"] = r["img/s"] / base
-        if ceiling and r["loader"].startswith("fastlt") and "32×32" not in r["images"]:
+        small = "32×32" in r["images"]
+        if ceiling and r["loader"].startswith("fastlt") and not small:
             r["% decode ceiling"] = f"{100 * r['img/s'] / ceiling:.0f}%"
+        if cifar and small:
+            r["× cifar baseline"] = r["img/s"] / cifar
     title = (
-        f"tools/bench loader — train transforms to {args.image_size} px (resident: 32 px), batch {B}, "
-        f"{W} workers, device {args.device}"
+        f"tools/bench loader — train transforms to {args.image_size} px (resident: 32 px), "
+        f"batch {args.batch_size} (CIFAR-sized: {args.cifar_batch_size}), {args.workers} workers, "
+        f"device {args.device}, median of {args.repeats} interleaved passes"
     )
     cols = ["loader", "images", "img/s", "× torchvision", "% decode ceiling", "× cifar baseline"]
     print_table(title, rows, cols)
-    record["rows"] = rows
+    record = {
+        "batch_size": args.batch_size,
+        "cifar_batch_size": args.cifar_batch_size,
+        "workers": args.workers,
+        "image_size": args.image_size,
+        "device": args.device,
+        "rows": rows,
+    }
     write_json(args.out, "loader", record)
     return 0
 
