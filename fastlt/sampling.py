@@ -463,7 +463,11 @@ def _uniform_index(x: np.ndarray, n: int) -> np.ndarray:
 
 
 class _RowSpace:
-    """The shard's row space: offsets, class sizes and the label set (classes that own rows)."""
+    """The shard's row space: offsets, class sizes and the label set (classes that own rows).
+
+    Every policy adds ``pairs(rng, n=None, anchors=None) -> (row_a, row_b)``: ``n`` pairs with anchors drawn
+    the policy's way, or one partner per given anchor row.
+    """
 
     def __init__(self, offsets):
         self.offsets = check_offsets(offsets)
@@ -486,6 +490,14 @@ class _RowSpace:
         classes = self.label_set[_uniform_index(x[0], self.label_set.shape[0])]
         return self.rows_in(classes, x[1])
 
+    def anchor_rows(self, rng: np.random.Generator, n: int | None, anchors, draw) -> np.ndarray:
+        """The given anchor rows (checked), or ``draw(rng, n)``."""
+        if anchors is not None:
+            return self.check_rows(anchors, "anchors")
+        if n is None or n < 0:
+            raise ValueError(f"{type(self).__name__}.pairs: give n ≥ 0 draws or explicit anchor rows")
+        return draw(rng, int(n))
+
     def check_rows(self, rows, name: str) -> np.ndarray:
         r = np.ascontiguousarray(rows, dtype=np.int64).ravel()
         if r.size and (r.min() < 0 or r.max() >= self.num_rows):
@@ -499,7 +511,7 @@ class InstanceUniform(_RowSpace):
     """Mixup/CutMix/Remix: the partner is a row uniform over the whole shard (so classes ∝ n_c)."""
 
     def pairs(self, rng: np.random.Generator, n: int | None = None, anchors=None):
-        a = self.uniform_rows(rng, n) if anchors is None else self.check_rows(anchors, "anchors")
+        a = self.anchor_rows(rng, n, anchors, self.uniform_rows)
         return a, self.uniform_rows(rng, a.shape[0])
 
 
@@ -507,7 +519,7 @@ class ClassBalanced(_RowSpace):
     """ConCutMix foreground / classifier fine-tuning: class uniform over the label set, row uniform in it."""
 
     def pairs(self, rng: np.random.Generator, n: int | None = None, anchors=None):
-        a = self.balanced_rows(rng, n) if anchors is None else self.check_rows(anchors, "anchors")
+        a = self.anchor_rows(rng, n, anchors, self.balanced_rows)
         return a, self.balanced_rows(rng, a.shape[0])
 
 
@@ -744,7 +756,7 @@ class TextLocalPartner(_RowSpace):
         self.neighbours = neighbours
 
     def pairs(self, rng: np.random.Generator, n: int | None = None, anchors=None):
-        a = self.uniform_rows(rng, n) if anchors is None else self.check_rows(anchors, "anchors")
+        a = self.anchor_rows(rng, n, anchors, self.uniform_rows)
         j = self.neighbours.draw(class_of_rows(self.offsets, a), rng)
         x = rng.random(a.shape[0])
         b = _uniform_index(x, self.num_rows)  # fallback for anchors without any partner class
@@ -979,6 +991,8 @@ class ConfusionPartner(_RowSpace):
 
     def pairs(self, rng: np.random.Generator, n: int | None = None, anchors=None):
         if anchors is None:
+            if n is None or n < 0:
+                raise ValueError("ConfusionPartner.pairs: give n ≥ 0 draws or explicit anchor rows")
             pool = self._pool()
         else:  # anchor rows given: i is each anchor's class, j ∝ K[i, ·] still
             anchors = self.check_rows(anchors, "anchors")

@@ -396,4 +396,8 @@ def test_offsets_and_anchors_are_checked():
         ConfusionPartner(OFFSETS, ConfusionCounts(C), fallback="self")
     with pytest.raises(ValueError, match="counts cover 3 classes"):
         ConfusionPartner(OFFSETS, ConfusionCounts(3))
+    counts = ConfusionCounts(C)
+    for policy in (InstanceUniform(OFFSETS), ClassBalanced(OFFSETS), ConfusionPartner(OFFSETS, counts)):
+        with pytest.raises(ValueError, match="give n ≥ 0 draws or explicit anchor rows"):
+            policy.pairs(np.random.default_rng(0))
     assert np.array_equal(class_of_rows(OFFSETS, np.arange(N)), ROW_CLASS)
