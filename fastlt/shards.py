@@ -302,7 +302,7 @@ def open_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
         )
     if verify:
         stamp = beton.with_suffix(".verified")
-        key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": index.beton_sha256}
+        key = _verified_key(st, index.beton_sha256)
         cached = None
         with contextlib.suppress(OSError, json.JSONDecodeError):
             cached = json.loads(stamp.read_text())
@@ -313,9 +313,18 @@ def open_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
                     f"{beton}: sha256 {digest[:16]}… does not match its index ({index.beton_sha256[:16]}…); "
                     "the file was modified — re-run tools/convert"
                 )
-            with contextlib.suppress(OSError):
-                _atomic_write_text(stamp, json.dumps(key))
+            _record_verified(beton, digest)
     return Shard(beton, index_path, index)
+
+
+def _verified_key(st: os.stat_result, sha256: str) -> dict:
+    """What ``<split>.verified`` caches: a checksum is trusted again only for the same size and mtime."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+
+
+def _record_verified(beton: Path, sha256: str) -> None:
+    with contextlib.suppress(OSError):
+        _atomic_write_text(beton.with_suffix(".verified"), json.dumps(_verified_key(beton.stat(), sha256)))
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -544,6 +553,9 @@ def write_shard(
                 index_path.unlink()
             os.replace(tmp_beton, beton)
             _atomic_write_text(index_path, json.dumps(index.to_json(), indent=1))
+            # The checksum was just computed from these bytes: record it so that the open_shard below
+            # (and the trainer's first open) need not hash the whole file a second time.
+            _record_verified(beton, index.beton_sha256)
     except BaseException:
         # FFCV's writer processes are not daemons and keep writing into the file after the parent
         # was interrupted; stop the ones this call started before removing what they write to.
