@@ -268,6 +268,10 @@ def split_overrides(argv: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+# Short command-line names for recipe keys (``--clip-checkpoint PATH`` sets ``lfm_clip_checkpoint``).
+ALIASES = {"clip_checkpoint": "lfm_clip_checkpoint", "clip_model": "lfm_clip_model"}
+
+
 def apply_overrides(recipe: Recipe, pairs) -> Recipe:
     """Apply ``(key, text)`` pairs (or a ``--key value`` argv list) to a recipe, type-checked."""
     if pairs and isinstance(pairs[0], str):
@@ -276,6 +280,7 @@ def apply_overrides(recipe: Recipe, pairs) -> Recipe:
     known = [f.name for f in fields(Recipe)]
     changes = {}
     for k, v in pairs:
+        k = ALIASES.get(k, k)
         if k not in hints:
             near = difflib.get_close_matches(k, known, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join('--' + n.replace('_', '-') for n in near)}?" if near else ""

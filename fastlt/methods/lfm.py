@@ -185,5 +185,5 @@ def _encoder_kind(name: str) -> str:
     if n in ("clip", "auto"):
         return n
     raise ValueError(f"recipe key 'lfm_text_encoder': {name!r} is not an offline encoder fastlt has; use "
-                     "all-MiniLM-L6-v2, or 'clip' with --lfm-clip-checkpoint PATH")
+                     "all-MiniLM-L6-v2, or 'clip' with --clip-checkpoint PATH")
 
