@@ -8,7 +8,7 @@ the class).
 
 Per step:
 
-1. With probability ``concutmix_prob`` the batch is CutMixed: one ``λ ~ U(0, 1)`` per batch, one box of
+1. With probability ``ccm_cutmix_prob`` the batch is CutMixed: one ``λ ~ U(0, 1)`` per batch, one box of
    area ``(1 − λ)·H·W`` with a uniform centre, clipped to the image; ``λ`` is recomputed from the clipped box
    and the *area label* is ``λ·y_A + (1 − λ)·y_B``.
 2. One forward pass over ``[classification images | view1 | view2]`` (BatchNorm sees all three, as in the
@@ -19,8 +19,17 @@ Per step:
 4. ``L = α·LA-CE(logits, label) + β·BCL(views, y_A, P)``, LA-CE = soft-label CE with ``τ_LA·log π`` added to
    the logits in training only.
 
-Where fastlt and the released code differ, and why, is stated next to the code (tie handling at the top-k
-threshold, the γ clamp).
+Released code vs paper vs fastlt:
+
+- Followed from the released code (the paper is silent or less specific): the rectified label is computed
+  from the *unnormalised* projection of the CutMix image and the unnormalised prototypes; rectification starts
+  at 0-based epoch ``> l_d_warm``; one λ and one box per batch; a single forward over the three image sets.
+- fastlt's own: exactly k classes at the top-k threshold (:func:`semantic_label`) and γ clamped to [0, 1]
+  (:func:`label_confidence`) — both identical to the released behaviour at its settings. The two views differ
+  by their independent random crops and flips only (fastlt's pipelines crop and flip; the released code adds
+  SimCLR colour jitter / grayscale (/ blur on CIFAR) to the views and RandAugment (ImageNet-style data) or
+  AutoAugment (CIFAR) to the classification image).
+- Places-LT has no released settings: its preset reuses the ImageNet-LT values and says so in its source.
 """
 
 from __future__ import annotations
