@@ -157,6 +157,9 @@ class PlanProducer:
             self.counts.load_state_dict(state["counts"])
 
 
+ErmProducer = PlanProducer
+
+
 class PairProducer(PlanProducer):
     """Mixup / CutMix / Remix: ``b[k]`` an instance-uniform partner of ``main[k]``."""
 
