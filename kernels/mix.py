@@ -421,43 +421,42 @@ def _mix_triton(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _normalise_span(o, p, lo, hi, s0, s1, s2, t0, t1, t2):
-    """``o[x] = p[x]·scale + shift`` for x in [lo, hi): the none/CutMix case, a straight copy per span."""
-    for x in range(lo, hi):
-        o[x, 0] = np.float32(p[x, 0]) * s0 + t0
-        o[x, 1] = np.float32(p[x, 1]) * s1 + t1
-        o[x, 2] = np.float32(p[x, 2]) * s2 + t2
+def _normalise_span(o, p, scale, shift):
+    """``o[k] = p[k]·scale[k] + shift[k]``: none / CutMix spans, a straight copy. Callers pass slices, so
+    k runs from 0 and numba can drop its negative-index wraparound test, which would block vectorising."""
+    for k in range(o.shape[0]):
+        o[k] = np.float32(p[k]) * scale[k] + shift[k]
 
 
 def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
-    batch, height, width = out.shape[0], out.shape[1], out.shape[2]
+    # Rows are handled flat (W·3 values) with the per-channel constants tiled to the row's length, so the
+    # inner loops have no channel arithmetic and LLVM vectorises them: 4× faster than a loop over pixels
+    # that unrolls the 3 channels, with the same fp32 operations in the same order.
+    batch, height, n = out.shape[0], out.shape[1], scale.shape[0]
     one = np.float32(1.0)
-    s0, s1, s2 = scale[0], scale[1], scale[2]
-    t0, t1, t2 = shift[0], shift[1], shift[2]
     # One task per (sample, row): B·H tasks keep both threads busy even for B = 1.
     for task in prange(batch * height):
         i = task // height
         y = task - i * height
-        o = out[i, y]
-        pa = a[ia[i], y]
+        o = out[i, y].reshape(n)
+        pa = a[ia[i], y].reshape(n)
         if not has_b or mode[i] == 0:
-            _normalise_span(o, pa, 0, width, s0, s1, s2, t0, t1, t2)
+            _normalise_span(o, pa, scale, shift)
         elif mode[i] == 1:
-            pb = b[ib[i], y]
+            pb = b[ib[i], y].reshape(n)
             wa = w_sample[i]
             wb = one - wa
-            for x in range(width):
-                o[x, 0] = (wa * np.float32(pa[x, 0]) + wb * np.float32(pb[x, 0])) * s0 + t0
-                o[x, 1] = (wa * np.float32(pa[x, 1]) + wb * np.float32(pb[x, 1])) * s1 + t1
-                o[x, 2] = (wa * np.float32(pa[x, 2]) + wb * np.float32(pb[x, 2])) * s2 + t2
+            for k in range(n):
+                o[k] = (wa * np.float32(pa[k]) + wb * np.float32(pb[k])) * scale[k] + shift[k]
         else:
             # CutMix (boxes arrive clipped): each pixel is exactly a or b, so the row is three copied spans.
-            x_lo, x_hi = 0, 0
+            lo, hi = 0, 0
             if boxes[i, 0] <= y < boxes[i, 2]:
-                x_lo, x_hi = boxes[i, 1], boxes[i, 3]
-            _normalise_span(o, pa, 0, x_lo, s0, s1, s2, t0, t1, t2)
-            _normalise_span(o, b[ib[i], y], x_lo, x_hi, s0, s1, s2, t0, t1, t2)
-            _normalise_span(o, pa, x_hi, width, s0, s1, s2, t0, t1, t2)
+                lo, hi = 3 * boxes[i, 1], 3 * boxes[i, 3]
+            pb = b[ib[i], y].reshape(n)
+            _normalise_span(o[:lo], pa[:lo], scale[:lo], shift[:lo])
+            _normalise_span(o[lo:hi], pb[lo:hi], scale[lo:hi], shift[lo:hi])
+            _normalise_span(o[hi:], pa[hi:], scale[hi:], shift[hi:])
 
 
 if numba is not None:
@@ -468,23 +467,18 @@ if numba is not None:
 
 def _mix_numba(a, b, idx_a, idx_b, lam, mode, boxes, scale, shift, out_dtype):
     batch, (height, width) = idx_a.numel(), a.shape[1:3]
-    out = torch.empty((batch, height, width, 3), dtype=torch.float32)
+    # numpy allocates large arrays on transparent huge pages (madvise), torch on 4 KiB pages: for a 77 MB
+    # output that is the difference between ~20 ms and ~100 ms of first-touch page faults on this machine.
+    out = torch.from_numpy(np.empty((batch, height, width, 3), dtype=np.float32))
     if batch:
         has_b = b is not None
         clipped = clip_boxes(boxes, height, width).numpy()
+        scale_row, shift_row = scale.numpy().tolist() * width, shift.numpy().tolist() * width
         _mix_rows_jit(
-            a.numpy(),
-            (b if has_b else a).numpy(),
-            idx_a.numpy(),
-            (idx_b if has_b else idx_a).numpy(),
-            lam.numpy(),
-            mode.numpy(),
-            clipped,
-            scale.numpy(),
-            shift.numpy(),
-            out.numpy(),
-            has_b,
-        )
+            a.numpy(), (b if has_b else a).numpy(), idx_a.numpy(), (idx_b if has_b else idx_a).numpy(),
+            lam.numpy(), mode.numpy(), clipped, np.array(scale_row, np.float32), np.array(shift_row, np.float32),
+            out.numpy(), has_b,
+        )  # fmt: skip
     # Rounding fp32 -> bf16/fp16 afterwards is the reference's single rounding, so results stay identical.
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
