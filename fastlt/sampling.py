@@ -550,7 +550,7 @@ class TextLocal:
     def __init__(self, indptr, cols, cum, tau: float, *, truncated_mass=None, tail_mass=None, tail_max=None,
                  row_max=None, allowed=None, emb=None, sim=None):
         self.indptr = np.ascontiguousarray(indptr, np.int64)
-        self.cols = np.ascontiguousarray(cols, np.int64)
+        self.cols = np.ascontiguousarray(cols, np.int32)  # class ids: 4 bytes of the 12 per head entry
         self.cum = np.ascontiguousarray(cum, np.float64)
         self.tau = float(tau)
         C = self.num_classes = self.indptr.shape[0] - 1

@@ -247,6 +247,10 @@ def test_confusion_partner_of_given_anchors():
     for j in np.flatnonzero(K[4]):
         pj[OFFSETS[j]:OFFSETS[j + 1]] = K[4, j] / K[4].sum() / SIZES[j]
     assert g_test(b, pj) > 1e-3
+    # an anchor whose class has no recorded pairs (class 2) gets an instance-uniform partner
+    no_pairs = np.full(30_000, OFFSETS[2])
+    _, b = ConfusionPartner(OFFSETS, counts).pairs(np.random.default_rng(6), anchors=no_pairs)
+    assert g_test(b, np.full(N, 1 / N)) > 1e-3
 
 
 def test_confusion_draws_at_scale_follow_counts(big_stream):
