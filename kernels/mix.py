@@ -473,11 +473,12 @@ def _mix_numba(a, b, idx_a, idx_b, lam, mode, boxes, scale, shift, out_dtype):
     if batch:
         has_b = b is not None
         clipped = clip_boxes(boxes, height, width).numpy()
-        scale_row, shift_row = scale.numpy().tolist() * width, shift.numpy().tolist() * width
+        # The channel constants tiled to one row's W·3 values (see _mix_rows).
+        scale_row = np.tile(scale.numpy(), width)
+        shift_row = np.tile(shift.numpy(), width)
         _mix_rows_jit(
             a.numpy(), (b if has_b else a).numpy(), idx_a.numpy(), (idx_b if has_b else idx_a).numpy(),
-            lam.numpy(), mode.numpy(), clipped, np.array(scale_row, np.float32), np.array(shift_row, np.float32),
-            out.numpy(), has_b,
+            lam.numpy(), mode.numpy(), clipped, scale_row, shift_row, out.numpy(), has_b,
         )  # fmt: skip
     # Rounding fp32 -> bf16/fp16 afterwards is the reference's single rounding, so results stay identical.
     return out if out_dtype == torch.float32 else out.to(out_dtype)
