@@ -120,11 +120,13 @@ def open_split(recipe: Recipe, split: str):
 
 
 def choose_pipeline(recipe: Recipe, shard, device: torch.device) -> str:
-    """``auto``: resident when the decoded split (N·S·S·3 bytes) fits ``memory_budget_gb``, else ffcv."""
+    """``auto``: resident when the split is stored raw (decoded pixels of one size, e.g. CIFAR, digits) and
+    all of it (N·S·S·3 bytes) fits ``memory_budget_gb``; else ffcv (JPEG decode + crop on CPU threads)."""
     if recipe.pipeline != "auto":
         return recipe.pipeline
+    raw = shard.index.settings.get("write_mode") == "raw"
     decoded = shard.num_rows * recipe.image_size * recipe.image_size * 3
-    return "resident" if decoded <= recipe.memory_budget_gb * 2**30 else "ffcv"
+    return "resident" if raw and decoded <= recipe.memory_budget_gb * 2**30 else "ffcv"
 
 
 def build_pipeline(name: str, shard, recipe: Recipe, device: torch.device, train: bool):

@@ -208,3 +208,16 @@ def test_resume_refuses_a_different_recipe_and_eval_reads_the_run(digits_data, t
     assert eval_main(["--run", str(run), "--shard", str(digits_data / "digits-lt" / "train.beton")]) == 0
     train_eval = json.loads((run / "eval-digits-lt-train" / "eval.json").read_text())
     assert train_eval["split"] == "train" and train_eval["num_images"] == 544
+
+
+@pytest.mark.parametrize("method", ["cutmix", "ldam-drw"])
+def test_other_methods_train_through_the_same_loop(digits_data, tmp_path, method):
+    r = quick(digits_data, method, "--epochs", "2", "--drw-epoch", "1", "--steps-per-epoch", "3", "--name", "m")
+    summary = train(r, tmp_path, log=lambda *a, **k: None)
+    recs = lines(tmp_path / "m")
+    assert [x["step"] for x in recs] == [3, 6] and all(np.isfinite(x["train_loss"]) for x in recs)
+    if method == "cutmix":  # mixed-only steps: no un-mixed forward, so no pairs and no train accuracy
+        assert recs[-1]["confusion_pairs"] == 0 and recs[-1]["train_acc"] is None
+    else:
+        assert recs[-1]["confusion_pairs"] > 0 and recs[-1]["train_acc"] is not None
+    assert 0 <= summary["all"] <= 100
