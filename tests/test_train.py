@@ -212,7 +212,9 @@ def test_resume_refuses_a_different_recipe_and_eval_reads_the_run(digits_data, t
 
 @pytest.mark.parametrize("method", ["cutmix", "ldam-drw"])
 def test_other_methods_train_through_the_same_loop(digits_data, tmp_path, method):
-    r = quick(digits_data, method, "--epochs", "2", "--drw-epoch", "1", "--steps-per-epoch", "3", "--name", "m")
+    r = quick(
+        digits_data, method, "--epochs", "2", "--drw-epoch", "1", "--steps-per-epoch", "3", "--name", "m"
+    )
     summary = train(r, tmp_path, log=lambda *a, **k: None)
     recs = lines(tmp_path / "m")
     assert [x["step"] for x in recs] == [3, 6] and all(np.isfinite(x["train_loss"]) for x in recs)
