@@ -309,7 +309,10 @@ class _SoftCrossEntropy(torch.autograd.Function):
             g = grad.to(torch.float32).expand(B).contiguous()
         else:
             g = (grad.to(torch.float32) / ctx.denom).expand(B).contiguous()
-        dz = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        if ctx.impl == "numba":  # numba's arrays: huge-page backed, far fewer first-touch faults on CPU
+            dz = torch.from_numpy(np.empty(tuple(logits.shape), dtype=np.float32))
+        else:
+            dz = torch.empty_like(logits, memory_format=torch.contiguous_format)
         if B:
             _LAUNCH[ctx.impl][1](logits, idx, w, adjust, cw, lse, wsum, g, dz)
         return dz, None, None, None, None, None, None
