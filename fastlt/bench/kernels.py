@@ -123,18 +123,27 @@ def mix_rows(B: int, size: int, repeats: int) -> list[dict]:
 
 
 def cpu_peak_bytes(fn) -> int:
-    """Peak bytes held by CPU tensors allocated while ``fn()`` runs: the torch profiler attributes each
-    allocation (+) and free (−) to an op; the running sum in start-time order peaks at the high-water mark."""
+    """Peak bytes allocated while ``fn()`` runs on CPU. Torch tensors: the torch profiler attributes each
+    allocation (+) and free (−) to an op, and the running sum in start-time order peaks at the high-water
+    mark. numpy arrays (the numba paths allocate there): tracemalloc. The two peaks are added, an upper
+    bound when both allocate."""
+    import tracemalloc
+
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    tracemalloc.start()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     held = peak = 0
     for e in events:
         held += e.self_cpu_memory_usage
         peak = max(peak, held)
-    return peak
+    return peak + numpy_peak
 
 
 def cuda_peak_bytes(fn) -> int:
