@@ -73,10 +73,10 @@ def format_row(label: str, s: dict) -> str:
     def f(v):
         return "  n/a" if v is None else f"{v:5.1f}"
 
-    return f"{label:<14} {f(s['many'])}  {f(s['medium'])}  {f(s['few'])}  {f(s['all'])}"
+    return f"{label:<20} {f(s['many'])}  {f(s['medium'])}  {f(s['few'])}  {f(s['all'])}"
 
 
-TABLE_HEADER = f"{'':<14}  many  medium  few    all"
+TABLE_HEADER = f"{'':<20}  many  medium  few    all"
 
 
 def write_eval(
