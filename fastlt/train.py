@@ -378,19 +378,25 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             + f" → {run_dir}"
         )
 
-    optimizer, cur_group, summary, record = None, None, None, None
+    optimizer, cur_group, cur_stage, summary, record = None, None, None, None, None
     for epoch in range(start_epoch, total_epochs):
         # -- stage switch (data: which plans, which parameters train, which optimiser group) -----------
         si, stage = stage_at(stages, epoch)
         g_start, g_epochs = group_span(stages, si)
-        if stage.group != cur_group:
+        if si != cur_stage:
+            # stages of one group train the same parameters with one optimiser and one LR schedule
             params = set_trainable(method, model, stage)
-            optimizer = make_optimizer(recipe, params, lr_at(recipe, stage, g_epochs, epoch - g_start))
-            if opt_state is not None and opt_group == stage.group:
-                optimizer.load_state_dict(opt_state)
-            opt_state, cur_group = None, stage.group
-            if epoch > start_epoch or epoch == stage_start(stages, si):
-                log(f"stage {stage.name}: plans {stage.plan!r}, training {stage.trainable}")
+            if stage.group != cur_group:
+                optimizer = make_optimizer(recipe, params, lr_at(recipe, stage, g_epochs, epoch - g_start))
+                if opt_state is not None and opt_group == stage.group:
+                    optimizer.load_state_dict(opt_state)
+                opt_state, cur_group = None, stage.group
+            cur_stage = si
+            first = stage_start(stages, si)
+            log(
+                f"stage {stage.name} (epochs {first + 1}–{first + stage.epochs}): plans {stage.plan!r}, "
+                f"training {stage.trainable}, optimiser group {stage.group!r}"
+            )
         trainable = [p for p in model.parameters() if p.requires_grad]
         producer = method.producer(
             index, stage, recipe.seed, counts, first_epoch=epoch, first_step=global_step
