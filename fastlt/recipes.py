@@ -401,6 +401,7 @@ _CCM_LARGE = dict(
     batch_size=256,
     lr=0.1,
     schedule="cosine",
+    warmup_epochs=0,  # the released ImageNet-LT / iNat runs have no warmup (iNat's dataset base has 5)
     weight_decay=5e-4,
     milestones=(),
     ccm_alpha=1.0,
