@@ -17,6 +17,8 @@ Measured, on the same files, each a full pass (median of ``--repeats``):
   and write phases are also reported on their own.
 
 Ratios: against PIL N-process at the same resolution, and against the 1-process loop at full resolution.
+``CPU ms/img`` is the CPU time of the command and all its worker processes per image: on a shared machine
+wall-clock rates move with other people's load, CPU per image much less so.
 FFCV is imported (and its numba kernels compiled) before anything is timed.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import multiprocessing as mp
+import resource
 import statistics
 import tempfile
 import time
@@ -53,9 +56,34 @@ def _pil_reencode(task) -> int:
     return buf.tell()
 
 
-def pil_loop(files: list[str], max_res: int | None, workers: int) -> float:
-    tasks = [(f, max_res) for f in files]
+def cpu_seconds() -> float:
+    """CPU time of this process and of every child it has reaped (user + system)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
+
+
+def reap_children(timeout: float = 10.0) -> None:
+    """Wait for worker processes to exit so their CPU time is counted (FFCV never joins its writers)."""
     t0 = time.perf_counter()
+    while mp.active_children() and time.perf_counter() - t0 < timeout:
+        time.sleep(0.01)
+
+
+def measured(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its workers) of ``fn()``."""
+    reap_children()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t0
+    reap_children()
+    return wall, cpu_seconds() - c0
+
+
+def pil_loop(files: list[str], max_res: int | None, workers: int) -> None:
+    tasks = [(f, max_res) for f in files]
     if workers <= 1:
         for t in tasks:
             _pil_reencode(t)
@@ -63,7 +91,6 @@ def pil_loop(files: list[str], max_res: int | None, workers: int) -> float:
         with mp.get_context("fork").Pool(workers) as pool:
             for _ in pool.imap_unordered(_pil_reencode, tasks, chunksize=16):
                 pass
-    return time.perf_counter() - t0
 
 
 def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int) -> dict:
@@ -139,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} JPEGs, {mb / n * 1024:.0f} KB mean, under {root}", flush=True)
 
         def med(fn):
-            return statistics.median(fn() for _ in range(max(1, args.repeats)))
+            """Median (wall, CPU) seconds over --repeats passes."""
+            runs = [measured(fn) for _ in range(max(1, args.repeats))]
+            return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
         W = args.workers
         rows = []
-        single = med(lambda: pil_loop(files, None, 1))
+        single, single_cpu = med(lambda: pil_loop(files, None, 1))
         rows.append(
             {
                 "resolution": "full",
@@ -151,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                 "img/s": n / single,
                 "vs PIL N-proc": "",
                 "vs PIL 1-proc": 1.0,
+                "CPU ms/img": single_cpu / n * 1e3,
             }
         )
         for res in [None, *sorted(args.max_resolution)]:
             label = "full" if res is None else f"max {res}"
-            pil = med(lambda res=res: pil_loop(files, res, W))
+            pil, pil_cpu = med(lambda res=res: pil_loop(files, res, W))
             rows.append(
                 {
                     "resolution": label,
@@ -163,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
                     "img/s": n / pil,
                     "vs PIL N-proc": 1.0,
                     "vs PIL 1-proc": single / pil,
+                    "CPU ms/img": pil_cpu / n * 1e3,
                 }
             )
-            runs = [fastlt_convert(root, tmp / "out", res, W) for _ in range(max(1, args.repeats))]
-            t = statistics.median(r["total_s"] for r in runs)
-            r = runs[0]
+            phases: dict = {}
+            t, cpu = med(
+                lambda res=res, phases=phases: phases.update(fastlt_convert(root, tmp / "out", res, W))
+            )
             rows.append(
                 {
                     "resolution": label,
@@ -175,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                     "img/s": n / t,
                     "vs PIL N-proc": pil / t,
                     "vs PIL 1-proc": single / t,
-                    "validate img/s": n / r["validate_s"],
-                    "write img/s": n / r["write_s"],
-                    "shard MB": r["bytes"] / 2**20,
+                    "CPU ms/img": cpu / n * 1e3,
+                    "validate img/s": n / phases["validate_s"],
+                    "write img/s": n / phases["write_s"],
+                    "shard MB": phases["bytes"] / 2**20,
                 }
             )
         cols = [
@@ -186,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "img/s",
             "vs PIL N-proc",
             "vs PIL 1-proc",
+            "CPU ms/img",
             "validate img/s",
             "write img/s",
             "shard MB",
