@@ -85,3 +85,18 @@ def test_soft_ce_matches_reference(dtype, B, C, K):
     assert grad.dtype == dtype
     rtol = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=1e-6)
+
+
+def test_unchecked_bad_indices_are_clamped_never_out_of_bounds():
+    """On CUDA the value checks are off by default (they would cost as much as the kernel); the kernels clamp
+    row, label and class indices into range instead, so bad input gives clamped rows, never a stray read."""
+    images, kw = _batch(4, 6, 9, 11, seed=5)
+    kw["idx_a"] = torch.tensor([0, 5, 6, 10**6], device=DEV)  # rows 6 and 10⁶ do not exist
+    out = mix_images(images, images, **kw)
+    ref = mix_images(images, images, backend="torch", **{**kw, "idx_a": kw["idx_a"].clamp(max=5)})
+    assert torch.equal(out.images, ref.images)
+    logits = torch.randn(3, 7, device=DEV)
+    bad = torch.tensor([[9], [2], [7]], device=DEV)
+    loss = soft_cross_entropy(logits, bad, torch.ones(3, 1, device=DEV), reduction="none")
+    expect = soft_cross_entropy(logits, bad.clamp(max=6), torch.ones(3, 1, device=DEV), reduction="none")
+    assert torch.equal(loss, expect)
