@@ -74,8 +74,8 @@ def soft_ce_reference(logits, idx, w, logit_adjust=None, class_weight=None, redu
         return rows
     if reduction == "sum":
         return rows.sum()
-    denom = ww.sum() if class_weight is not None else rows.new_tensor(float(logits.shape[0]))
-    return rows.sum() / denom
+    # A Python number as divisor: a tensor made from one would be a host-to-device copy on CUDA.
+    return rows.sum() / (ww.sum() if class_weight is not None else logits.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
             return rows
         if reduction == "sum":
             return rows.sum()
-        ctx.denom = wsum.sum() if cw is not None else torch.tensor(float(B), **f32)
+        ctx.denom = wsum.sum() if cw is not None else float(B)  # no host-to-device copy for a constant
         return rows.sum() / ctx.denom
 
     @staticmethod
