@@ -52,6 +52,8 @@ class Pipeline(ABC):
         self._num_rows = int(shard.index.num_rows)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        # Pipelines reuse per-instance buffers (FFCV's, DALI's); loads from two threads take turns.
+        self._load_lock = threading.Lock()
 
     # ------------------------------------------------------------------ what a pipeline implements
     @abstractmethod
@@ -80,7 +82,8 @@ class Pipeline(ABC):
     def load(self, plan: StepPlan) -> Batch:
         """Load one plan synchronously."""
         self.check_plan(plan)
-        images = self._load(plan, self.augmentation_seed(plan))
+        with self._load_lock:
+            images = self._load(plan, self.augmentation_seed(plan))
         R, S = len(plan.rows), self.image_size
         if tuple(images.shape) != (R, S, S, 3) or images.dtype != torch.uint8:
             raise RuntimeError(
