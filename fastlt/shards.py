@@ -427,9 +427,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: Path, split: str) -> None:
-    """Temporary files a SIGKILLed conversion left behind never carry a final name; sweep them."""
+    """Temporary files a SIGKILLed conversion left behind never carry a final name; sweep them.
+
+    ``.<split>.beton.<pid>.tmp`` / ``.<split>.failures.<pid>.tmp`` of a process that is still running
+    belong to a conversion in progress and are left alone.
+    """
     for p in folder.glob(f".{split}.*.tmp"):
+        pid = p.name.split(".")[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
         with contextlib.suppress(OSError):
             p.unlink()
 

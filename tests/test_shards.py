@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -161,10 +163,16 @@ def test_a_row_failing_inside_the_writer_refuses_instead_of_hanging(tmp_path, pi
 def test_stale_temporaries_are_swept_and_index_is_world_readable(tmp_path, pixels):
     folder = tmp_path / "toy"
     folder.mkdir()
-    (folder / ".train.beton.12345.tmp").write_bytes(b"left by a killed run")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = folder / f".train.beton.{int(dead.stdout)}.tmp"  # a pid that has exited
+    stale.write_bytes(b"left by a killed run")
+    busy = folder / f".train.beton.{os.getppid()}.tmp"  # a live process: a conversion in progress
+    busy.write_bytes(b"being written")
     src = ArraySource(pixels[:3], [0, 1, 2], ["a", "b", "c"])
     shard = write_shard(tmp_path, "toy", "train", src, ["a", "b", "c"], write_mode="raw", workers=1)
-    assert not (folder / ".train.beton.12345.tmp").exists()
+    assert not stale.exists() and busy.exists()
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(shard.index_path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600

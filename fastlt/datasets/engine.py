@@ -70,7 +70,7 @@ class FileSource(ImageSource):
         return None if raw is None else int(raw.sum())
 
     def max_item_bytes(self) -> int | None:
-        # Raw size bounds a JPEG of the same image too (quality <= 95 never inflates a photo past it).
+        # The largest row in raw mode; write_shard's page sizing adds headroom for JPEG rows.
         raw = self._raw_bytes()
         return None if raw is None else int(raw.max())
 
