@@ -276,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             ["op", "λ / box", "ms", "× fastlt", "peak MiB"],
         )
         record["cpu"] = rows
+        by_op = {r["op"]: r for r in rows}
+        batch_x = by_op["convert + timm Mixup mode='batch'"]["× fastlt"]
+        elem_x = by_op["convert + timm Mixup mode='elem'"]["× fastlt"]
+        print(f"goals: fastlt (per-sample) vs timm batch mode {batch_x:.2f}× (≥ 1), vs elem mode {elem_x:.2f}× (≥ 5)")
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         gpu = gpu_mix_rows(args.batch, args.size, max(args.repeats, 20))
@@ -297,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             ["op", "ms", "GPU µs", "GB/s", "% of copy", "× fastlt", "peak MiB"],
         )
         record["gpu"] = {"device": name, "mix": gpu, "soft_ce": ce}
+        print(f"goal: mix kernel at {gpu[0]['% of copy']:.0f}% of a device copy's bandwidth (≥ 70%)")
     write_json(args.out, "kernels", record)
     return 0
 
