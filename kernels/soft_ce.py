@@ -213,7 +213,8 @@ def _numba_forward_rows(z, adj, has_adj, idx, w, cw, has_cw, rows, lse, wsum):
     B, C = z.shape
     K = idx.shape[1]
     for r in prange(B):
-        m = -np.inf
+        # m and the exponent stay in the logits' float32 (expf, not exp: half the cost); the sum is float64.
+        m = z[r, 0] + adj[0] if has_adj else z[r, 0]
         for j in range(C):
             v = z[r, j] + adj[j] if has_adj else z[r, j]
             m = max(m, v)
