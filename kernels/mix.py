@@ -126,7 +126,10 @@ def normalize_coefficients(mean, std, device) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _channels(x, name: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in torch.as_tensor(x, dtype=torch.float64).flatten().tolist())
+    if isinstance(x, (tuple, list)):  # the usual case, without building a tensor on every call
+        values = tuple(float(v) for v in x)
+    else:
+        values = tuple(float(v) for v in torch.as_tensor(x, dtype=torch.float64).flatten().tolist())
     if len(values) != 3:
         raise ValueError(f"{name} needs 3 channel values, got {len(values)}")
     return values
