@@ -477,6 +477,14 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
             queue.close()  # applies pending pairs: counts now cover every finished step
         elapsed = time.perf_counter() - t_epoch
         average_buffers(model, d)
+        if d.world > 1:  # train metrics over all ranks: mean loss, accuracy over every rank's samples
+            import torch.distributed as dist
+
+            tally = torch.stack(
+                [loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)]
+            )
+            dist.all_reduce(tally)
+            loss_sum, correct, seen = tally[0] / d.world, tally[1], int(tally[2].item())
 
         # -- epoch end: evaluate, log, checkpoint ------------------------------------------------------
         last = epoch == total_epochs - 1
