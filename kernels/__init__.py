@@ -7,8 +7,8 @@
 * :func:`soft_cross_entropy` — cross-entropy against sparse soft labels with logit adjustment and class
   weights, forward and backward, no dense target (``kernels/soft_ce.py``).
 
-Implementation choice: Triton on CUDA, numba (mix) or the torch reference on CPU; ``FASTLT_KERNELS`` =
-``auto|triton|numba|torch`` or a per-call ``backend=`` forces one (``kernels/_dispatch.py``).
+Implementation choice: Triton on CUDA, numba on CPU (fp32 logits for soft CE), else the torch reference;
+``FASTLT_KERNELS=auto|triton|numba|torch`` or a per-call ``backend=`` forces one (``kernels/_dispatch.py``).
 """
 
 from .mix import (
