@@ -297,3 +297,11 @@ def test_missing_val_json_suggests_train_only(inat, tmp_path, capsys):
         ["inat2018", str(inat), "--splits", "train", "--out", str(tmp_path / "out"), "--workers", "1"]
     )
     assert rc == 0 and open_shard(tmp_path / "out" / "inat2018" / "train.beton").index.class_counts == [2, 2]
+
+
+def test_report_is_in_line_order_whatever_check_found_it(tree, tmp_path, capsys):
+    # Line 10 is malformed (found while parsing), line 2 is missing (found later, by the file check).
+    lines = [GOOD[0], "train/c0/absent.jpg 0", *GOOD[1:], "oops"]
+    rc, err, train = convert(tree, tmp_path, capsys, lines)
+    assert_refused(rc, err, tmp_path)
+    assert err.index(f"{train}:2: ") < err.index(f"{train}:11: ")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ class Problem:
         return d
 
 
+def _natural_key(where: str) -> list:
+    """``train.txt:9`` before ``train.txt:10``; ``images[2]`` before ``images[10]``."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", where)]
+
+
 class Problems:
     """Collects every problem instead of stopping at the first, so one run shows the user all of them."""
 
@@ -91,9 +97,11 @@ class Problems:
         return bool(self.items)
 
     def report(self, limit: int = REPORT_LIMIT, header: str = "") -> str:
+        """The first ``limit`` problems in file-and-line order (not discovery order), plus a count."""
         n = len(self.items)
         lines = [header or f"{n} problem{'s' if n != 1 else ''} in the source data:"]
-        lines += [f"  {p.line()}" for p in self.items[:limit]]
+        ordered = sorted(self.items, key=lambda p: _natural_key(p.where))
+        lines += [f"  {p.line()}" for p in ordered[:limit]]
         if n > limit:
             lines.append(f"  ... and {n - limit} more ({n} in all)")
         return "\n".join(lines)
