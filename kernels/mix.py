@@ -442,11 +442,13 @@ def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
         i = task // height
         y = task - i * height
         o = out[i, y].reshape(n)
-        pa = a[ia[i], y].reshape(n)
-        if not has_b or mode[i] == 0:
+        # Rows clamped into range like the Triton kernel: with check=False a bad index never reads astray.
+        pa = a[min(max(ia[i], 0), a.shape[0] - 1), y].reshape(n)
+        rb = min(max(ib[i], 0), b.shape[0] - 1)
+        if not has_b or (mode[i] != 1 and mode[i] != 2):  # none (and, unchecked, any other value)
             _normalise_span(o, pa, scale, shift)
         elif mode[i] == 1:
-            pb = b[ib[i], y].reshape(n)
+            pb = b[rb, y].reshape(n)
             wa = w_sample[i]
             wb = one - wa
             for k in range(n):
@@ -456,7 +458,7 @@ def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
             lo, hi = 0, 0
             if boxes[i, 0] <= y < boxes[i, 2]:
                 lo, hi = 3 * boxes[i, 1], 3 * boxes[i, 3]
-            pb = b[ib[i], y].reshape(n)
+            pb = b[rb, y].reshape(n)
             _normalise_span(o[:lo], pa[:lo], scale[:lo], shift[:lo])
             _normalise_span(o[lo:hi], pb[lo:hi], scale[lo:hi], shift[lo:hi])
             _normalise_span(o[hi:], pa[hi:], scale[hi:], shift[hi:])

@@ -332,6 +332,20 @@ def test_bad_arguments_name_what_was_expected():
         mix_labels("cutmix", torch.rand(2))
 
 
+@pytest.mark.parametrize("backend", ["triton", "numba"])
+def test_unchecked_values_are_clamped(backend, interpreter):
+    """check=False (the CUDA default): rows are clamped into range and unknown modes act as none, in every
+    kernel alike, so bad values can give a wrong image but never a read out of bounds."""
+    images = _images(5, 9, 11)
+    kw = _random_mix(4, 5, 9, 11, seed=13)
+    kw["idx_a"] = torch.tensor([0, 4, 5, 1000])
+    kw["mode"] = torch.tensor([1, 2, 3, -1], dtype=torch.int32)
+    out = run(backend, interpreter, images, images, check=False, **kw)
+    clamped = dict(kw, idx_a=kw["idx_a"].clamp(max=4), mode=torch.tensor([1, 2, 0, 0], dtype=torch.int32))
+    ref = mix_images(images, images, backend="torch", **clamped)
+    _assert_matches(out, ref, torch.float32, backend)
+
+
 def test_dispatch(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(_dispatch.ENV, raising=False)
