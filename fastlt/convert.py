@@ -77,6 +77,12 @@ def common_options() -> argparse.ArgumentParser:
     )
     g.add_argument("--jpeg-quality", type=_quality, default=90, help="JPEG quality for jpg mode (default 90)")
     g.add_argument(
+        "--keep-jpeg",
+        action="store_true",
+        help="jpg mode: store source JPEGs that need no resize byte for byte instead of re-encoding "
+        "them (faster, no second generation of JPEG loss; CMYK JPEGs and other formats are re-encoded)",
+    )
+    g.add_argument(
         "--skip-bad",
         action="store_true",
         help="write the shards without bad entries (listed in the index's 'skipped') instead of stopping",
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         jpeg_quality=args.jpeg_quality,
         skip_bad=args.skip_bad,
         name=args.name,
+        keep_jpeg=args.keep_jpeg,
     )
     try:
         job = mod.build(args)

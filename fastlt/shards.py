@@ -328,11 +328,48 @@ def _record_verified(beton: Path, sha256: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- writing
+@dataclass(frozen=True)
+class EncodedJPEG:
+    """A JPEG stored as it is — no decode, no re-encode — with its pixel size (for FFCV's metadata).
+
+    An :class:`ImageSource` may return one from ``load`` instead of pixels in jpg mode: conversion then
+    costs a file read, and the shard holds the original bytes (no second generation of JPEG loss).
+    """
+
+    data: bytes
+    height: int
+    width: int
+
+
+def _accepting_encoded(field):
+    """``field`` (an ``RGBImageField``) that also stores :class:`EncodedJPEG` values verbatim.
+
+    The method is replaced on the instance, not by subclassing: FFCV identifies a field's type by its
+    exact class when it writes the header, and the file must stay an ordinary RGBImageField for every
+    reader (FFCV's loader, DALI, ``Shard.decode``).
+    """
+    from ffcv.fields.rgb_image import IMAGE_MODES
+
+    plain = field.encode
+
+    def encode(destination, image, malloc):
+        if not isinstance(image, EncodedJPEG):
+            return plain(destination, image, malloc)
+        destination["mode"] = IMAGE_MODES["jpg"]
+        destination["height"], destination["width"] = image.height, image.width
+        destination["data_ptr"], storage = malloc(len(image.data))
+        storage[:] = np.frombuffer(image.data, dtype=np.uint8)
+
+    field.encode = encode
+    return field
+
+
 class ImageSource:
     """What a converter hands :func:`write_shard`: labels and ids up front, pixels on demand.
 
-    ``load(i)`` returns the i-th image as ``uint8[H, W, 3]``. It runs inside FFCV's writer worker
-    processes, so it must not raise: converters validate every entry before writing.
+    ``load(i)`` returns the i-th image as ``uint8[H, W, 3]`` (or, in jpg mode, an :class:`EncodedJPEG`
+    to store as it is). It runs inside FFCV's writer worker processes, so it must not raise:
+    converters validate every entry before writing.
     """
 
     def __init__(self, labels: Sequence[int], source_ids: Sequence[str]):
@@ -518,8 +555,8 @@ def write_shard(
     tmp_beton = folder / f".{split}.beton.{os.getpid()}.tmp"
 
     fields = {
-        IMAGE_FIELD: RGBImageField(
-            write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality
+        IMAGE_FIELD: _accepting_encoded(
+            RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality)
         ),
         LABEL_FIELD: IntField(),
     }

@@ -65,3 +65,58 @@ def test_flat_tree_with_imbalance_factor(tmp_path):
     everything = labels_by_path(root, "", classes)
     kept = {s: everything[s] for s in shard.index.source_ids}
     assert_shard_matches(shard, kept, classes, [8, 4, 2])
+
+
+def test_keep_jpeg_stores_source_bytes_and_reencodes_the_rest(tmp_path):
+    from PIL import Image
+    from synth import tiny_photo
+
+    root = tmp_path / "kept"
+    write_imagefolder(root, {"": [2, 2]})
+    progressive = root / "class_a" / "prog.jpg"
+    Image.fromarray(tiny_photo(0, 50, 0, long_side=60)).save(
+        progressive, "JPEG", quality=90, progressive=True
+    )
+    big = root / "class_b" / "big.jpg"
+    Image.fromarray(tiny_photo(0, 51, 1, long_side=90)).save(big, "JPEG", quality=90)
+    Image.fromarray(tiny_photo(0, 52, 1, long_side=40)).save(root / "class_b" / "lossless.png")
+    out = tmp_path / "out"
+    argv = [
+        "imagefolder",
+        str(root),
+        "--out",
+        str(out),
+        "--keep-jpeg",
+        "--max-resolution",
+        "64",
+        "--workers",
+        "1",
+    ]
+    assert convert_main(argv) == 0
+    shard = open_shard(out / "kept" / "train.beton")
+    assert shard.index.settings["keep_jpeg"] is True
+    kept = set()
+    for row, rel in enumerate(shard.index.source_ids):
+        mode, h, w, data = shard.image_bytes(row)
+        src = (root / rel).read_bytes()
+        assert mode == "jpg"
+        if data.tobytes() == src:
+            kept.add(rel)
+            np.testing.assert_array_equal(shard.decode(row), decode_file(root / rel))
+        else:
+            assert max(h, w) <= 64
+    # 40-px JPEGs and the progressive one are stored as they are; the 90-px one is shrunk, the PNG re-encoded.
+    assert kept == {p for p in shard.index.source_ids if p.endswith(".jpg") and "big" not in p}
+    assert "class_a/prog.jpg" in kept
+
+
+def test_keep_jpeg_needs_jpg_mode(tmp_path, capsys):
+    root = tmp_path / "r"
+    write_imagefolder(root, {"": [1, 1]})
+    rc = convert_main(
+        ["imagefolder", str(root), "--out", str(tmp_path / "o"), "--keep-jpeg", "--write-mode", "raw"]
+    )
+    assert (
+        rc == 1
+        and "--keep-jpeg stores JPEG files as they are; it needs --write-mode jpg" in capsys.readouterr().err
+    )

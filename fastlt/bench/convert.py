@@ -14,7 +14,8 @@ Measured, on the same files, each a full pass (median of ``--repeats``):
   nothing else — the fair yardstick.
 * **fastlt convert** — ``tools/convert inat2018 --splits train`` end to end: JSON parse, decode-validation of
   every file, FFCV's writer (decode, OpenCV resize + re-encode at q90), checksum, index. The validation
-  and write phases are also reported on their own.
+  and write phases are also reported on their own. At full size also with ``--keep-jpeg`` (source JPEGs
+  stored byte for byte: validation, a file read and a copy per image).
 
 Ratios: against PIL N-process at the same resolution, and against the 1-process loop at full resolution.
 ``CPU ms/img`` is the CPU time of the command and all its worker processes per image: on a shared machine
@@ -93,7 +94,7 @@ def pil_loop(files: list[str], max_res: int | None, workers: int) -> None:
                 pass
 
 
-def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int) -> dict:
+def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int, keep_jpeg: bool = False) -> dict:
     import contextlib
     import os
 
@@ -109,7 +110,7 @@ def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int) -> 
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
         shards = run(
             inat.build(args),
-            WriteOptions(out=out, workers=workers, max_resolution=max_res, name=f"bench-{max_res or 'full'}"),
+            WriteOptions(out=out, workers=workers, max_resolution=max_res, keep_jpeg=keep_jpeg, name="bench"),
             timings,
         )
     timings["total_s"] = time.perf_counter() - t0
@@ -196,23 +197,27 @@ def main(argv: list[str] | None = None) -> int:
                     "CPU ms/img": pil_cpu / n * 1e3,
                 }
             )
-            phases: dict = {}
-            t, cpu = med(
-                lambda res=res, phases=phases: phases.update(fastlt_convert(root, tmp / "out", res, W))
-            )
-            rows.append(
-                {
-                    "resolution": label,
-                    "method": f"fastlt convert --workers {W}",
-                    "img/s": n / t,
-                    "vs PIL N-proc": pil / t,
-                    "vs PIL 1-proc": single / t,
-                    "CPU ms/img": cpu / n * 1e3,
-                    "validate img/s": n / phases["validate_s"],
-                    "write img/s": n / phases["write_s"],
-                    "shard MB": phases["bytes"] / 2**20,
-                }
-            )
+            # --keep-jpeg only changes anything where source JPEGs need no shrinking: at full size.
+            for keep in (False, True) if res is None else (False,):
+                phases: dict = {}
+                t, cpu = med(
+                    lambda res=res, keep=keep, phases=phases: phases.update(
+                        fastlt_convert(root, tmp / "out", res, W, keep)
+                    )
+                )
+                rows.append(
+                    {
+                        "resolution": label,
+                        "method": f"fastlt convert --workers {W}" + (" --keep-jpeg" if keep else ""),
+                        "img/s": n / t,
+                        "vs PIL N-proc": pil / t,
+                        "vs PIL 1-proc": single / t,
+                        "CPU ms/img": cpu / n * 1e3,
+                        "validate img/s": n / phases["validate_s"],
+                        "write img/s": n / phases["write_s"],
+                        "shard MB": phases["bytes"] / 2**20,
+                    }
+                )
         cols = [
             "resolution",
             "method",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastlt.datasets.images import decode
-from fastlt.datasets.validate import Job, Split, resolve
+from fastlt.datasets.images import decode, storable_jpeg
+from fastlt.datasets.validate import ConversionError, Job, Split, resolve
 from fastlt.shards import ArraySource, ImageSource, Shard, write_shard
 
 
@@ -29,6 +29,7 @@ class WriteOptions:
     jpeg_quality: int = 90
     skip_bad: bool = False
     name: str | None = None  # dataset folder name under ``out``; default the converter's
+    keep_jpeg: bool = False  # jpg mode: store source JPEGs that need no resize byte for byte
 
 
 class FileSource(ImageSource):
@@ -48,12 +49,14 @@ class FileSource(ImageSource):
         source_ids,
         max_resolution: int | None = None,
         sizes: np.ndarray | None = None,
+        keep_jpeg: bool = False,
     ):
         super().__init__(labels, source_ids)
         self.root = Path(root)
         self.paths = list(paths)
         self.max_resolution = max_resolution
         self.sizes = sizes  # (width, height) per entry, from validation
+        self.keep_jpeg = keep_jpeg
 
     def _raw_bytes(self) -> np.ndarray | None:
         """Raw RGB bytes of every image as written (after the ``max_resolution`` shrink)."""
@@ -74,14 +77,20 @@ class FileSource(ImageSource):
         raw = self._raw_bytes()
         return None if raw is None else int(raw.max())
 
-    def load(self, i: int) -> np.ndarray:
+    def load(self, i: int):
+        if self.keep_jpeg:
+            kept = storable_jpeg(self.root / self.paths[i], self.max_resolution)
+            if kept is not None:
+                return kept
         return decode(self.root / self.paths[i], self.max_resolution)
 
 
-def source_for(split: Split, max_resolution: int | None) -> ImageSource:
+def source_for(split: Split, max_resolution: int | None, keep_jpeg: bool = False) -> ImageSource:
     if split.images is not None:
         return ArraySource(split.images, split.labels, split.source_ids)
-    return FileSource(split.root, split.paths, split.labels, split.source_ids, max_resolution, split.sizes)
+    return FileSource(
+        split.root, split.paths, split.labels, split.source_ids, max_resolution, split.sizes, keep_jpeg
+    )
 
 
 def run(job: Job, opts: WriteOptions, timings: dict | None = None) -> dict[str, Shard]:
@@ -89,6 +98,8 @@ def run(job: Job, opts: WriteOptions, timings: dict | None = None) -> dict[str, 
 
     ``timings``, if given, receives ``validate_s`` and ``write_s`` (wall seconds of the two phases).
     """
+    if opts.keep_jpeg and (opts.write_mode or job.default_write_mode) != "jpg":
+        raise ConversionError("--keep-jpeg stores JPEG files as they are; it needs --write-mode jpg")
     t0 = time.perf_counter()
     splits = resolve(job, workers=opts.workers, skip_bad=opts.skip_bad)
     t1 = time.perf_counter()
@@ -109,7 +120,7 @@ def run(job: Job, opts: WriteOptions, timings: dict | None = None) -> dict[str, 
             opts.out,
             dataset,
             split.name,
-            source_for(split, opts.max_resolution),
+            source_for(split, opts.max_resolution, opts.keep_jpeg),
             job.class_names,
             train_class_counts=train_counts,
             write_mode=write_mode,
@@ -117,7 +128,7 @@ def run(job: Job, opts: WriteOptions, timings: dict | None = None) -> dict[str, 
             jpeg_quality=opts.jpeg_quality,
             workers=opts.workers,
             skipped=split.skipped,
-            settings={**job.settings, "skip_bad": opts.skip_bad},
+            settings={**job.settings, "skip_bad": opts.skip_bad, "keep_jpeg": opts.keep_jpeg},
         )
         s = shards[split.name]
         print(f"wrote {s.beton_path} ({s.num_rows} rows, {C} classes, {write_mode})", file=sys.stderr)

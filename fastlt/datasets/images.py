@@ -105,3 +105,35 @@ def check(path: str | os.PathLike) -> tuple[int, int]:
             im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
         im.load()
     return w, h
+
+
+def storable_jpeg(path: str | os.PathLike, max_resolution: int | None = None):
+    """The file as an :class:`~fastlt.shards.EncodedJPEG` if every reader can take it as it is, else None.
+
+    Kept: JPEGs in YCbCr or greyscale (baseline or progressive) whose long side is within
+    ``max_resolution``. CMYK/YCCK JPEGs (TurboJPEG cannot give RGB for them), other formats and
+    images that need shrinking are decoded and re-encoded instead.
+    """
+    from fastlt.shards import EncodedJPEG
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:3] != JPEG_MAGIC:
+        return None
+    if simplejpeg is not None:
+        try:
+            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            return None
+        if colorspace not in ("YCbCr", "Gray"):
+            return None
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode not in ("RGB", "L"):
+                return None
+            w, h = im.size
+    if max_resolution and max(w, h) > max_resolution:
+        return None
+    return EncodedJPEG(data, h, w)
