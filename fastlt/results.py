@@ -34,7 +34,7 @@ def cell(values) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
-def markdown_table(results: dict[str, list[dict]], seeds) -> str:
+def markdown_table(results: dict[str, list[dict]]) -> str:
     lines = ["| method | many | medium | few | all |", "|---|---|---|---|---|"]
     for method, runs in results.items():
         lines.append(f"| {method} | " + " | ".join(cell([r[k] for r in runs]) for k in KEYS) + " |")
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
             results[method].append({k: rec[k] for k in KEYS})
             print("   " + "  ".join(f"{k} {rec[k]:.1f}" for k in KEYS), flush=True)
-    table = markdown_table(results, seeds)
+    table = markdown_table(results)
     header = (
         f"digits-lt test accuracy (%), mean ± std over seeds {','.join(map(str, seeds))} "
         f"(`python -m fastlt.results{' ' + ' '.join(argv or []) if argv else ''}`, "

@@ -59,3 +59,14 @@ def test_write_eval_files(tmp_path):
     for png in ("confusion.png", "per_class_accuracy.png"):
         data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+def test_results_table_cells_are_mean_and_sample_std():
+    from fastlt.results import cell, markdown_table
+
+    assert cell([90.0, 92.0, 94.0]) == "92.0 ± 2.0"  # sample std (ddof = 1)
+    assert cell([50.0]) == "50.0" and cell([None]) == "n/a"
+    t = markdown_table(
+        {"bs": [dict(many=1.0, medium=2.0, few=3.0, all=4.0), dict(many=3.0, medium=2.0, few=5.0, all=6.0)]}
+    )
+    assert t.splitlines()[-1] == "| bs | 2.0 ± 1.4 | 2.0 ± 0.0 | 4.0 ± 1.4 | 5.0 ± 1.4 |"
