@@ -223,3 +223,24 @@ def test_other_methods_train_through_the_same_loop(digits_data, tmp_path, method
     else:
         assert recs[-1]["confusion_pairs"] > 0 and recs[-1]["train_acc"] is not None
     assert 0 <= summary["all"] <= 100
+
+
+def test_lr_schedule_and_stage_groups():
+    from fastlt.methods.base import Stage
+    from fastlt.train import group_span, lr_at
+
+    r = resolve("cifar100-lt", "ldam-drw", [])  # lr 0.1, warmup 5, ×0.01 at 160 and 180 (LDAM-DRW)
+    s = Stage("train", 200)
+    assert lr_at(r, s, 200, 2.5) == pytest.approx(0.1 * (2.5 + 1e-3) / 5)
+    assert lr_at(r, s, 200, 5.0) == pytest.approx(0.1)
+    assert lr_at(r, s, 200, 159.9) == pytest.approx(0.1)
+    assert lr_at(r, s, 200, 160.0) == pytest.approx(1e-3)
+    assert lr_at(r, s, 200, 185.0) == pytest.approx(1e-5)
+    c = resolve("digits-lt", "cpmix", ["--warmup-epochs", "0"])  # cosine from 0.05 over the group
+    assert lr_at(c, s, 30, 0.0) == pytest.approx(0.05)
+    assert lr_at(c, s, 30, 15.0) == pytest.approx(0.025)
+    assert lr_at(c, s, 30, 30.0) == pytest.approx(0.0, abs=1e-12)
+    ft = Stage("finetune", 3, lr=0.01, schedule="cosine", warmup_epochs=0, group="finetune")
+    assert lr_at(c, ft, 3, 0.0) == pytest.approx(0.01)  # the stage's own lr and schedule
+    stages = [Stage("erm", 20), Stage("cpmix", 10), ft]
+    assert group_span(stages, 1) == (0, 30) and group_span(stages, 2) == (30, 3)
