@@ -371,6 +371,7 @@ _DATASET_BASE: dict[str, dict] = {
         milestones=(30, 60),
         lr_decay=0.1,
         drw_epoch=60,
+        eval_split="val",  # iNat 2018 publishes train and val (3 images per class) only
         source="iNat2018 schedule of LDAM-DRW (Cao et al. 2019: 90 ep, batch 512, lr 0.2, ×0.1 at 30/60) "
         "with the cosine classifier CP-Mix uses",
     ),

@@ -10,7 +10,7 @@ The data path of DESIGN.md §1, step by step:
     out   = method.loss(model, batch, ctx)            # mix (fused kernel) → forward → loss
     out.loss.backward(); optimizer.step()             # (gradients averaged across ranks under DDP)
     queue.done(step, mispredicted (y, ŷ) pairs)       # → confusion counts → later CP-Mix plans
-    (epoch end) evaluate → metrics.jsonl → last.pt / best.pt → next stage
+    (epoch end) evaluate → last.pt / best.pt → metrics.jsonl → next stage
 
 Everything random is a function of (seed, epoch, step): plans come from seeded producers, augmentation from
 the plan's seed, λ and permutations from a generator seeded by ``step_seed(seed, epoch, step)``. So a run
@@ -22,6 +22,10 @@ with one ``all_reduce`` per step (a flat bucket: no wrapper, so methods may call
 head directly); mispredicted pairs are all-gathered before ``queue.done`` so every rank's confusion counts —
 and therefore every rank's CP-Mix plans — stay identical; BatchNorm running statistics are averaged at epoch
 end; evaluation confusion matrices are summed. Only rank 0 writes files.
+
+Run directory ``<runs>/<name>/``: ``recipe.json`` (resolved recipe), ``metrics.jsonl`` (one line per epoch,
+appended after that epoch's checkpoint), ``last.pt`` / ``best.pt`` (atomic; ``fastlt.checkpoint``),
+``eval.json`` + ``confusion.png`` + ``per_class_accuracy.png`` after the last epoch (``fastlt.metrics``).
 """
 
 from __future__ import annotations
