@@ -3,8 +3,8 @@
 Stages (data, see :meth:`CPMix.stages`):
 
 1. ``erm``      the first ``cpmix_start_epoch`` epochs (default −1: round(2/3 · epochs)):
-                Balanced-Softmax ERM, L = CE(z + log n, y). The trainer records every mispredicted (y, ŷ) of this ordinary forward
-                pass into the confusion counts K (never reset).
+                Balanced-Softmax ERM, L = CE(z + log n, y). The trainer records every mispredicted
+                (y, ŷ) of this ordinary forward pass into the confusion counts K (never reset).
 2. ``cpmix``    the remaining epochs: each plan also holds a CP-mix batch ``cp_a``/``cp_b`` of B_m pairs
                 drawn by the confusion sampler (class i uniform over the label set, partner j ∝ K[i, j],
                 one image of each uniformly). The objective is
