@@ -7,6 +7,7 @@ anything, then writes the train split and the other splits. Run ``tools/convert 
     tools/convert cifar100-lt ~/cifar-100-python --imbalance-factor 100
     tools/convert imagenet-lt --root ~/imagenet --train ImageNet_LT_train.txt --test ImageNet_LT_test.txt
     tools/convert inat2018 ~/inat2018 --max-resolution 512
+    tools/convert imagefolder ~/photos --keep-jpeg         # store the source JPEGs as they are
     tools/convert synth-inat --out /tmp/synth --images 3000 # synthetic iNat-2018-layout JPEGs for benchmarks
 """
 

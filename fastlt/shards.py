@@ -14,6 +14,11 @@ Both outputs are written under temporary names in the destination folder and ren
 complete, so an interrupted conversion never leaves a ``.beton`` or ``.index.json`` under its final
 name. The ``.beton`` is renamed first and the index last: the index is the commit marker, and
 ``open_shard`` refuses a ``.beton`` that has none.
+
+API: ``write_shard(root, dataset, split, source, class_names, ...)`` with an ``ImageSource``
+(``ArraySource`` for in-memory pixels; a source may hand over ``EncodedJPEG`` bytes to store as they
+are); ``open_shard(path)`` → ``Shard`` with ``.index`` (``ShardIndex``), ``.reader()`` (FFCV's
+``Reader``), and for tests and tools ``.stored_labels()``, ``.image_bytes(row)``, ``.decode(row)``.
 """
 
 from __future__ import annotations
