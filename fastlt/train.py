@@ -383,169 +383,182 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
         )
 
     optimizer, cur_group, cur_stage, summary, record = None, None, None, None, None
-    for epoch in range(start_epoch, total_epochs):
-        # -- stage switch (data: which plans, which parameters train, which optimiser group) -----------
-        si, stage = stage_at(stages, epoch)
-        g_start, g_epochs = group_span(stages, si)
-        if si != cur_stage:
-            # stages of one group train the same parameters with one optimiser and one LR schedule
-            params = set_trainable(method, model, stage)
-            if stage.group != cur_group:
-                optimizer = make_optimizer(recipe, params, lr_at(recipe, stage, g_epochs, epoch - g_start))
-                if opt_state is not None and opt_group == stage.group:
-                    optimizer.load_state_dict(opt_state)
-                opt_state, cur_group = None, stage.group
-            cur_stage = si
-            first = stage_start(stages, si)
-            log(
-                f"stage {stage.name} (epochs {first + 1}–{first + stage.epochs}): plans {stage.plan!r}, "
-                f"training {stage.trainable}, optimiser group {stage.group!r}"
-            )
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        producer = method.producer(
-            index, stage, recipe.seed, counts, first_epoch=epoch, first_step=global_step
-        )
-        steps = producer.steps_per_epoch
-        if recipe.steps_per_epoch:
-            steps = min(steps, recipe.steps_per_epoch)
-        step0 = global_step
-        queue = PlanQueue(
-            producer.make_plan,
-            steps=range(step0, step0 + steps),
-            lookahead=recipe.lookahead,
-            apply=producer.apply,
-            rank=d.rank,
-            world_size=d.world,
-        )
-        method.set_train_mode(model, stage)
-        bar = Progress(recipe.progress and d.main, steps, f"epoch {epoch + 1}/{total_epochs} {stage.name}")
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = images = 0
-        wait = 0.0
-        t_epoch = time.perf_counter()
-        batches = train_pipe.batches(queue)
-        try:
-            for i in range(steps):
-                t0 = time.perf_counter()
-                batch = next(batches)  # plan → batch (loaded ahead on the pipeline thread)
-                wait += time.perf_counter() - t0
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(recipe, stage, g_epochs, epoch - g_start + i / steps)
-                gen = torch.Generator().manual_seed(step_seed(recipe.seed, epoch, global_step, 7))
-                ctx = StepContext(
-                    recipe=recipe,
-                    stage=stage,
-                    epoch=epoch,
-                    step=global_step,
-                    device=device,
-                    generator=gen,
-                    **ctx_kwargs,
-                )
-                with autocast(device, recipe):
-                    out = method.loss(model, batch, ctx)  # mix → forward → loss
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                if d.world > 1:
-                    all_reduce_grads(trainable, d.world)
-                optimizer.step()
-                # confusion update: mispredicted pairs of the un-mixed samples, gathered over ranks
-                pairs = None
-                if out.logits is not None:
-                    pred = out.logits.detach().argmax(1)
-                    pairs = gather_pairs(out.labels, pred, d)
-                    correct += (pred == out.labels).sum()
-                    seen += out.labels.numel()
-                queue.done(global_step, pairs)
-                loss_sum += out.loss.detach().float()
-                images += len(batch)
-                global_step += 1
-                if i % 10 == 9 or i == steps - 1:
-                    lv = loss_sum.item() / (i + 1)
-                    if not math.isfinite(lv):
-                        raise TrainingError(
-                            f"loss is {lv} at epoch {epoch + 1} step {i + 1} ({recipe.method}, lr "
-                            f"{optimizer.param_groups[0]['lr']:.3g}); stopping. The last good checkpoint "
-                            f"is {run_dir / 'last.pt'} (epoch {epoch}); lower --lr or check the data."
-                        )
-                    el = time.perf_counter() - t_epoch
-                    bar.update(
-                        loss=f"{lv:.3f}", **{"img/s": f"{images / el:.0f}", "wait": f"{wait / el:.0%}"}
+    try:
+        for epoch in range(start_epoch, total_epochs):
+            # -- stage switch (data: which plans, which parameters train, which optimiser group) -----------
+            si, stage = stage_at(stages, epoch)
+            g_start, g_epochs = group_span(stages, si)
+            if si != cur_stage:
+                # stages of one group train the same parameters with one optimiser and one LR schedule
+                params = set_trainable(method, model, stage)
+                if stage.group != cur_group:
+                    optimizer = make_optimizer(
+                        recipe, params, lr_at(recipe, stage, g_epochs, epoch - g_start)
                     )
-                else:
-                    bar.update()
-        finally:
-            bar.close()
-            with contextlib.suppress(StopIteration):
-                batches.close()
-            queue.close()  # applies pending pairs: counts now cover every finished step
-        elapsed = time.perf_counter() - t_epoch
-        average_buffers(model, d)
-        if d.world > 1:  # train metrics over all ranks: mean loss, accuracy over every rank's samples
-            import torch.distributed as dist
-
-            tally = torch.stack(
-                [loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)]
+                    if opt_state is not None and opt_group == stage.group:
+                        optimizer.load_state_dict(opt_state)
+                    opt_state, cur_group = None, stage.group
+                cur_stage = si
+                first = stage_start(stages, si)
+                log(
+                    f"stage {stage.name} (epochs {first + 1}–{first + stage.epochs}): plans {stage.plan!r}, "
+                    f"training {stage.trainable}, optimiser group {stage.group!r}"
+                )
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            producer = method.producer(
+                index, stage, recipe.seed, counts, first_epoch=epoch, first_step=global_step
             )
-            dist.all_reduce(tally)
-            loss_sum, correct, seen = tally[0] / d.world, tally[1], int(tally[2].item())
+            steps = producer.steps_per_epoch
+            if recipe.steps_per_epoch:
+                steps = min(steps, recipe.steps_per_epoch)
+            step0 = global_step
+            queue = PlanQueue(
+                producer.make_plan,
+                steps=range(step0, step0 + steps),
+                lookahead=recipe.lookahead,
+                apply=producer.apply,
+                rank=d.rank,
+                world_size=d.world,
+            )
+            method.set_train_mode(model, stage)
+            bar = Progress(
+                recipe.progress and d.main, steps, f"epoch {epoch + 1}/{total_epochs} {stage.name}"
+            )
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = images = 0
+            wait = 0.0
+            t_epoch = time.perf_counter()
+            batches = train_pipe.batches(queue)
+            try:
+                for i in range(steps):
+                    t0 = time.perf_counter()
+                    batch = next(batches)  # plan → batch (loaded ahead on the pipeline thread)
+                    wait += time.perf_counter() - t0
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(recipe, stage, g_epochs, epoch - g_start + i / steps)
+                    gen = torch.Generator().manual_seed(step_seed(recipe.seed, epoch, global_step, 7))
+                    ctx = StepContext(
+                        recipe=recipe,
+                        stage=stage,
+                        epoch=epoch,
+                        step=global_step,
+                        device=device,
+                        generator=gen,
+                        **ctx_kwargs,
+                    )
+                    with autocast(device, recipe):
+                        out = method.loss(model, batch, ctx)  # mix → forward → loss
+                    optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    if d.world > 1:
+                        all_reduce_grads(trainable, d.world)
+                    optimizer.step()
+                    # confusion update: mispredicted pairs of the un-mixed samples, gathered over ranks
+                    pairs = None
+                    if out.logits is not None:
+                        pred = out.logits.detach().argmax(1)
+                        pairs = gather_pairs(out.labels, pred, d)
+                        correct += (pred == out.labels).sum()
+                        seen += out.labels.numel()
+                    queue.done(global_step, pairs)
+                    loss_sum += out.loss.detach().float()
+                    images += len(batch)
+                    global_step += 1
+                    if i % 10 == 9 or i == steps - 1:
+                        lv = loss_sum.item() / (i + 1)
+                        if not math.isfinite(lv):
+                            raise TrainingError(
+                                f"loss is {lv} at epoch {epoch + 1} step {i + 1} ({recipe.method}, lr "
+                                f"{optimizer.param_groups[0]['lr']:.3g}); stopping. The last good checkpoint "
+                                f"is {run_dir / 'last.pt'} (epoch {epoch}); lower --lr or check the data."
+                            )
+                        el = time.perf_counter() - t_epoch
+                        bar.update(
+                            loss=f"{lv:.3f}", **{"img/s": f"{images / el:.0f}", "wait": f"{wait / el:.0%}"}
+                        )
+                    else:
+                        bar.update()
+            finally:
+                bar.close()
+                with contextlib.suppress(StopIteration):
+                    batches.close()
+                queue.close()  # applies pending pairs: counts now cover every finished step
+            elapsed = time.perf_counter() - t_epoch
+            average_buffers(model, d)
+            if d.world > 1:  # train metrics over all ranks: mean loss, accuracy over every rank's samples
+                import torch.distributed as dist
 
-        # -- epoch end: evaluate, log, checkpoint ------------------------------------------------------
-        last = epoch == total_epochs - 1
-        every = recipe.eval_every
-        summary = None
-        if every > 0 and ((epoch + 1) % every == 0 or last):
+                tally = torch.stack(
+                    [loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)]
+                )
+                dist.all_reduce(tally)
+                loss_sum, correct, seen = tally[0] / d.world, tally[1], int(tally[2].item())
+
+            # -- epoch end: evaluate, log, checkpoint ------------------------------------------------------
+            last = epoch == total_epochs - 1
+            every = recipe.eval_every
+            summary = None
+            if every > 0 and ((epoch + 1) % every == 0 or last):
+                summary, matrix = evaluate(
+                    model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs
+                )
+            test = {k: (summary[k] if summary else None) for k in ("many", "medium", "few", "all")}
+            train_loss = loss_sum.item() / max(steps, 1)
+            record = {
+                "epoch": epoch,
+                "stage": stage.name,
+                "step": global_step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train_loss,
+                "train_acc": 100 * correct.item() / seen if seen else None,
+                "img_per_s": images * d.world / elapsed,
+                "steps_per_s": steps / elapsed,
+                "data_wait": wait / elapsed,
+                "confusion_pairs": int(counts.total),
+                **test,
+            }
+            is_best = test["all"] is not None and test["all"] > best
+            best = max(best, test["all"] or 0.0)
+            if d.main:
+                state = {
+                    "version": CHECKPOINT_VERSION,
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "recipe": recipe.to_json(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "optimizer_group": stage.group,
+                    "schedule": {
+                        "group": stage.group,
+                        "group_start_epoch": g_start,
+                        "group_epochs": g_epochs,
+                    },
+                    "sampler": {"counts": counts.state_dict()},
+                    "method": method.state_dict(),
+                    "rng": rng_state(),
+                    "best": best,
+                    "metrics": record,
+                }
+                save_checkpoint(run_dir / "last.pt", state)
+                if is_best:
+                    save_checkpoint(run_dir / "best.pt", state)
+                # after the checkpoint: a metrics line always has its checkpoint (resume drops lines past it)
+                M.append_jsonl(run_dir / "metrics.jsonl", record)
+                log(
+                    f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
+                    f"acc {_f(record['train_acc'])} | test many {_f(test['many'])} "
+                    f"medium {_f(test['medium'])} "
+                    f"few {_f(test['few'])} all {_f(test['all'])} | {record['img_per_s']:.0f} img/s, "
+                    f"data wait {record['data_wait']:.0%}"
+                )
+        if summary is None and recipe.eval_every > 0:  # resumed a finished run: evaluate what is there
             summary, matrix = evaluate(
                 model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs
             )
-        test = {k: (summary[k] if summary else None) for k in ("many", "medium", "few", "all")}
-        train_loss = loss_sum.item() / max(steps, 1)
-        record = {
-            "epoch": epoch,
-            "stage": stage.name,
-            "step": global_step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss,
-            "train_acc": 100 * correct.item() / seen if seen else None,
-            "img_per_s": images * d.world / elapsed,
-            "steps_per_s": steps / elapsed,
-            "data_wait": wait / elapsed,
-            "confusion_pairs": int(counts.total),
-            **test,
-        }
-        is_best = test["all"] is not None and test["all"] > best
-        best = max(best, test["all"] or 0.0)
-        if d.main:
-            state = {
-                "version": CHECKPOINT_VERSION,
-                "epoch": epoch,
-                "global_step": global_step,
-                "recipe": recipe.to_json(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "optimizer_group": stage.group,
-                "schedule": {"group": stage.group, "group_start_epoch": g_start, "group_epochs": g_epochs},
-                "sampler": {"counts": counts.state_dict()},
-                "method": method.state_dict(),
-                "rng": rng_state(),
-                "best": best,
-                "metrics": record,
-            }
-            save_checkpoint(run_dir / "last.pt", state)
-            if is_best:
-                save_checkpoint(run_dir / "best.pt", state)
-            # after the checkpoint: a metrics line always has its checkpoint (resume drops lines past it)
-            M.append_jsonl(run_dir / "metrics.jsonl", record)
-            log(
-                f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
-                f"acc {_f(record['train_acc'])} | test many {_f(test['many'])} medium {_f(test['medium'])} "
-                f"few {_f(test['few'])} all {_f(test['all'])} | {record['img_per_s']:.0f} img/s, "
-                f"data wait {record['data_wait']:.0%}"
-            )
-    if summary is None and recipe.eval_every > 0:  # resumed a finished run: evaluate what is there
-        summary, matrix = evaluate(model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs)
-    train_pipe.close()
-    eval_pipe.close()
+    finally:  # also on errors (NaN, interrupt): stop the loader threads, free the resident split
+        train_pipe.close()
+        eval_pipe.close()
     if d.world > 1:  # every rank must hold the same counts (they drive identical CP-Mix plans): show it
         print(
             f"[rank {d.rank}] confusion counts: {counts.total} pairs, sha256 {counts_digest(counts)}",
