@@ -322,6 +322,20 @@ def open_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
     return Shard(beton, index_path, index)
 
 
+def check_same_conversion(*shards: Shard) -> None:
+    """Refuse splits written by different conversions (e.g. a re-converted train beside an old test
+    split, whose many/medium/few groups came from the old train counts). Shards written before
+    conversion ids existed, or by ``write_shard`` directly, carry none and are not compared."""
+    ids = {s.beton_path: s.index.settings.get("conversion_id") for s in shards}
+    known = {p: i for p, i in ids.items() if i}
+    if len(set(known.values())) > 1:
+        listing = ", ".join(f"{p} ({i[:8]})" for p, i in known.items())
+        raise ShardError(f"these splits come from different conversions: {listing}; re-run tools/convert")
+    names = {s.index.class_names == shards[0].index.class_names for s in shards}
+    if names != {True}:
+        raise ShardError(f"{shards[0].beton_path} and the other splits list different classes")
+
+
 def _verified_key(st: os.stat_result, sha256: str) -> dict:
     """What ``<split>.verified`` caches: a checksum is trusted again only for the same size and mtime."""
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from synth import assert_shard_matches, decode_file, write_imagefolder
 
 from fastlt.convert import main as convert_main
@@ -120,3 +121,22 @@ def test_keep_jpeg_needs_jpg_mode(tmp_path, capsys):
         rc == 1
         and "--keep-jpeg stores JPEG files as they are; it needs --write-mode jpg" in capsys.readouterr().err
     )
+
+
+def test_splits_of_one_conversion_share_an_id_and_a_mix_is_refused(tmp_path):
+    from fastlt.shards import ShardError, check_same_conversion
+
+    root = tmp_path / "mix"
+    write_imagefolder(root, {"train": [2, 1], "val": [1, 1]})
+    out = tmp_path / "out"
+    assert convert_main(["imagefolder", str(root), "--out", str(out), "--workers", "1"]) == 0
+    first = {s: open_shard(out / "mix" / f"{s}.beton") for s in ("train", "val")}
+    check_same_conversion(*first.values())
+    assert first["train"].index.settings["splits"] == ["train", "val"]
+    # Convert again into another folder and pair its train with the first val.
+    assert (
+        convert_main(["imagefolder", str(root), "--out", str(out), "--name", "mix2", "--workers", "1"]) == 0
+    )
+    other = open_shard(out / "mix2" / "train.beton")
+    with pytest.raises(ShardError, match="come from different conversions"):
+        check_same_conversion(other, first["val"])

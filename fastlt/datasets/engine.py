@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def run(job: Job, opts: WriteOptions, timings: dict | None = None) -> dict[str, 
     # Train first: its counts define every split's many/medium/few groups.
     splits.sort(key=lambda s: s.name != job.train_split)
     train_counts = np.bincount(splits[0].labels, minlength=C)
+    conversion_id = uuid.uuid4().hex
     shards = {}
     for split in splits:
         if split.skipped:
@@ -128,7 +130,15 @@ def run(job: Job, opts: WriteOptions, timings: dict | None = None) -> dict[str, 
             jpeg_quality=opts.jpeg_quality,
             workers=opts.workers,
             skipped=split.skipped,
-            settings={**job.settings, "skip_bad": opts.skip_bad, "keep_jpeg": opts.keep_jpeg},
+            settings={
+                **job.settings,
+                "skip_bad": opts.skip_bad,
+                "keep_jpeg": opts.keep_jpeg,
+                # One id for all splits of this run: shards.check_same_conversion tells a train split
+                # from one conversion apart from a test split left over from another.
+                "conversion_id": conversion_id,
+                "splits": [s.name for s in splits],
+            },
         )
         s = shards[split.name]
         print(f"wrote {s.beton_path} ({s.num_rows} rows, {C} classes, {write_mode})", file=sys.stderr)
