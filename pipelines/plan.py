@@ -1,4 +1,4 @@
-"""StepPlan, Batch and the bounded plan queue: the two types that cross the sampler → pipeline → trainer arrows.
+"""StepPlan, Batch and the bounded plan queue: the types that cross the sampler → pipeline → trainer arrows.
 
 A **StepPlan** names the shard rows one training step needs, repeats allowed (two views of one image, the same
 tail image drawn twice). Its rows are laid out as named contiguous *segments*:
@@ -7,11 +7,12 @@ tail image drawn twice). Its rows are laid out as named contiguous *segments*:
 
 Segments of equal length that a method pairs element-wise (``a[k]`` with ``b[k]``, a background with its
 contrastive views) are *aligned*: splitting a plan across DDP ranks cuts every segment at the same relative
-boundaries, so element k of aligned segments always lands on the same rank — partner rows follow their anchors.
+boundaries, so element k of aligned segments always lands on the same rank: partner rows follow their
+anchors.
 
-A **Batch** is what a pipeline returns for a plan: ``rows int64[R]``, ``images uint8[R, H, W, 3]`` (NHWC, the
-layout every decoder produces and ``kernels.mix`` reads), ``labels int64[R]``, all on the training device, plus
-the plan itself so the trainer can slice segments by name.
+A **Batch** is what a pipeline returns for a plan: ``rows int64[R]``, ``images uint8[R, H, W, 3]`` (NHWC,
+the layout every decoder produces and ``kernels.mix`` reads), ``labels int64[R]``, all on the training device,
+plus the plan itself so the trainer can slice segments by name.
 
 The **PlanQueue** produces plans on a background thread ahead of the loader, but never more than ``lookahead``
 steps ahead of what the trainer has finished. The trainer reports each finished step with a payload (CP-Mix:
@@ -79,7 +80,7 @@ class StepPlan:
         return self.rows[self.segment(name)]
 
     def shard(self, rank: int, world_size: int) -> StepPlan:
-        """This rank's part: every segment cut into ``world_size`` near-equal contiguous pieces, piece ``rank``.
+        """This rank's part: each segment cut into ``world_size`` near-equal contiguous pieces.
 
         Aligned segments (equal length) are cut at identical boundaries, so pairs stay on one rank.
         The union over ranks of each segment is the whole segment, and the pieces are disjoint.
@@ -217,17 +218,19 @@ class PlanQueue:
         return len(self.steps)
 
     def done(self, step: int, payload: object = None) -> None:
-        """The trainer finished ``step`` (in order); ``payload`` is applied before plan ``step+lookahead+1``."""
+        """Step ``step`` finished (in order); ``payload`` is applied before plan ``step+lookahead+1``."""
         with self._cv:
             if step != self._finished_through + 1:
-                raise ValueError(f"steps must finish in order: got {step}, expected {self._finished_through + 1}")
+                raise ValueError(
+                    f"steps must finish in order: got {step}, expected {self._finished_through + 1}"
+                )
             if payload is not None:
                 self._payloads[step] = payload
             self._finished_through = step
             self._cv.notify_all()
 
     def close(self) -> None:
-        """Stop producing and apply every payload still pending, so the sampler state covers all finished steps."""
+        """Stop producing; apply pending payloads so the sampler state covers every finished step."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from fastlt.pipelines.plan import PlanQueue, StepPlan, eval_plans, step_seed
 
 

@@ -1,5 +1,6 @@
 """``tools/bench <name>`` / ``fastlt bench <name>``: throughput figures, always as a ratio to a baseline
-measured in the same command. Each benchmark is a module ``fastlt.bench.<name>`` with ``main(argv) -> int``."""
+measured in the same command. Each benchmark is a module ``fastlt.bench.<name>`` with
+``main(argv) -> int``."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in BENCHES:
         near = difflib.get_close_matches(name, BENCHES, n=3)
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
-        print(f"tools/bench: unknown benchmark {name!r}{hint}; choose from {', '.join(BENCHES)}", file=sys.stderr)
+        print(
+            f"tools/bench: unknown benchmark {name!r}{hint}; choose from {', '.join(BENCHES)}",
+            file=sys.stderr,
+        )
         return 2
     return int(importlib.import_module(f"fastlt.bench.{name}").main(rest) or 0)

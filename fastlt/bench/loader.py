@@ -225,7 +225,17 @@ def cifar_sized_shard(shard, folder: Path, rows: int):
 # ---------------------------------------------------------------------------------------------- command
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/bench loader", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shard", action="append", required=True, help="a jpg .beton (repeat to compare shards)")
+    p.add_argument(
+        "--shard",
+        action="append",
+        default=None,
+        help="a jpg .beton (repeat to compare shards); default: synthetic iNat-sized JPEGs (--synth-images) "
+        "converted at full resolution and at max_resolution 320 under --work",
+    )
+    p.add_argument("--synth-images", type=int, default=1500, help="images of the default synthetic set")
+    p.add_argument(
+        "--work", default="/tmp/fastlt-bench-loader", help="where the default synthetic data lives"
+    )
     p.add_argument("--pipeline", default="all", help=f"all, or a comma list of {', '.join(ALL)}")
     p.add_argument(
         "--source-root", default=None, help="root of the original images (default: from the index)"
@@ -325,6 +335,13 @@ def build_runners(args, stack: ExitStack) -> list[Runner]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.shard:
+        from fastlt.bench.data import synthetic_shard
+
+        roots = [
+            synthetic_shard(Path(args.work), args.synth_images, 100, res, args.workers) for res in (None, 320)
+        ]
+        args.shard = [str(r / "inat2018" / "train.beton") for r in roots]
     with ExitStack() as stack:
         runners = build_runners(args, stack)
         for rep in range(args.repeats):

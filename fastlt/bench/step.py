@@ -24,47 +24,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from fastlt.bench.data import synthetic_shard
 from fastlt.bench.report import print_table, write_json
-
-
-def make_shard(work: Path, images: int, classes: int, max_res: int, workers: int) -> Path:
-    data = work / f"data-{images}-{classes}-{max_res}"
-    if (data / "inat2018" / "val.index.json").exists():
-        return data
-    from fastlt.convert import main as convert
-
-    src = work / f"synth-{images}-{classes}"
-    if not (src / "val2018.json").exists():
-        rc = convert(
-            [
-                "synth-inat",
-                "--out",
-                str(src),
-                "--images",
-                str(images),
-                "--classes",
-                str(classes),
-                "--workers",
-                str(workers),
-            ]
-        )
-        if rc:
-            raise SystemExit(rc)
-    rc = convert(
-        [
-            "inat2018",
-            str(src),
-            "--out",
-            str(data),
-            "--max-resolution",
-            str(max_res),
-            "--workers",
-            str(workers),
-        ]
-    )
-    if rc:
-        raise SystemExit(rc)
-    return data
 
 
 def run_one(method: str, data: Path, runs: Path, args) -> dict:
@@ -142,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = make_shard(work, args.images, args.classes, args.max_resolution, args.workers)
+    data = synthetic_shard(work, args.images, args.classes, args.max_resolution, args.workers)
     rows = [run_one(m, data, work / "runs", args) for m in ("ce", "cpmix")]
     base = rows[0]["steps/s"]
     for r in rows:
