@@ -57,6 +57,7 @@ from fastlt.checkpoint import (
 from fastlt.methods.base import Method, Priors, Stage, StepContext, get_method, stage_at, stage_start
 from fastlt.pipelines.plan import PlanQueue, eval_plans, step_seed
 from fastlt.recipes import DATASETS, METHODS, Recipe, RecipeError, apply_overrides, preset
+from fastlt.shards import ShardError, check_same_conversion
 
 # How to make each dataset's shard (printed when one is missing).
 CONVERT_COMMANDS = {
@@ -326,6 +327,10 @@ def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False
     # -- data and model -----------------------------------------------------------------------------
     train_shard = open_split(recipe, recipe.train_split)
     eval_shard = open_split(recipe, recipe.eval_split)
+    try:  # the eval split's many/medium/few groups must come from *this* train split's counts
+        check_same_conversion(train_shard, eval_shard)
+    except ShardError as e:
+        raise TrainingError(str(e)) from None
     index = train_shard.index
     method = get_method(recipe.method)(recipe)
     stages = method.stages()

@@ -27,10 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name == "all":
+        # One process per benchmark: thread counts, numba/FFCV state and caches of one must not leak
+        # into the next one's figures.
+        import subprocess
+
         rc = 0
         for b in BENCHES:
             print(f"\n=== tools/bench {b}", flush=True)
-            rc |= importlib.import_module(f"fastlt.bench.{b}").main(rest)
+            rc |= subprocess.call([sys.executable, "-m", "fastlt", "bench", b, *rest])
         return rc
     if name not in BENCHES:
         near = difflib.get_close_matches(name, BENCHES, n=3)
