@@ -18,6 +18,9 @@ built by scatter, time and peak memory (torch profiler on CPU, ``max_memory_allo
 On CUDA the GPU section adds Triton vs the torch reference vs ``torch.compile`` of the reference, and the mix
 kernel's achieved bandwidth against a device-to-device copy of the same byte count measured in the same run.
 Ratios are ``time / time of fastlt's dispatched kernel``: above 1 means fastlt is faster.
+
+On CPU the process keeps freed memory (``--fresh-memory`` turns that off; see ``report.keep_freed_memory``):
+first-touch page faults of fresh 77 MB buffers otherwise dominate every row on a VM.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from fastlt.bench.report import median_time, print_table, write_json
+from fastlt.bench.report import keep_freed_memory, median_time, print_table, write_json
 from fastlt.kernels import IMAGENET_MEAN, IMAGENET_STD, cutmix_boxes, mix_images, soft_cross_entropy
 from fastlt.kernels.mix import CUTMIX, MIXUP, mix_reference, normalize_coefficients
 from fastlt.kernels.soft_ce import soft_ce_reference
@@ -256,11 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU section (GPU machines)")
     p.add_argument("--out", default=None, help="directory for kernels.json")
+    p.add_argument(
+        "--fresh-memory",
+        action="store_true",
+        help="let glibc return freed buffers to the kernel, so every call also pays first-touch page faults",
+    )
     args = p.parse_args(argv)
     if args.batch % 2:
         p.error(f"--batch must be even (timm's Mixup requires it), got {args.batch}")
 
-    record: dict = {"args": vars(args)}
+    steady = False if args.fresh_memory else keep_freed_memory()
+    how = "freed memory kept (steady state)" if steady else "fresh pages every call"
+    print(f"allocator: {how}", flush=True)
+    record: dict = {"args": vars(args), "steady_state_allocator": steady}
     rows = []
     if not args.no_cpu:
         cpu = [

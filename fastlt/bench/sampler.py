@@ -107,8 +107,11 @@ class NumpyConfusion:
         N = offsets[-1]
         sizes = np.diff(offsets)
         row_a = offsets[i] + np.minimum((x[1] * sizes[i]).astype(np.int64), sizes[i] - 1)
-        row_b = np.where(ok, offsets[j] + np.minimum((x[2] * sizes[j]).astype(np.int64), sizes[j] - 1),
-                         np.minimum((x[2] * N).astype(np.int64), N - 1))
+        row_b = np.where(
+            ok,
+            offsets[j] + np.minimum((x[2] * sizes[j]).astype(np.int64), sizes[j] - 1),
+            np.minimum((x[2] * N).astype(np.int64), N - 1),
+        )
         return row_a, row_b
 
     def draw_choice(self, rng, offsets, n):
@@ -139,8 +142,9 @@ def per_step(fn, inputs) -> float:
     return float(np.median(times))
 
 
-def text_local(C: int, dim: int, tau: float, eps: float, seed: int, offsets, draws: int, steps: int,
-               minilm: bool) -> tuple[list[dict], list[dict]]:
+def text_local(
+    C: int, dim: int, tau: float, eps: float, seed: int, offsets, draws: int, steps: int, minilm: bool
+) -> tuple[list[dict], list[dict]]:
     """LFM partners for C class embeddings: the neighbours truncation would need (dropped mass < eps), and
     the exact sampler (head of HEAD_K + rejection tail) vs a dense numpy softmax per step."""
     rng = np.random.default_rng(seed)
@@ -163,10 +167,18 @@ def text_local(C: int, dim: int, tau: float, eps: float, seed: int, offsets, dra
         s = e[:m] @ e.T
         s[np.arange(m), np.arange(m)] = np.nan
         k = truncation_k(e, tau, eps)
-        need.append({"embeddings": name, "C": e.shape[0], "sim mean": float(np.nanmean(s)),
-                     "sim std": float(np.nanstd(s)), "k median": float(np.median(k)),
-                     "k p99": float(np.percentile(k, 99)), "k max": int(k.max()),
-                     "truncated CSR MB": float(k.sum()) * 16 / 2**20})
+        need.append(
+            {
+                "embeddings": name,
+                "C": e.shape[0],
+                "sim mean": float(np.nanmean(s)),
+                "sim std": float(np.nanstd(s)),
+                "k median": float(np.median(k)),
+                "k p99": float(np.percentile(k, 99)),
+                "k max": int(k.max()),
+                "truncated CSR MB": float(k.sum()) * 16 / 2**20,
+            }
+        )
         if e.shape[0] == C:
             speed.append({"embeddings": name, **exact_text_local_speed(e, tau, offsets, draws, steps, seed)})
     return need, speed
@@ -194,8 +206,14 @@ def exact_text_local_speed(e, tau, offsets, draws, steps, seed) -> dict:
 
     ref = per_step(dense, range(min(steps, 10)))
     mb = (tl.cols.nbytes + tl.cum.nbytes + tl.emb.nbytes + tl._head_sorted.nbytes) / 2**20
-    return {"exact draw µs/step": fast * 1e6, "numpy dense µs/step": ref * 1e6, "fastlt speed-up": ref / fast,
-            "head k": HEAD_K, "MB": mb, "build s": build}
+    return {
+        "exact draw µs/step": fast * 1e6,
+        "numpy dense µs/step": ref * 1e6,
+        "fastlt speed-up": ref / fast,
+        "head k": HEAD_K,
+        "MB": mb,
+        "build s": build,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--choice-steps", type=int, default=20, help="timed steps of the slow rng.choice loop")
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--no-text", action="store_true", help="skip the LFM text-local figures")
-    ap.add_argument("--minilm", action="store_true",
-                    help="also measure all-MiniLM-L6-v2 embeddings of the 1000 ImageNet class prompts")
+    ap.add_argument(
+        "--minilm",
+        action="store_true",
+        help="also measure all-MiniLM-L6-v2 embeddings of the 1000 ImageNet class prompts",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="folder for sampler.json")
     a = ap.parse_args(argv)
@@ -221,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = ConfusionCounts(C)
     counts.add(ys, js, w)
     ref = NumpyConfusion(C, ys, js, w)
-    print(f"synthetic confusion: C={C}, {counts.nnz:,} distinct pairs, {counts.total:,} recorded, "
-          f"{offsets[-1]:,} rows; built in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"synthetic confusion: C={C}, {counts.nnz:,} distinct pairs, {counts.total:,} recorded, "
+        f"{offsets[-1]:,} rows; built in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     policy = ConfusionPartner(offsets, counts)
     rng = np.random.default_rng(a.seed + 1)
     for _ in range(3):  # compile and warm
@@ -233,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     draw = {
         "fastlt (numba sum tree)": per_step(lambda r: policy.pairs(r, Bm), seeds),
         "numpy cumsum + searchsorted": per_step(lambda r: ref.draw_searchsorted(r, offsets, Bm), seeds),
-        "numpy rng.choice per row": per_step(lambda r: ref.draw_choice(r, offsets, Bm),
-                                             seeds[: a.choice_steps]),
+        "numpy rng.choice per row": per_step(
+            lambda r: ref.draw_choice(r, offsets, Bm), seeds[: a.choice_steps]
+        ),
     }
     stream = prediction_stream(C, offsets, ys, js, a.steps + 3, a.batch, a.seed + 2)
     for y, yh in stream[:3]:
@@ -246,34 +271,71 @@ def main(argv: list[str] | None = None) -> int:
     base = draw["fastlt (numba sum tree)"]
     nnz_at_draw = len(ys)
     rows = [{"method": k, "draw µs/step": v * 1e6, "fastlt speed-up": v / base} for k, v in draw.items()]
-    print_table(f"\nCP-Mix pair draws: C={C}, {nnz_at_draw:,} pairs, B_m={Bm} (median of {a.steps} steps)",
-                rows, ["method", "draw µs/step", "fastlt speed-up"])
+    print_table(
+        f"\nCP-Mix pair draws: C={C}, {nnz_at_draw:,} pairs, B_m={Bm} (median of {a.steps} steps)",
+        rows,
+        ["method", "draw µs/step", "fastlt speed-up"],
+    )
     urows = [
-        {"method": "fastlt (numba hash + sum tree)", "update µs/step": upd_fast * 1e6,
-         "fastlt speed-up": 1.0},
-        {"method": "numpy sorted keys (unique/searchsorted/insert)", "update µs/step": upd_np * 1e6,
-         "fastlt speed-up": upd_np / upd_fast},
-        {"method": "numpy … + cumsum rebuild before next draw", "update µs/step": (upd_np + refresh) * 1e6,
-         "fastlt speed-up": (upd_np + refresh) / upd_fast},
+        {
+            "method": "fastlt (numba hash + sum tree)",
+            "update µs/step": upd_fast * 1e6,
+            "fastlt speed-up": 1.0,
+        },
+        {
+            "method": "numpy sorted keys (unique/searchsorted/insert)",
+            "update µs/step": upd_np * 1e6,
+            "fastlt speed-up": upd_np / upd_fast,
+        },
+        {
+            "method": "numpy … + cumsum rebuild before next draw",
+            "update µs/step": (upd_np + refresh) * 1e6,
+            "fastlt speed-up": (upd_np + refresh) / upd_fast,
+        },
     ]
-    print_table(f"\nConfusion count updates: B={a.batch} predictions/step (median of {a.steps} steps)",
-                urows, ["method", "update µs/step", "fastlt speed-up"])
+    print_table(
+        f"\nConfusion count updates: B={a.batch} predictions/step (median of {a.steps} steps)",
+        urows,
+        ["method", "update µs/step", "fastlt speed-up"],
+    )
     ref_mb = (ref.keys.nbytes + ref.counts.nbytes + ref.cum.nbytes + ref.start.nbytes) / 2**20
-    print(f"\nmemory: fastlt counts {counts.nbytes / 2**20:.1f} MB for {counts.nnz:,} pairs "
-          f"({counts.nbytes / counts.nnz:.1f} B/pair incl. headroom); numpy CSR reference {ref_mb:.1f} MB; "
-          f"dense int32 C×C would be {C * C * 4 / 2**20:,.0f} MB")
-    record = {"classes": C, "pairs": counts.nnz, "draws": Bm, "batch": a.batch, "draw_s": draw,
-              "update_s": {"fastlt": upd_fast, "numpy": upd_np, "numpy_refresh": refresh},
-              "counts_mb": counts.nbytes / 2**20, "numpy_mb": ref_mb}
+    print(
+        f"\nmemory: fastlt counts {counts.nbytes / 2**20:.1f} MB for {counts.nnz:,} pairs "
+        f"({counts.nbytes / counts.nnz:.1f} B/pair incl. headroom); numpy CSR reference {ref_mb:.1f} MB; "
+        f"dense int32 C×C would be {C * C * 4 / 2**20:,.0f} MB"
+    )
+    record = {
+        "classes": C,
+        "pairs": counts.nnz,
+        "draws": Bm,
+        "batch": a.batch,
+        "draw_s": draw,
+        "update_s": {"fastlt": upd_fast, "numpy": upd_np, "numpy_refresh": refresh},
+        "counts_mb": counts.nbytes / 2**20,
+        "numpy_mb": ref_mb,
+    }
     if not a.no_text:
         need, speed = text_local(C, 384, a.tau, 1e-3, a.seed, offsets, Bm, min(a.steps, 50), a.minilm)
         title = f"\nLFM: neighbours a truncated text-local row needs for dropped mass < 1e-3 at τ={a.tau}"
-        print_table(title, need, ["embeddings", "C", "sim mean", "sim std", "k median", "k p99", "k max",
-                           "truncated CSR MB"])
+        print_table(
+            title,
+            need,
+            ["embeddings", "C", "sim mean", "sim std", "k median", "k p99", "k max", "truncated CSR MB"],
+        )
         title = f"\nLFM: exact text-local partners (head {HEAD_K} + rejection tail), {Bm} anchors/step"
-        print_table(title, speed,
-                    ["embeddings", "exact draw µs/step", "numpy dense µs/step", "fastlt speed-up", "head k",
-                     "MB", "build s"])
+        print_table(
+            title,
+            speed,
+            [
+                "embeddings",
+                "exact draw µs/step",
+                "numpy dense µs/step",
+                "fastlt speed-up",
+                "head k",
+                "MB",
+                "build s",
+            ],
+        )
         record["text_local"] = {"truncation": need, "exact": speed}
     write_json(a.out, "sampler", record)
     return 0
