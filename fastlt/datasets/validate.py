@@ -273,9 +273,9 @@ def validate_files(split: Split, problems: Problems, workers: int, skip: set[int
     for i, path, (err, w, h) in zip(todo_idx, todo, results):
         split.sizes[i] = (w, h)
         if err is not None:
-            problems.add(
-                split.where[i], f"{path}: {err}", split=split.name, entry=i, source_id=split.source_ids[i]
-            )
+            # Name the file unless the entry's location already is the file (ImageFolder).
+            what = err if split.where[i] == path else f"{path}: {err}"
+            problems.add(split.where[i], what, split=split.name, entry=i, source_id=split.source_ids[i])
 
 
 # ------------------------------------------------------------------------------------------ engine
