@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from fastlt.datasets.validate import Job, Problems, Split
+from fastlt.datasets.validate import Job, Problems, Split, read_source_text
 
 WNID = re.compile(r"^n\d{8}$")
 SPLITS = ("train", "val", "test")
@@ -57,13 +57,8 @@ POLICIES: dict[str, tuple[Callable[[str], str | None], Callable[[str], str]]] = 
 
 def read_split_file(name: str, path: Path, root: Path, problems: Problems) -> Split | None:
     """Parse ``<path> <label>`` lines; malformed lines and duplicate paths are reported by file:line."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        problems.fatal(str(path), "split file not found")
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        problems.fatal(str(path), f"cannot read split file: {e}")
+    text = read_source_text(path, problems, "split file")
+    if text is None:
         return None
     paths, labels, where = [], [], []
     first: dict[str, str] = {}
@@ -96,10 +91,8 @@ def read_split_file(name: str, path: Path, root: Path, problems: Problems) -> Sp
 
 def read_names(path: Path, problems: Problems) -> dict[str, str]:
     """wnid → readable name from ``LOC_synset_mapping.txt`` or ``imagenet_class_index.json``."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        problems.fatal(str(path), f"cannot read names file: {e}")
+    text = read_source_text(path, problems, "names file")
+    if text is None:
         return {}
     out = {}
     if path.suffix == ".json":

@@ -368,17 +368,23 @@ def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def read_source_text(path: Path, problems: Problems, what: str = "file") -> str | None:
+    """The text of a source file (split list, annotations, names), or None with a fatal problem recorded."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        problems.fatal(str(path), f"{what} not found")
+    except (OSError, UnicodeDecodeError) as e:
+        problems.fatal(str(path), f"cannot read {what}: {e}")
+    return None
+
+
 def load_json(path: Path, keys: Sequence[str], problems: Problems):
     """Parse a JSON annotation file; a missing file, bad JSON or missing top-level keys are fatal."""
     import json
 
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        problems.fatal(str(path), "file not found")
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        problems.fatal(str(path), f"cannot read: {e}")
+    text = read_source_text(path, problems)
+    if text is None:
         return None
     try:
         doc = json.loads(text)
