@@ -26,36 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
 
     from fastlt import metrics as M
-    from fastlt.recipes import RecipeError, resolve
-    from fastlt.shards import shard_paths
+    from fastlt.recipes import RecipeError
+    from fastlt.results import digits_recipe, ensure_digits
     from fastlt.train import TrainingError, train
 
     t0 = time.perf_counter()
-    if not all(shard_paths(args.data, "digits-lt", s)[1].exists() for s in ("train", "test")):
-        from fastlt.convert import main as convert
-
-        print(f"converting digits-lt into {args.data}/digits-lt (tools/convert digits-lt --out {args.data})")
-        rc = convert(["digits-lt", "--out", args.data])
-        if rc:
-            return rc
+    rc = ensure_digits(args.data)
+    if rc:
+        return rc
     results = {}
     for method in METHODS:
         try:
-            recipe = resolve(
-                "digits-lt",
-                method,
-                [
-                    "--data-root",
-                    args.data,
-                    "--name",
-                    f"demo-{method}",
-                    "--seed",
-                    str(args.seed),
-                    "--progress",
-                    str(args.progress),
-                    *extra,
-                ],
-            )
+            recipe = digits_recipe(method, args.data, f"demo-{method}", args.seed, args.progress, extra)
         except RecipeError as e:
             print(f"fastlt demo: {e}", file=sys.stderr)
             return 2

@@ -41,6 +41,26 @@ def markdown_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def ensure_digits(data: str) -> int:
+    """Convert digits-lt into ``data`` unless both its splits are there; the converter's exit code."""
+    from fastlt.shards import shard_paths
+
+    if all(shard_paths(data, "digits-lt", s)[1].exists() for s in ("train", "test")):
+        return 0
+    from fastlt.convert import main as convert
+
+    print(f"converting digits-lt into {data}/digits-lt (tools/convert digits-lt --out {data})", flush=True)
+    return convert(["digits-lt", "--out", data])
+
+
+def digits_recipe(method: str, data: str, name: str, seed: int, progress: bool, extra=()):
+    """The digits-lt preset of ``method`` for one run (raises RecipeError on a bad extra override)."""
+    from fastlt.recipes import resolve
+
+    argv = ["--data-root", data, "--name", name, "--seed", str(seed), "--progress", str(progress).lower()]
+    return resolve("digits-lt", method, [*argv, *extra])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastlt.results", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data")
@@ -53,17 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="retrain runs that already have an eval.json")
     args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
 
-    from fastlt.recipes import RecipeError, resolve
-    from fastlt.shards import shard_paths
+    from fastlt.recipes import RecipeError
     from fastlt.train import TrainingError, train
 
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    if not shard_paths(args.data, "digits-lt", "train")[1].exists():
-        from fastlt.convert import main as convert
-
-        if convert(["digits-lt", "--out", args.data]):
-            return 2
+    if ensure_digits(args.data):
+        return 2
     root = Path(args.runs) / "results"
     results: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
@@ -71,21 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         results[method] = []
         for seed in seeds:
             try:
-                recipe = resolve(
-                    "digits-lt",
-                    method,
-                    [
-                        "--data-root",
-                        args.data,
-                        "--seed",
-                        str(seed),
-                        "--name",
-                        f"{method}-s{seed}",
-                        "--progress",
-                        "false",
-                        *extra,
-                    ],
-                )
+                recipe = digits_recipe(method, args.data, f"{method}-s{seed}", seed, False, extra)
             except RecipeError as e:
                 print(f"fastlt.results: {e}", file=sys.stderr)
                 return 2
