@@ -26,6 +26,20 @@ import os
 
 import torch
 
+# The optional compilers, imported once for every kernel module. Triton's kernels are plain functions until
+# their first launch (see :func:`jit`), so a CPU-only install without triton still imports fastlt.kernels.
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = tl = None
+try:  # numba compiles lazily, on the first CPU launch (cached on disk afterwards)
+    import numba
+    from numba import prange
+except ImportError:  # pragma: no cover
+    numba = None
+    prange = range
+
 ENV = "FASTLT_KERNELS"
 BACKENDS = ("auto", "triton", "numba", "torch")
 
@@ -67,8 +81,6 @@ def pick(device: torch.device, backend: str | None = None, *, has_numba: bool = 
 def _jitted(fn, interpret: bool):
     # ``interpret`` is part of the cache key: triton.jit returns an InterpretedFunction or a JITFunction
     # depending on TRITON_INTERPRET at decoration time.
-    import triton
-
     return triton.jit(fn)
 
 

@@ -57,18 +57,7 @@ import numpy as np
 import torch
 
 from . import _dispatch
-
-try:  # Triton is optional on CPU-only installs; the kernel body only needs ``tl`` when it is launched.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = tl = None
-try:  # numba compiles lazily, on the first CPU launch (cached on disk afterwards)
-    import numba
-    from numba import prange
-except ImportError:  # pragma: no cover
-    numba = None
-    prange = range
+from ._dispatch import numba, prange, tl, triton
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -37,18 +37,7 @@ import numpy as np
 import torch
 
 from . import _dispatch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = tl = None
-try:  # numba compiles lazily, on the first CPU launch (cached on disk afterwards)
-    import numba
-    from numba import prange
-except ImportError:  # pragma: no cover
-    numba = None
-    prange = range
+from ._dispatch import numba, prange, tl
 
 REDUCTIONS = ("mean", "sum", "none")
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
