@@ -183,17 +183,8 @@ def test_topk_beyond_the_class_count_fails_when_the_model_is_built():
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory):
-    from fastlt.convert import main as convert_main
-
-    out = tmp_path_factory.mktemp("data")
-    assert convert_main(["digits-lt", "--out", str(out), "--workers", "1"]) == 0
-    return out
-
-
 @pytest.mark.slow
-def test_fastlt_train_concutmix_on_digits_lt_writes_eval_json(digits_root, tmp_path):
+def test_fastlt_train_concutmix_on_digits_lt_writes_eval_json(digits_data, tmp_path):
     """`fastlt train --dataset digits-lt --method concutmix`, CI-sized: 2 epochs × 3 steps, every batch
     CutMixed, rectified labels from the second epoch on (l_d_warm 0), then the run's evaluation."""
     import json
@@ -202,7 +193,7 @@ def test_fastlt_train_concutmix_on_digits_lt_writes_eval_json(digits_root, tmp_p
 
     runs = tmp_path / "runs"
     argv = ["train", "--dataset", "digits-lt", "--method", "concutmix", "--runs", str(runs),
-            "--data-root", str(digits_root), "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "32",
+            "--data-root", str(digits_data), "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "32",
             "--ccm-cutmix-prob", "1", "--ccm-l-d-warm", "0", "--progress", "false", "--workers", "1"]
     assert cli(argv) == 0
     run = runs / "digits-lt-concutmix-s0"

