@@ -5,9 +5,10 @@ Commands are imported lazily so ``fastlt --help`` does not pay for torch, FFCV o
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
+
+from fastlt.names import did_you_mean
 
 COMMANDS = {
     "convert": ("fastlt.convert", "convert a dataset into class-indexed .beton shards"),
@@ -37,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        near = difflib.get_close_matches(cmd, COMMANDS, n=3)
-        hint = f"; did you mean {' or '.join(near)}?" if near else ""
-        print(f"fastlt: unknown command {cmd!r}{hint}\n\n{usage()}", file=sys.stderr)
+        print(f"fastlt: unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[cmd][0])
     return int(module.main(rest) or 0)

@@ -13,12 +13,12 @@ whose recipe differs (:func:`recipe_diff` names the keys).
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from fastlt.names import did_you_mean, unknown_name
 
 DATASETS = ("digits-lt", "cifar10-lt", "cifar100-lt", "imagenet-lt", "places-lt", "inat2018")
 METHODS = ("ce", "bs", "ldam-drw", "mixup", "cutmix", "remix", "cpmix", "concutmix", "lfm")
@@ -167,7 +167,8 @@ class Recipe:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise RecipeError(f"{where}: unknown recipe keys {unknown}{_nearest(unknown[0], known)}")
+            hint = did_you_mean(unknown[0], known, cutoff=0.5)
+            raise RecipeError(f"{where}: unknown recipe keys {unknown}{hint}")
         hints = typing.get_type_hints(cls)
         kw = {}
         for k, v in d.items():
@@ -187,15 +188,9 @@ class Recipe:
         return cls.from_json(d, str(path))
 
 
-def _nearest(key: str, names) -> str:
-    near = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(near)}?" if near else ""
-
-
 def _check_choice(key: str, value: str, choices) -> None:
     if value not in choices:
-        hint = _nearest(value, choices)
-        raise RecipeError(f"unknown {key} {value!r}{hint} (choose from {', '.join(choices)})")
+        raise RecipeError(unknown_name(key, value, choices, cutoff=0.5))
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -282,8 +277,7 @@ def apply_overrides(recipe: Recipe, pairs) -> Recipe:
     for k, v in pairs:
         k = ALIASES.get(k, k)
         if k not in hints:
-            near = difflib.get_close_matches(k, known, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join('--' + n.replace('_', '-') for n in near)}?" if near else ""
+            hint = did_you_mean(k, known, cutoff=0.5, fmt=lambda n: "--" + n.replace("_", "-"))
             raise RecipeError(f"unknown recipe key --{k.replace('_', '-')}{hint}")
         changes[k] = parse_value(k, v, hints[k])
     return replace(recipe, **changes)
@@ -577,10 +571,6 @@ def resolve(dataset: str, method: str, overrides=()) -> Recipe:
     return apply_overrides(preset(dataset, method), list(overrides))
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Recipe)]
-
-
 __all__ = [
     "Recipe",
     "RecipeError",
@@ -593,5 +583,4 @@ __all__ = [
     "DATASETS",
     "METHODS",
     "RUNTIME_KEYS",
-    "field_names",
 ]

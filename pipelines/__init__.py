@@ -14,11 +14,11 @@ Eval mode: deterministic centre crop (shorter side → image_size/0.875), identi
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from fastlt.pipelines.base import Pipeline
 from fastlt.pipelines.plan import Batch, PlanQueue, StepPlan, eval_plans, step_seed
+
+from fastlt.names import did_you_mean
 
 PIPELINES = {
     "resident": ("fastlt.pipelines.resident", "ResidentPipeline"),
@@ -49,8 +49,7 @@ def make_pipeline(
     import importlib
 
     if name not in PIPELINES:
-        near = difflib.get_close_matches(name, PIPELINES, n=2)
-        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        hint = did_you_mean(name, PIPELINES, n=2)
         raise ValueError(f"unknown pipeline {name!r}{hint}; choose from {', '.join(PIPELINES)}")
     module, cls = PIPELINES[name]
     try:

@@ -4,9 +4,10 @@ measured in the same command. Each benchmark is a module ``fastlt.bench.<name>``
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import sys
+
+from fastlt.names import did_you_mean
 
 BENCHES = {
     "convert": "images/s converting iNat-sized JPEGs into a shard",
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             rc |= subprocess.call([sys.executable, "-m", "fastlt", "bench", b, *rest])
         return rc
     if name not in BENCHES:
-        near = difflib.get_close_matches(name, BENCHES, n=3)
-        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        hint = did_you_mean(name, BENCHES)
         print(
             f"tools/bench: unknown benchmark {name!r}{hint}; choose from {', '.join(BENCHES)}",
             file=sys.stderr,
