@@ -18,9 +18,12 @@ import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from fastlt.datasets import registry
 from fastlt.names import did_you_mean, unknown_name
 
-DATASETS = ("digits-lt", "cifar10-lt", "cifar100-lt", "imagenet-lt", "places-lt", "inat2018")
+# The datasets `fastlt train` accepts: the registry's entries with a preset, in registry order (their standard
+# schedules, _DATASET_BASE below, come from there too).
+DATASETS = tuple(name for name, spec in registry.DATASETS.items() if spec.preset_base is not None)
 METHODS = ("ce", "bs", "ldam-drw", "mixup", "cutmix", "remix", "cpmix", "concutmix", "lfm")
 PIPELINES = ("auto", "resident", "ffcv", "dali", "torch")
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -28,8 +31,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 # Keys that change how fast a run goes or where it reads from, never what it computes:
 # --resume accepts a checkpoint whose recipe differs only in these.
@@ -293,84 +294,8 @@ def recipe_diff(a: Recipe, b: Recipe, ignore=RUNTIME_KEYS) -> dict[str, tuple]:
 
 
 # ------------------------------------------------------------------------------------------ presets
-# The dataset's standard long-tailed schedule. Sources as noted; "fastlt default" where none applies.
-_DATASET_BASE: dict[str, dict] = {
-    "digits-lt": dict(
-        model="smallnet",
-        image_size=32,
-        epochs=30,
-        batch_size=64,
-        lr=0.05,
-        weight_decay=5e-4,
-        schedule="cosine",
-        warmup_epochs=1,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-        drw_epoch=20,
-        source="fastlt default (digits-lt is fastlt's own embedded dataset)",
-    ),
-    "cifar10-lt": dict(
-        model="resnet32",
-        image_size=32,
-        epochs=200,
-        batch_size=128,
-        lr=0.1,
-        weight_decay=2e-4,
-        schedule="multistep",
-        warmup_epochs=5,
-        milestones=(160, 180),
-        lr_decay=0.01,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        drw_epoch=160,
-        source="CIFAR-LT schedule of LDAM-DRW (Cao et al. 2019, paper + released code)",
-    ),
-    "imagenet-lt": dict(
-        model="resnet50",
-        image_size=224,
-        epochs=90,
-        batch_size=256,
-        lr=0.1,
-        weight_decay=5e-4,
-        schedule="cosine",
-        warmup_epochs=0,
-        drw_epoch=60,
-        pipeline="auto",
-        source="ImageNet-LT ResNet-50 cosine schedule (standard LT setting); epochs/batch fastlt default",
-    ),
-    "places-lt": dict(
-        model="resnet152",
-        image_size=224,
-        epochs=30,
-        batch_size=128,
-        lr=0.01,
-        weight_decay=5e-4,
-        schedule="multistep",
-        milestones=(10, 20),
-        lr_decay=0.1,
-        drw_epoch=20,
-        source="Places-LT: ImageNet-pretrained ResNet-152, lr 0.01, ×0.1 steps (OLTR-style); "
-        "epochs/milestones fastlt default; set --pretrained to a local ResNet-152 state dict",
-    ),
-    "inat2018": dict(
-        model="resnet50",
-        classifier="cosine",
-        image_size=224,
-        epochs=90,
-        batch_size=512,
-        lr=0.2,
-        weight_decay=1e-4,
-        schedule="multistep",
-        warmup_epochs=5,
-        milestones=(30, 60),
-        lr_decay=0.1,
-        drw_epoch=60,
-        eval_split="val",  # iNat 2018 publishes train and val (3 images per class) only
-        source="iNat2018 schedule of LDAM-DRW (Cao et al. 2019: 90 ep, batch 512, lr 0.2, ×0.1 at 30/60) "
-        "with the cosine classifier CP-Mix uses",
-    ),
-}
-_DATASET_BASE["cifar100-lt"] = dict(_DATASET_BASE["cifar10-lt"])
+# The dataset's standard long-tailed schedule (fastlt.datasets.registry: sources as noted there).
+_DATASET_BASE = {name: registry.DATASETS[name].preset_base for name in DATASETS}
 
 _CCM_CIFAR100 = dict(
     epochs=200,

@@ -1,9 +1,11 @@
 """Recipes: presets carry sources, overrides are type-checked, bad input names the key and the fix."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from fastlt.datasets import registry
 from fastlt.recipes import (
     DATASETS,
     METHODS,
@@ -15,6 +17,23 @@ from fastlt.recipes import (
     resolve,
     split_overrides,
 )
+
+
+def test_train_offers_the_registry_datasets_with_a_preset():
+    assert DATASETS == ("digits-lt", "cifar10-lt", "cifar100-lt", "imagenet-lt", "places-lt", "inat2018")
+    assert "imagefolder" in registry.DATASETS  # a converter with no preset: not a training dataset
+    with pytest.raises(RecipeError, match="unknown dataset 'imagefolder'"):
+        preset("imagefolder", "bs")
+    with pytest.raises(RecipeError, match="unknown dataset 'imagefolder'"):
+        Recipe(dataset="imagefolder")
+
+
+def test_presets_start_from_the_registry_schedule():
+    for d in DATASETS:
+        base = registry.DATASETS[d].preset_base
+        r = preset(d, "ce")  # ce adds no parameters: the preset is the dataset's base
+        assert {k: getattr(r, k) for k in base} == dict(base), d
+    assert preset("cifar100-lt", "ce") == replace(preset("cifar10-lt", "ce"), dataset="cifar100-lt")
 
 
 def test_every_preset_resolves_with_a_source():

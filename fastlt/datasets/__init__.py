@@ -1,5 +1,7 @@
 """Dataset converters: each reads one source format and hands the shared engine a ``Job``.
 
+* ``registry`` — every dataset in one table (``DATASETS``): its converter module and help line, its
+  standard schedule (the recipe preset's base) and the ``tools/convert`` command that makes its shard;
 * ``validate`` — the engine's first half: ``Split``/``Job``/``Problems``, path, label and decode checks,
   the "first 20 problems plus a count" report, ``--skip-bad``;
 * ``engine`` — the second half: ``FileSource`` and ``run(job, WriteOptions)``, which writes every split
