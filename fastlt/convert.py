@@ -17,20 +17,12 @@ import argparse
 import importlib
 import sys
 
-# subcommand → (module, one-line help). Modules expose add_arguments(parser) and build(args) -> Job.
-CONVERTERS = {
-    "digits-lt": ("fastlt.datasets.digits", "embedded sklearn digits, long-tailed train (IF 10), 32x32, raw"),
-    "cifar10-lt": ("fastlt.datasets.cifar", "CIFAR-10 python pickles → CIFAR-10-LT (Cui et al. rule)"),
-    "cifar100-lt": ("fastlt.datasets.cifar", "CIFAR-100 python pickles → CIFAR-100-LT (Cui et al. rule)"),
-    "imagenet-lt": ("fastlt.datasets.oltr", "ImageNet image root + OLTR split files"),
-    "places-lt": ("fastlt.datasets.oltr", "Places365 image root + OLTR split files"),
-    "inat2018": ("fastlt.datasets.inat", "iNaturalist 2018 root + train2018.json / val2018.json"),
-    "imagefolder": (
-        "fastlt.datasets.imagefolder",
-        "root/<class>/*.jpg (optionally root/{train,val,test}/...)",
-    ),
-}
-# Subcommands that write something other than a shard.
+from fastlt.datasets.registry import DATASETS
+
+# subcommand → (module, one-line help): one per dataset in the registry. Modules expose
+# add_arguments(parser) and build(args) -> Job.
+CONVERTERS = {name: (spec.converter_module, spec.help) for name, spec in DATASETS.items()}
+# Subcommands that write something other than a shard (tools, not datasets: not in the registry).
 HELPERS = {
     "synth-inat": ("fastlt.datasets.synthetic", "write synthetic JPEGs in the iNaturalist 2018 layout"),
 }

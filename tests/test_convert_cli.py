@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from fastlt.cli import main as cli_main
-from fastlt.convert import CONVERTERS, HELPERS, main
+from fastlt.convert import CONVERTERS, HELPERS, build_parser, main
+from fastlt.datasets.registry import DATASETS, convert_command
+
+TOOLS_CONVERT = Path(__file__).resolve().parents[1] / "tools" / "convert"
 
 COMMON = ("--out", "--workers", "--write-mode", "--max-resolution", "--jpeg-quality", "--skip-bad")
 
@@ -58,6 +63,33 @@ def test_missing_source_is_a_clear_error(tmp_path, capsys):
 
 
 def test_tools_convert_script_runs():
-    script = Path(__file__).resolve().parents[1] / "tools" / "convert"
-    r = subprocess.run([sys.executable, str(script), "digits-lt", "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(TOOLS_CONVERT), "digits-lt", "--help"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "--imbalance-factor" in r.stdout
+
+
+def test_tools_convert_help_lists_every_registry_dataset():
+    wide = {**os.environ, "COLUMNS": "200"}  # each help line unwrapped, to find it whole
+    r = subprocess.run(
+        [sys.executable, str(TOOLS_CONVERT), "--help"], capture_output=True, text=True, env=wide
+    )
+    assert r.returncode == 0
+    for name, spec in DATASETS.items():
+        assert name in r.stdout and spec.help in r.stdout, name
+
+
+@pytest.mark.parametrize("name", [n for n, s in DATASETS.items() if s.preset_base is not None])
+def test_convert_command_of_every_preset_dataset_is_a_valid_command_for_it(name, tmp_path):
+    cmd = convert_command(name, str(tmp_path / "shards"))
+    assert cmd.startswith(f"tools/convert {name} ")
+    argv = shlex.split(cmd)[1:]
+    args = build_parser().parse_args(argv)  # the printed command is one tools/convert accepts
+    assert (args.command, args.out) == (name, str(tmp_path / "shards"))
+
+
+def test_convert_command_refuses_a_dataset_without_one():
+    with pytest.raises(ValueError, match="unknown dataset 'imagefolder'"):
+        convert_command("imagefolder", "data")
+    with pytest.raises(ValueError, match="unknown dataset 'inat'; did you mean inat2018"):
+        convert_command("inat", "data")
