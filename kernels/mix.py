@@ -62,17 +62,19 @@ from ._dispatch import numba, prange, tl, triton
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-NONE, MIXUP, CUTMIX = 0, 1, 2
+NONE, MIXUP, CUTMIX = 0, 1, 2  # per-sample mode codes
+# Label-rule codes (see RULES). RULE_PIXEL: λ_y is the pixel λ, the rule of mixup and cutmix alike.
+RULE_PIXEL, RULE_REMIX, RULE_CPMIX, RULE_LFM = 0, 1, 2, 3
 # Below this many pixels the kernel finds a pixel's row with one fp32 multiply (exact there, see the kernel).
 FP32_ROW_LIMIT = 2**22
 
 # Rule name -> (kernel code, default parameters). mixup and cutmix share a code: λ_pix is already right.
 RULES: dict[str, tuple[int, dict[str, float]]] = {
-    "mixup": (0, {}),
-    "cutmix": (0, {}),
-    "remix": (1, {"kappa": 3.0, "tau": 0.5}),
-    "cpmix": (2, {"kappa": 0.5}),
-    "lfm": (3, {"alpha": 1.0}),
+    "mixup": (RULE_PIXEL, {}),
+    "cutmix": (RULE_PIXEL, {}),
+    "remix": (RULE_REMIX, {"kappa": 3.0, "tau": 0.5}),
+    "cpmix": (RULE_CPMIX, {"kappa": 0.5}),
+    "lfm": (RULE_LFM, {"alpha": 1.0}),
 }
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -249,17 +251,17 @@ def label_rule_reference(code: int, lam_pix, mode, n_a, n_b, kappa: float, tau: 
     f32 = dict(dtype=torch.float32, device=lam_pix.device)
     k, t, a = (torch.tensor(v, **f32) for v in (kappa, tau, alpha))
     one, zero = torch.ones((), **f32), torch.zeros((), **f32)
-    if code == 0:  # mixup / cutmix: the pixel λ, no counts involved
+    if code == RULE_PIXEL:  # mixup / cutmix: the pixel λ, no counts involved
         return torch.where(mode == NONE, one, lam_pix)
     total = n_a + n_b
     safe = torch.where(total > 0, total, one)
-    if code == 1:  # remix
+    if code == RULE_REMIX:
         to_b = (n_a >= k * n_b) & (lam_pix < t)
         to_a = (k * n_a <= n_b) & ((one - lam_pix) < t)
         lam_y = torch.where(to_b, zero, torch.where(to_a, one, lam_pix))
-    elif code == 2:  # cpmix
+    elif code == RULE_CPMIX:
         lam_y = (one - k) * lam_pix + k * (n_b / safe)
-    else:  # lfm
+    else:  # RULE_LFM
         lam_y = (lam_pix - a * ((n_a - n_b) / safe)).clamp(0.0, 1.0)
     lam_y = torch.where(total > 0, lam_y, lam_pix)
     return torch.where(mode == NONE, one, lam_y)
@@ -296,6 +298,13 @@ def mix_reference(a, b, idx_a, idx_b, lam, mode, boxes, scale, shift, out_dtype)
 # ----------------------------------------------------------------------------------------------------------
 
 
+if tl is not None:
+    # A Triton kernel reads only module globals that are tl.constexpr instances: twins of the codes above.
+    _TL_NONE, _TL_MIXUP, _TL_CUTMIX = tl.constexpr(NONE), tl.constexpr(MIXUP), tl.constexpr(CUTMIX)
+    _TL_RULE_PIXEL, _TL_RULE_REMIX = tl.constexpr(RULE_PIXEL), tl.constexpr(RULE_REMIX)
+    _TL_RULE_CPMIX = tl.constexpr(RULE_CPMIX)
+
+
 # fmt: off
 def _mix_kernel(
     a_ptr, b_ptr, ia_ptr, ib_ptr, lam_ptr, mode_ptr, box_ptr, ya_ptr, yb_ptr, counts_ptr, out_ptr, lamy_ptr,
@@ -328,12 +337,12 @@ def _mix_kernel(
         x1 = tl.maximum(tl.minimum(tl.maximum(tl.load(box_ptr + 4 * i + 3), 0), W), x0)
         # One branch per mode, decided once per program: each keeps its loads uniform (vectorisable), and
         # only boxed samples pay for the integer divisions that recover (y, x).
-        if mode == 1:
+        if mode == _TL_MIXUP:
             va = tl.load(a_ptr + ra + offs, mask=m, other=0).to(tl.float32)
             vb = tl.load(b_ptr + rb + offs, mask=m, other=0).to(tl.float32)
             v = lam * va + (1.0 - lam) * vb
             tl.store(out_ptrs, (v * scale + shift).to(out_ty), mask=m)
-        elif mode == 2:
+        elif mode == _TL_CUTMIX:
             pix = offs // 3  # division by a constant: a multiply and a shift
             if SMALL:
                 # y = ⌊pix/W⌋ through one fp32 multiply instead of an integer division (the kernel's
@@ -357,24 +366,24 @@ def _mix_kernel(
         if j == 0:
             area = ((y1 - y0) * (x1 - x0)).to(tl.float32)
             lam_box = 1.0 - tl.math.div_rn(area, (H * W).to(tl.float32))
-            lam_pix = tl.where(mode == 2, lam_box, tl.where(mode == 1, lam, 1.0))
+            lam_pix = tl.where(mode == _TL_CUTMIX, lam_box, tl.where(mode == _TL_MIXUP, lam, 1.0))
             lam_y = lam_pix
-            if RULE != 0:
+            if RULE != _TL_RULE_PIXEL:
                 n_a = tl.load(counts_ptr + tl.minimum(tl.maximum(tl.load(ya_ptr + i), 0), C - 1))
                 n_b = tl.load(counts_ptr + tl.minimum(tl.maximum(tl.load(yb_ptr + i), 0), C - 1))
                 total = n_a + n_b
                 safe = tl.where(total > 0, total, 1.0)
-                if RULE == 1:  # remix
+                if RULE == _TL_RULE_REMIX:
                     to_b = (n_a >= kappa * n_b) & (lam_pix < tau)
                     to_a = (kappa * n_a <= n_b) & ((1.0 - lam_pix) < tau)
                     lam_y = tl.where(to_b, 0.0, tl.where(to_a, 1.0, lam_pix))
-                elif RULE == 2:  # cpmix
+                elif RULE == _TL_RULE_CPMIX:
                     lam_y = (1.0 - kappa) * lam_pix + kappa * tl.math.div_rn(n_b, safe)
-                else:  # lfm
+                else:  # RULE_LFM
                     lam_y = lam_pix - alpha * tl.math.div_rn(n_a - n_b, safe)
                     lam_y = tl.minimum(tl.maximum(lam_y, 0.0), 1.0)
                 lam_y = tl.where(total > 0, lam_y, lam_pix)
-            lam_y = tl.where(mode == 0, 1.0, lam_y)
+            lam_y = tl.where(mode == _TL_NONE, 1.0, lam_y)
             tl.store(lamy_ptr + i, lam_y)
     else:
         va = tl.load(a_ptr + ra + offs, mask=m, other=0).to(tl.float32)
@@ -434,9 +443,9 @@ def _mix_rows(a, b, ia, ib, w_sample, mode, boxes, scale, shift, out, has_b):
         # Rows clamped into range like the Triton kernel: with check=False a bad index never reads astray.
         pa = a[min(max(ia[i], 0), a.shape[0] - 1), y].reshape(n)
         rb = min(max(ib[i], 0), b.shape[0] - 1)
-        if not has_b or (mode[i] != 1 and mode[i] != 2):  # none (and, unchecked, any other value)
+        if not has_b or (mode[i] != MIXUP and mode[i] != CUTMIX):  # none (and, unchecked, any other value)
             _normalise_span(o, pa, scale, shift)
-        elif mode[i] == 1:
+        elif mode[i] == MIXUP:
             pb = b[rb, y].reshape(n)
             wa = w_sample[i]
             wb = one - wa
@@ -529,7 +538,8 @@ def mix_images(
         raise ValueError(f"out_dtype must be one of {', '.join(map(str, _OUT_DTYPES))}, got {out_dtype}")
     coeffs = (_channels(mean, "mean"), _channels(std, "std"))
     if b is None:
-        if idx_b is not None or lam is not None or boxes is not None or mode is not None or code != 0:
+        partnered = (idx_b, lam, boxes, mode)
+        if any(x is not None for x in partnered) or code != RULE_PIXEL:
             raise ValueError(
                 "b is None (plain normalisation): idx_b, lam, boxes, mode and label rules need a partner b"
             )
@@ -560,7 +570,10 @@ def mix_images(
         mode_t = _per_sample(mode, batch, torch.int32, "mode", device, default_mode)
         lam_t = _per_sample(lam, batch, torch.float32, "lam", device, 1.0)
         if check:
-            _check((mode_t >= 0) & (mode_t <= 2), "mode must be 0 (none), 1 (mixup) or 2 (cutmix) per sample")
+            _check(
+                (mode_t >= NONE) & (mode_t <= CUTMIX),
+                f"mode must be {NONE} (none), {MIXUP} (mixup) or {CUTMIX} (cutmix) per sample",
+            )
             _check((lam_t >= 0) & (lam_t <= 1), "lam must lie in [0, 1]")
         if lam is None and bool((mode_t == MIXUP).any()):
             raise ValueError("mixup samples need lam (λ_x per sample)")
@@ -568,7 +581,7 @@ def mix_images(
             raise ValueError("cutmix samples need boxes (int32 [B, 4]); see cutmix_boxes()")
         boxes_t = _boxes(boxes, batch, device)
         counts = ya = yb = None
-        if code != 0:
+        if code != RULE_PIXEL:
             counts, ya, yb = _counts(class_counts, y_a, y_b, batch, device, check)
 
     impl = _dispatch.pick(device, backend, has_numba=numba is not None)
@@ -618,7 +631,7 @@ def mix_labels(
     else:
         height = width = 1
     lam_pix = pixel_lambda(lam_x, mode, _boxes(boxes, batch, device), height, width)
-    if code != 0:
+    if code != RULE_PIXEL:
         if n_a is None or n_b is None:
             raise ValueError(f"rule {rule!r} needs the class counts n_a and n_b of each pair")
         n_a = _per_sample(n_a, batch, torch.float32, "n_a", device, 0.0)

@@ -31,6 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+# A rank's plan seed is ``seed · RANK_SEED_STRIDE + rank``. Any stride above the largest world size makes that
+# one-to-one in (seed, rank), so no two ranks of any step share an augmentation stream (the seed reaches
+# SeedSequence whole, never truncated). 1_000_003, the first prime above a million, leaves room for any
+# world size; being prime is customary, not needed.
+RANK_SEED_STRIDE = 1_000_003
+
 
 @dataclass(frozen=True)
 class StepPlan:
@@ -95,7 +101,7 @@ class StepPlan:
             lo = start + (n * rank) // world_size
             hi = start + (n * (rank + 1)) // world_size
             parts[name] = self.rows[lo:hi]
-        out = StepPlan.from_segments(self.epoch, self.step, self.seed * 1_000_003 + rank, **parts)
+        out = StepPlan.from_segments(self.epoch, self.step, self.seed * RANK_SEED_STRIDE + rank, **parts)
         return out
 
 
