@@ -171,7 +171,6 @@ class PlanQueue:
         self._made = 0
         self._closed = False
         self._error: BaseException | None = None
-        self.produced_at: dict[int, int] = {}  # step -> last finished step when it was produced (for tests)
         self._finished_through = self._applied_through
         self._thread = threading.Thread(target=self._run, name="fastlt-plans", daemon=True)
         self._thread.start()
@@ -196,7 +195,6 @@ class PlanQueue:
                     if self._closed:
                         return
                     self._apply_through(need)
-                    self.produced_at[s] = self._finished_through
                 plan = self.make_plan(s).shard(self.rank, self.world_size)
                 with self._cv:
                     self._ready.append(plan)

@@ -1,5 +1,6 @@
 """Test-only writers of tiny datasets in each real on-disk format (CIFAR pickles, OLTR split files +
-JPEG tree, iNat JSON + tree, ImageFolder). Each returns what the converter must reproduce."""
+JPEG tree, iNat JSON + tree, ImageFolder), each returning what the converter must reproduce, and an in-memory
+image source for write_shard."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from fastlt.datasets.synthetic import class_tint, synthetic_photo
+from fastlt.shards import ImageSource
 
 
 def tiny_photo(seed: int, i: int, label: int, long_side: int = 40) -> np.ndarray:
@@ -33,6 +35,18 @@ def decode_file(path: Path) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+class ListSource(ImageSource):
+    """Images of any sizes held in a list, for :func:`fastlt.shards.write_shard` (``ArraySource`` needs one
+    size for all)."""
+
+    def __init__(self, images: list[np.ndarray], labels):
+        super().__init__(labels, [f"image/{i}" for i in range(len(images))])
+        self.images = images
+
+    def load(self, i: int) -> np.ndarray:
+        return self.images[i]
 
 
 # --------------------------------------------------------------------------------------------- CIFAR

@@ -21,20 +21,13 @@ import torch
 from fastlt.pipelines import PIPELINES, PlanQueue, StepPlan, eval_plans, make_pipeline
 from fastlt.pipelines.beton import BetonImages
 from fastlt.pipelines.transforms import PAD, pad_crop_params
+from helpers.plans import PlanRecorder
+from synth import ListSource
 
-from fastlt.shards import ArraySource, ImageSource, ShardError, write_shard
+from fastlt.shards import ArraySource, ShardError, write_shard
 
 MEAN_TOL = 6.0  # mean |Δ| per image between two pipelines, grey levels (see module docstring)
 DECODERS = ("torch", "ffcv", "dali")
-
-
-class _Photos(ImageSource):
-    def __init__(self, images, labels):
-        super().__init__(labels, [f"photo/{i}.jpg" for i in range(len(images))])
-        self.images = images
-
-    def load(self, i):
-        return self.images[i]
 
 
 def _photo_crops(n: int, rng: np.random.Generator, lo: int, hi: int) -> list[np.ndarray]:
@@ -56,7 +49,7 @@ def jpg_shard(tmp_path_factory):
     images = _photo_crops(30, rng, 70, 140)
     labels = rng.integers(0, 3, len(images))
     root = tmp_path_factory.mktemp("shards")
-    return write_shard(root, "photos", "train", _Photos(images, labels), ["a", "b", "c"], workers=1)
+    return write_shard(root, "photos", "train", ListSource(images, labels), ["a", "b", "c"], workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -229,9 +222,8 @@ def test_batches_never_need_a_later_plan(name, raw_shard):
     """lookahead=0: plan s+1 is made only after the trainer finished step s. A loader that needed plan
     s+1 to deliver batch s would deadlock here (the timeout turns that into a failure)."""
     steps = 6
-    queue = PlanQueue(
-        lambda s: StepPlan.from_segments(0, s, seed=s, main=np.arange(s, s + 5)), range(steps), lookahead=0
-    )
+    rec = PlanRecorder(rows=lambda s: np.arange(s, s + 5))
+    queue = PlanQueue(rec.make_plan, range(steps), lookahead=0, apply=rec.apply)
     p = pipe(name, raw_shard, train=True, size=32)
     seen = []
     done = threading.Event()
@@ -240,7 +232,7 @@ def test_batches_never_need_a_later_plan(name, raw_shard):
         for batch in p.batches(queue):
             seen.append(batch.plan.step)
             assert torch.equal(batch.rows, torch.arange(batch.plan.step, batch.plan.step + 5))
-            queue.done(batch.plan.step)
+            queue.done(batch.plan.step, batch.plan.step)
         done.set()
 
     t = threading.Thread(target=trainer, daemon=True)
@@ -249,7 +241,7 @@ def test_batches_never_need_a_later_plan(name, raw_shard):
     assert done.is_set(), f"{name}: batches() stalled after steps {seen}"
     queue.close()
     assert seen == list(range(steps))
-    assert all(queue.produced_at[s] == s - 1 for s in range(steps))  # plan s saw exactly steps < s
+    assert all(rec.made[s] == tuple(range(s)) for s in range(steps))  # plan s saw exactly steps < s
 
 
 def test_stopping_early_releases_the_loader_thread(raw_shard):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 from fastlt.pipelines.plan import PlanQueue, StepPlan, eval_plans, step_seed
+from helpers.plans import PlanRecorder
 
 
 def test_segments_layout_and_lookup():
@@ -61,44 +61,25 @@ def test_step_seed_depends_only_on_its_arguments():
     assert len(seen) == 300
 
 
-class _Counter:
-    """A stand-in sampler state: the sum of payloads applied so far (the plan records what it saw)."""
-
-    def __init__(self):
-        self.total = 0
-
-    def apply(self, payload):
-        self.total += payload
-
-    def make_plan(self, step):
-        return StepPlan.from_segments(0, step, seed=self.total, main=np.array([step]))
-
-
 @pytest.mark.parametrize("lookahead", [0, 1, 3])
 def test_lookahead_bound_and_deterministic_state(lookahead):
-    state = _Counter()
+    rec = PlanRecorder()
     steps = range(10, 30)
-    queue = PlanQueue(state.make_plan, steps, lookahead=lookahead, apply=state.apply)
-    seen = []
+    queue = PlanQueue(rec.make_plan, steps, lookahead=lookahead, apply=rec.apply)
     for plan in queue:
-        # the consumer is slow and irregular; the producer must not run ahead regardless
-        time.sleep(0.002 * (plan.step % 3))
-        seen.append(plan.seed)
         queue.done(plan.step, plan.step)
     queue.close()
+    # plan s was made after exactly the payloads of steps <= s - lookahead - 1 were applied: never before
+    # those steps finished (their payloads did not exist yet), and without any later step's update
     for s in steps:
-        # plan s was produced when steps < s - lookahead were finished, never earlier
-        assert s - queue.produced_at[s] - 1 <= lookahead
-    # plan s saw exactly the payloads of steps <= s - lookahead - 1
-    expected = [sum(range(10, max(10, s - lookahead))) for s in steps]
-    assert seen == expected
-    # close() applied every pending payload
-    assert state.total == sum(steps)
+        assert rec.made[s] == tuple(range(10, max(10, s - lookahead))), s
+    # close() applied every pending payload, in order
+    assert rec.applied == list(steps)
 
 
 def test_done_out_of_order_is_an_error_and_producer_errors_surface():
-    state = _Counter()
-    q = PlanQueue(state.make_plan, range(3), lookahead=1, apply=state.apply)
+    rec = PlanRecorder()
+    q = PlanQueue(rec.make_plan, range(3), lookahead=1, apply=rec.apply)
     with pytest.raises(ValueError, match="in order"):
         q.done(1)
     q.close()
@@ -113,19 +94,18 @@ def test_done_out_of_order_is_an_error_and_producer_errors_surface():
 
 
 def test_producer_blocks_until_trainer_catches_up():
-    state = _Counter()
-    q = PlanQueue(state.make_plan, range(10), lookahead=2, apply=state.apply)
-    it = iter(q)
-    first = next(it)
-    time.sleep(0.05)
-    # only steps 0..2 can exist before step 0 is finished
-    assert max(q.produced_at) == 2
-    q.done(first.step, 1)
-    deadline = time.time() + 2
-    while max(q.produced_at) < 3 and time.time() < deadline:
-        time.sleep(0.005)
-    assert max(q.produced_at) == 3
-    t = threading.Thread(target=q.close)
-    t.start()
-    t.join(2)
-    assert not t.is_alive()
+    rec = PlanRecorder()
+    q = PlanQueue(rec.make_plan, range(10), lookahead=2, apply=rec.apply)
+    first = next(iter(q))
+    rec.wait_made(2)
+    # plans 0..2 need no finished step; plan 3 needs step 0, which is not finished yet
+    assert rec.made_steps() == [0, 1, 2]
+    q.done(first.step, first.step)
+    rec.wait_made(3)
+    assert rec.made[3] == (0,)  # made only once step 0 had finished
+    assert rec.made_steps() == [0, 1, 2, 3]  # plan 4 waits for step 1
+    closer = threading.Thread(target=q.close)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() must not wait for steps that will never finish"
+    assert rec.applied == [0]

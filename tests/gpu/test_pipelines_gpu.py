@@ -13,19 +13,11 @@ import numpy as np
 import pytest
 import torch
 from fastlt.pipelines import PlanQueue, StepPlan, make_pipeline
+from synth import ListSource
 
-from fastlt.shards import ArraySource, ImageSource, write_shard
+from fastlt.shards import ArraySource, write_shard
 
 CUDA = torch.device("cuda")
-
-
-class _Images(ImageSource):
-    def __init__(self, images, labels):
-        super().__init__(labels, [str(i) for i in range(len(images))])
-        self.images = images
-
-    def load(self, i):
-        return self.images[i]
 
 
 def _smooth_images(n: int, rng: np.random.Generator, lo: int, hi: int) -> list[np.ndarray]:
@@ -58,7 +50,7 @@ def jpg_shard(tmp_path_factory):
     images = _smooth_images(24, rng, 80, 200)
     labels = rng.integers(0, 3, len(images))
     return write_shard(
-        tmp_path_factory.mktemp("s"), "smooth", "train", _Images(images, labels), list("abc"), workers=1
+        tmp_path_factory.mktemp("s"), "smooth", "train", ListSource(images, labels), list("abc"), workers=1
     )
 
 
