@@ -1,7 +1,8 @@
 """An interrupted conversion never leaves a ``.beton`` or ``.index.json`` at the destination.
 
 The conversion runs in a subprocess (its own session, like a terminal job) through the real CLI and the
-real FFCV writer; each image load is slowed down so that the signal reliably lands mid-write.
+real FFCV writer, started by ``helpers/signal_at_image.py``: the writer process that loads image 30 of 60
+sends the signal and then waits to be stopped, so the signal always lands mid-write.
 """
 
 from __future__ import annotations
@@ -10,29 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 
 import pytest
+from helpers import SIGNAL_AT_IMAGE
 from synth import write_imagefolder
 
 from fastlt.convert import main as convert_main
 from fastlt.shards import open_shard
 
-SLOW_CONVERT = textwrap.dedent(
-    """
-    import sys, time
-    from fastlt.datasets import engine
-    from fastlt.convert import main
-
-    load = engine.FileSource.load
-    def slow_load(self, i):
-        time.sleep(0.05)  # 60 rows x 50 ms: a few seconds of writing to interrupt
-        return load(self, i)
-    engine.FileSource.load = slow_load
-    sys.exit(main(sys.argv[1:]))
-    """
-)
+MID_WRITE = 30  # of 60 images: the first of class_b
 
 
 @pytest.fixture(scope="module")
@@ -42,34 +29,11 @@ def folder(tmp_path_factory):
     return root
 
 
-def start(folder, out):
-    argv = [
-        sys.executable,
-        "-c",
-        SLOW_CONVERT,
-        "imagefolder",
-        str(folder),
-        "--out",
-        str(out),
-        "--workers",
-        "2",
-    ]
+def start(folder, out, signum: signal.Signals, target: str):
+    """``fastlt convert imagefolder`` that sends ``signum`` to ``target`` ('group' or 'main') mid-write."""
+    argv = [sys.executable, str(SIGNAL_AT_IMAGE), str(MID_WRITE), signum.name, target]
+    argv += ["imagefolder", str(folder), "--out", str(out), "--workers", "2"]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def wait_mid_write(proc, dest, timeout=60):
-    """Block until the writer's temporary .beton exists (validation done, writing under way)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if list(dest.glob(".train.beton.*.tmp")):
-            time.sleep(0.5)  # let the writer processes get going
-            assert proc.poll() is None, proc.communicate()
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"conversion ended before it was interrupted: {proc.communicate()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("conversion never started writing")
 
 
 def final_files(dest):
@@ -90,13 +54,8 @@ def reap(proc):
 def test_sigint_mid_write_leaves_nothing(folder, tmp_path, target):
     out = tmp_path / "out"
     dest = out / "photos"
-    proc = start(folder, out)
+    proc = start(folder, out, signal.SIGINT, target)
     try:
-        wait_mid_write(proc, dest)
-        if target == "group":  # what Ctrl-C in a terminal does
-            os.killpg(proc.pid, signal.SIGINT)
-        else:
-            os.kill(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=60)
         err = proc.stderr.read().decode()
         assert rc == 130, err
@@ -111,11 +70,9 @@ def test_sigint_mid_write_leaves_nothing(folder, tmp_path, target):
 def test_sigkill_mid_write_leaves_nothing_and_a_rerun_succeeds(folder, tmp_path):
     out = tmp_path / "out"
     dest = out / "photos"
-    proc = start(folder, out)
+    proc = start(folder, out, signal.SIGKILL, "group")
     try:
-        wait_mid_write(proc, dest)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL
         assert final_files(dest) == []
         assert list(dest.glob(".train.beton.*.tmp")), "a killed run leaves only its hidden temporary"
