@@ -2,18 +2,17 @@
 
 CP-Mix over three epochs covers every kind of state a resume must restore: the ERM stage's confusion counts
 feeding the CP-mix plans of epoch 2, momentum, BatchNorm statistics, the LR schedule position, and the stage
-switch to the classifier fine-tune with its own optimiser. Both runs are real ``fastlt train`` processes.
+switch to the classifier fine-tune with its own optimiser. The killed run is ``fastlt.train.main`` in a
+subprocess that SIGKILLs itself at a chosen step (``helpers/kill_at_step.py``); the resume is a real
+``python -m fastlt train --resume`` process.
 """
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
-import pytest
 import torch
+from helpers import DETERMINISTIC, KILL_AT_STEP, eval_json, fastlt_train, metrics
+
+from fastlt.checkpoint import load_checkpoint
 
 ARGS = [
     "--dataset",
@@ -31,38 +30,8 @@ ARGS = [
     "--progress",
     "false",
 ]
-DETERMINISTIC = (
-    "epoch",
-    "stage",
-    "step",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "confusion_pairs",
-    "many",
-    "medium",
-    "few",
-    "all",
-)
-
-
-def fastlt_train(*args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "fastlt", "train", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
-
-
-def metrics(run):
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+# 544 train images / 32 = 17 steps an epoch: global steps 17..33 are epoch 2 (CP-Mix); 25 lies mid-epoch
+KILL_STEP = 25
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(digits_data, tmp_path):
@@ -79,23 +48,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(digits_data, tmp_pa
     want = metrics(tmp_path / "full")
     assert [m["stage"] for m in want] == ["erm", "cpmix", "finetune"]
 
-    # Kill 0.3 s after epoch 1's line (written right after its checkpoint): inside epoch 2's 17 steps.
-    victim = fastlt_train(*common, "--name", "cut")
+    victim = fastlt_train(str(KILL_STEP), *common, "--name", "cut", launcher=KILL_AT_STEP)
+    out, _ = victim.communicate(timeout=300)
+    assert victim.returncode == -signal.SIGKILL, out
     run = tmp_path / "cut"
-    deadline = time.monotonic() + 300
-    while len(metrics(run)) < 1:
-        assert victim.poll() is None, victim.communicate()[0]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.3)  # into epoch 2's steps
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=60)
-    assert victim.returncode == -signal.SIGKILL
-    done = metrics(run)
-    if len(done) != 1:
-        pytest.skip(f"the kill landed after epoch {len(done)}, not mid-epoch 2 (machine too fast)")
-    from fastlt.checkpoint import load_checkpoint
-
+    assert [m["epoch"] for m in metrics(run)] == [0], "killed in epoch 2: only epoch 1 was recorded"
     assert load_checkpoint(run / "last.pt")["epoch"] == 0
 
     resumed = fastlt_train("--resume", str(run), "--progress", "false")
@@ -106,7 +63,4 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(digits_data, tmp_pa
     assert len(got) == 3
     for g, w in zip(got, want):
         assert {k: g[k] for k in DETERMINISTIC} == {k: w[k] for k in DETERMINISTIC}
-    assert (
-        json.loads((run / "eval.json").read_text())["per_class_accuracy"]
-        == json.loads((tmp_path / "full" / "eval.json").read_text())["per_class_accuracy"]
-    )
+    assert eval_json(run)["per_class_accuracy"] == eval_json(tmp_path / "full")["per_class_accuracy"]
