@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastlt.metrics import ConfusionMatrix, summarize, write_eval
+from fastlt.shards import SHARD_FORMAT_VERSION, ShardIndex, class_groups
 
 
 def test_confusion_matrix_counts_pairs():
@@ -41,16 +42,21 @@ def test_empty_group_and_unseen_class_are_none():
 
 
 def test_write_eval_files(tmp_path):
-    from types import SimpleNamespace
-
-    index = SimpleNamespace(
+    train_counts = [200, 50, 5]
+    index = ShardIndex(
+        version=SHARD_FORMAT_VERSION,
         dataset="toy",
         split="test",
         num_classes=3,
         class_names=["a", "b", "c"],
-        class_groups=["many", "medium", "few"],
-        train_class_counts=[200, 50, 5],
+        class_counts=[5, 5, 5],
+        class_offsets=[0, 5, 10, 15],
+        class_groups=class_groups(train_counts),
+        train_class_counts=train_counts,
+        source_ids=[f"test/{i}.jpg" for i in range(15)],
+        settings={},
     )
+    index.check_consistent()
     m = np.array([[5, 0, 0], [1, 4, 0], [2, 2, 1]])
     s = summarize(m, np.array([0, 1, 2]))
     write_eval(tmp_path, s, index, m)
