@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 import pytest
@@ -29,3 +30,22 @@ def digits_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits-data")
     assert convert(["digits-lt", "--out", str(root), "--workers", "1"]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """A worker process whose Triton runs in the CPU interpreter, for the kernel tests.
+
+    Triton fixes interpreter vs compiler when ``triton`` is first imported (its own ``tl.sum``/``tl.max`` are
+    ``triton.jit`` functions), so the interpreter cannot share a process with compiled CUDA kernels. The
+    worker is spawned with ``TRITON_INTERPRET=1``; this process never sets it, so tests/gpu in the same
+    session still compile. ``interpreter.apply(fn, args, kwargs)`` runs ``fn`` there and returns its result
+    (``fn`` must be importable by module and name).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")
+        pool = multiprocessing.get_context("spawn").Pool(1)  # the worker starts (and copies the env) here
+    yield pool
+    pool.close()
+    pool.join()

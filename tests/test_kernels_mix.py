@@ -7,30 +7,10 @@ rounding to nearest even, so there it is held to one bf16 ulp (relative 2⁻⁷)
 (tests/gpu). λ_y is compared exactly.
 """
 
-import multiprocessing
-
 import pytest
 import torch
 from fastlt.kernels import _dispatch, cutmix_boxes, mix_images, mix_labels
 from fastlt.kernels.mix import IMAGENET_MEAN, IMAGENET_STD, clip_boxes
-
-
-@pytest.fixture(scope="module")
-def interpreter():
-    """A worker process whose Triton runs in the CPU interpreter.
-
-    Triton fixes interpreter vs compiler when ``triton`` is first imported (its own ``tl.sum``/``tl.max`` are
-    ``triton.jit`` functions), so the interpreter cannot share a process with compiled CUDA kernels. The
-    worker is spawned with ``TRITON_INTERPRET=1``; this process never sets it, so tests/gpu in the same
-    session still compile. ``interpreter.apply(fn, args, kwargs)`` runs ``fn`` there and returns its result.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("OMP_NUM_THREADS", "1")
-        pool = multiprocessing.get_context("spawn").Pool(1)  # the worker starts (and copies the env) here
-    yield pool
-    pool.close()
-    pool.join()
 
 
 def run(backend, interpreter, *args, **kwargs):

@@ -8,26 +8,11 @@ in fp32, so the loss keeps rtol 1e-5; the gradient is rounded once to the logits
 ulp of that dtype.
 """
 
-import multiprocessing
-
 import pytest
 import torch
 import torch.nn.functional as F
 from fastlt.kernels import soft_cross_entropy
 from fastlt.kernels.soft_ce import soft_ce_reference
-
-
-@pytest.fixture(scope="module")
-def interpreter():
-    """A worker process whose Triton runs in the CPU interpreter (see tests/test_kernels_mix.py: Triton fixes
-    the mode at import, and this process must stay free to compile CUDA kernels in tests/gpu)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("OMP_NUM_THREADS", "1")
-        pool = multiprocessing.get_context("spawn").Pool(1)
-    yield pool
-    pool.close()
-    pool.join()
 
 
 def _problem(B, C, K, seed, dtype=torch.float32, duplicates=True):
