@@ -13,11 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import SIGNAL_AT_IMAGE
-from synth import write_imagefolder
 
 from fastlt.convert import main as convert_main
 from fastlt.shards import open_shard
+from helpers import SIGNAL_AT_IMAGE
+from synth import write_imagefolder
 
 MID_WRITE = 30  # of 60 images: the first of class_b
 

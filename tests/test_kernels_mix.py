@@ -9,6 +9,7 @@ rounding to nearest even, so there it is held to one bf16 ulp (relative 2⁻⁷)
 
 import pytest
 import torch
+
 from fastlt.kernels import _dispatch, cutmix_boxes, mix_images, mix_labels
 from fastlt.kernels.mix import IMAGENET_MEAN, IMAGENET_STD, clip_boxes
 

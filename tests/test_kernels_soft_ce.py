@@ -11,6 +11,7 @@ ulp of that dtype.
 import pytest
 import torch
 import torch.nn.functional as F
+
 from fastlt.kernels import soft_cross_entropy
 from fastlt.kernels.soft_ce import soft_ce_reference
 

@@ -18,13 +18,13 @@ import threading
 import numpy as np
 import pytest
 import torch
+
 from fastlt.pipelines import PIPELINES, PlanQueue, StepPlan, eval_plans, make_pipeline
 from fastlt.pipelines.beton import BetonImages
 from fastlt.pipelines.transforms import PAD, pad_crop_params
+from fastlt.shards import ArraySource, ShardError, write_shard
 from helpers.plans import PlanRecorder
 from synth import ListSource
-
-from fastlt.shards import ArraySource, ShardError, write_shard
 
 MEAN_TOL = 6.0  # mean |Δ| per image between two pipelines, grey levels (see module docstring)
 DECODERS = ("torch", "ffcv", "dali")

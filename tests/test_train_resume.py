@@ -10,9 +10,9 @@ subprocess that SIGKILLs itself at a chosen step (``helpers/kill_at_step.py``); 
 import signal
 
 import torch
-from helpers import DETERMINISTIC, KILL_AT_STEP, eval_json, fastlt_train, metrics
 
 from fastlt.checkpoint import load_checkpoint
+from helpers import DETERMINISTIC, KILL_AT_STEP, eval_json, fastlt_train, metrics
 
 ARGS = [
     "--dataset",

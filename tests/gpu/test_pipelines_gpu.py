@@ -12,10 +12,10 @@ import threading
 import numpy as np
 import pytest
 import torch
-from fastlt.pipelines import PlanQueue, StepPlan, make_pipeline
-from synth import ListSource
 
+from fastlt.pipelines import PlanQueue, StepPlan, make_pipeline
 from fastlt.shards import ArraySource, write_shard
+from synth import ListSource
 
 CUDA = torch.device("cuda")
 

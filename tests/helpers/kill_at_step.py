@@ -13,7 +13,6 @@ import signal
 import sys
 
 from fastlt.pipelines.plan import PlanQueue
-
 from fastlt.train import main
 
 
