@@ -5,8 +5,8 @@ weights_only=True)`` reads it without unpickling arbitrary objects:
 
     version, epoch (last finished, 0-based), global_step, recipe (Recipe.to_json()),
     model, optimizer, optimizer_group (which stage group the optimiser state belongs to),
-    schedule ({group, group_start_epoch}), sampler (confusion counts and producer state),
-    method (method-owned state), rng ({torch, cuda, numpy, python}), best (best "all" so far), metrics
+    method (the method's own state, e.g. CP-Mix's confusion counts), rng ({torch, cuda, numpy, python}),
+    best (best "all" so far), metrics (the epoch's metrics line)
 
 It is written to a temporary file in the same folder, flushed and fsynced, then renamed over the old one:
 a SIGKILL at any moment leaves either the old checkpoint or the new one, never a torn file.
@@ -24,7 +24,8 @@ import torch
 
 from fastlt.recipes import Recipe, RecipeError, recipe_diff
 
-CHECKPOINT_VERSION = 1
+# 2: method state (CP-Mix's confusion counts) moved from "sampler" into "method"; "schedule" dropped.
+CHECKPOINT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -55,8 +56,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a torn or foreign file
         raise CheckpointError(f"{path}: not a readable fastlt checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: not a fastlt checkpoint of version {CHECKPOINT_VERSION}")
+    if not isinstance(state, dict) or "version" not in state:
+        raise CheckpointError(f"{path}: not a fastlt checkpoint (no version)")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {state['version']!r}, this fastlt reads version "
+            f"{CHECKPOINT_VERSION}; evaluate or resume it with the fastlt that wrote it"
+        )
     return state
 
 

@@ -18,6 +18,13 @@ from pathlib import Path
 import torch
 
 from fastlt import metrics as M
+from fastlt.checkpoint import CheckpointError, load_checkpoint
+from fastlt.distributed import Dist
+from fastlt.methods.base import get_method
+from fastlt.pipelines.plan import eval_plans
+from fastlt.recipes import Recipe, RecipeError, apply_overrides
+from fastlt.runtime import Runtime, TrainingError, build_pipeline, choose_pipeline, open_split
+from fastlt.shards import ShardError, open_shard
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +49,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@torch.no_grad()
+def evaluate(model, method, pipeline, index, runtime: Runtime, batch_size: int, d: Dist | None = None):
+    """Confusion matrix over the whole split (split across ranks, summed), then the summary."""
+    d = d or Dist()
+    model.eval()
+    cm = M.ConfusionMatrix(index.num_classes, runtime.device)
+    plans = eval_plans(index.num_rows, batch_size, d.rank, d.world)
+    plans = (p for p in plans if len(p.rows))
+    with runtime.autocast():
+        for batch in pipeline.batches(plans):
+            logits = method.eval_logits(model, runtime.normalize(batch.images))
+            cm.update(batch.labels, logits.argmax(1))
+    cm.all_reduce()
+    mat = cm.numpy()
+    return M.summarize(mat, index.group_ids), mat
+
+
+def _checkpoint_path(run: Path, checkpoint: str) -> Path:
+    if checkpoint not in ("best", "last"):
+        return Path(checkpoint)
+    ckpt = run / f"{checkpoint}.pt"
+    return run / "last.pt" if checkpoint == "best" and not ckpt.exists() else ckpt
+
+
+def _load_model(recipe, index, state, ckpt: Path, shard, device):
+    method = get_method(recipe.method)(recipe, index, cache_dir=Path(shard.beton_path).parent)
+    model = method.build_model()
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise TrainingError(
+            f"{ckpt}: its model does not fit {index.num_classes} classes of {shard.beton_path} "
+            f"({str(e).splitlines()[0]})"
+        ) from None
+    method.load_state_dict(state["method"])
+    return method, model.to(device)
+
+
 def evaluate_run(
     run: str | Path,
     shard_path: str | None = None,
@@ -51,24 +96,13 @@ def evaluate_run(
     out: str | None = None,
     plots: bool = True,
 ) -> dict:
-    from fastlt.checkpoint import load_checkpoint
-    from fastlt.methods.base import Priors, get_method
-    from fastlt.recipes import Recipe, apply_overrides
-    from fastlt.shards import ShardError, open_shard
-    from fastlt.train import Dist, TrainingError, build_pipeline, choose_pipeline, evaluate, open_split
-
     run = Path(run)
     if not (run / "recipe.json").exists():
         raise TrainingError(f"{run}: no recipe.json (not a fastlt run directory)")
     recipe = Recipe.load(run / "recipe.json")
     over = [(k, v) for k, v in (("pipeline", pipeline), ("device", device)) if v]
     recipe = apply_overrides(recipe, over) if over else recipe
-    if checkpoint in ("best", "last"):
-        ckpt = run / f"{checkpoint}.pt"
-        if checkpoint == "best" and not ckpt.exists():
-            ckpt = run / "last.pt"
-    else:
-        ckpt = Path(checkpoint)
+    ckpt = _checkpoint_path(run, checkpoint)
     state = load_checkpoint(ckpt)
     if shard_path:
         try:
@@ -79,26 +113,11 @@ def evaluate_run(
         shard = open_split(recipe, recipe.eval_split)
     index = shard.index
     dev = torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
-    method = get_method(recipe.method)(recipe)
-    model = method.build_model(index.num_classes)
+    method, model = _load_model(recipe, index, state, ckpt, shard, dev)
+    runtime = Runtime.create(recipe, index.train_counts, dev)
+    pipe = build_pipeline(choose_pipeline(recipe, shard), shard, recipe, dev, train=False)
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise TrainingError(
-            f"{ckpt}: its model does not fit {index.num_classes} classes of {shard.beton_path} "
-            f"({str(e).splitlines()[0]})"
-        ) from None
-    model.to(dev)
-    method.load_state_dict(state.get("method", {}))
-    ctx_kwargs = dict(
-        priors=Priors(index.train_counts).to(dev),
-        mean=tuple(recipe.mean),
-        std=tuple(recipe.std),
-        dtype=torch.bfloat16 if dev.type == "cuda" and recipe.amp else torch.float32,
-    )
-    pipe = build_pipeline(choose_pipeline(recipe, shard, dev), shard, recipe, dev, train=False)
-    try:
-        summary, matrix = evaluate(model, method, pipe, index, recipe, dev, Dist(), ctx_kwargs)
+        summary, matrix = evaluate(model, method, pipe, index, runtime, recipe.eval_batch_size)
     finally:
         pipe.close()
     own = shard_path is None
@@ -118,10 +137,6 @@ def evaluate_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastlt.checkpoint import CheckpointError
-    from fastlt.recipes import RecipeError
-    from fastlt.train import TrainingError
-
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         s = evaluate_run(

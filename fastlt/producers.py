@@ -20,26 +20,26 @@ the main rows; the pipelines give every repeat its own random crop. ``balanced``
 an instance-uniform epoch (``num_rows // B``), so a fine-tuning "epoch" sees as many images as a training one.
 
 Determinism: all randomness of step ``s`` (epoch ``e``) comes from ``step_seed(seed, e, ·, offset)`` —
-offset 1 the epoch permutation, 2 the partner draws, 3 the plan's augmentation seed — so a plan is a pure
-function of (seed, step, sampler state). The only state is CP-Mix's confusion counts, fed through
-:meth:`PlanProducer.apply` (the ``apply`` of :class:`~fastlt.pipelines.plan.PlanQueue`); every producer
-accepts payloads, so an ``erm`` stage can collect the pairs a later ``cpmix`` stage draws from (pass both the
-same :class:`~fastlt.sampling.ConfusionCounts`). ``state_dict()`` holds the counts and the settings the stream
+offset 1 the epoch permutation, 2 the partner draws, 3 the plan's augmentation seed (and ``OFFSET_LOSS`` the
+trainer's per-step loss generator) — so a plan is a pure function of (seed, step, sampler state). The only
+state is CP-Mix's confusion counts, owned by the method and fed through :meth:`PlanProducer.apply` (the
+``apply`` of :class:`~fastlt.pipelines.plan.PlanQueue`); every producer accepts payloads, so an ``erm`` stage
+can collect the pairs a later ``cpmix`` stage draws from (pass both the same
+:class:`~fastlt.sampling.ConfusionCounts`). A trainer makes one producer per stage; ``max_steps`` caps an
+epoch's steps. ``state_dict()`` holds the counts and the settings the stream
 depends on; a producer restored from it continues the same stream.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
 
+from fastlt.names import did_you_mean
 from fastlt.pipelines.plan import StepPlan, step_seed
 from fastlt.sampling import (
-    HEAD_K,
     ClassBalanced,
     ConfusionCounts,
     ConfusionPartner,
@@ -49,7 +49,9 @@ from fastlt.sampling import (
     check_offsets,
 )
 
+# step_seed offsets: one independent stream per consumer of a step's randomness.
 OFFSET_PERMUTATION, OFFSET_PARTNERS, OFFSET_AUGMENT = 1, 2, 3
+OFFSET_LOSS = 7  # the trainer's per-step generator: λ, permutations, CutMix boxes, coins inside the losses
 
 
 def _offsets_of(index) -> np.ndarray:
@@ -66,7 +68,8 @@ class PlanProducer:
     plan: ClassVar[str] = "erm"
 
     def __init__(self, offsets, batch_size: int, seed: int = 0, *, counts: ConfusionCounts | None = None,
-                 drop_last: bool = True, first_epoch: int = 0, first_step: int = 0):
+                 drop_last: bool = True, max_steps: int | None = None, first_epoch: int = 0,
+                 first_step: int = 0):
         self.offsets = _offsets_of(offsets)
         self.num_classes = self.offsets.shape[0] - 1
         self.num_rows = int(self.offsets[-1])
@@ -78,7 +81,9 @@ class PlanProducer:
                              "(drop_last would leave no step)")
         if counts is not None and counts.num_classes != self.num_classes:
             raise ValueError(f"counts cover {counts.num_classes} classes, the shard has {self.num_classes}")
-        self.seed, self.drop_last = int(seed), bool(drop_last)
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps: expected ≥ 1 or None, got {max_steps}")
+        self.seed, self.drop_last, self.max_steps = int(seed), bool(drop_last), max_steps
         self.first_epoch, self.first_step = int(first_epoch), int(first_step)
         self.counts = counts
         self._perm_epoch, self._perm = None, None
@@ -86,9 +91,12 @@ class PlanProducer:
     # ------------------------------------------------------------------------------------------ schedule
     @property
     def steps_per_epoch(self) -> int:
+        """One pass over the shard (``max_steps`` caps it: quick runs and benchmarks)."""
         if self.drop_last:
-            return self.num_rows // self.batch_size
-        return -(-self.num_rows // self.batch_size)
+            steps = self.num_rows // self.batch_size
+        else:
+            steps = -(-self.num_rows // self.batch_size)
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def epoch_of(self, step: int) -> tuple[int, int]:
         """(epoch, index within the epoch) of a global step."""
@@ -155,9 +163,6 @@ class PlanProducer:
             if self.counts is None:
                 self.counts = ConfusionCounts(self.num_classes)
             self.counts.load_state_dict(state["counts"])
-
-
-ErmProducer = PlanProducer
 
 
 class PairProducer(PlanProducer):
@@ -253,54 +258,25 @@ PRODUCERS: dict[str, type[PlanProducer]] = {
 }
 
 
-def make_producer(plan: str, index, batch_size: int, seed: int = 0, counts: ConfusionCounts | None = None,
-                  recipe=None, *, neighbours: TextLocal | None = None, text_features=None,
-                  **kw) -> PlanProducer:
+def make_producer(plan: str, index, batch_size: int, seed: int = 0, *, counts: ConfusionCounts | None = None,
+                  mix_batch_size: int | None = None, fallback: str = "instance",
+                  neighbours: TextLocal | None = None, **kw) -> PlanProducer:
     """The producer of policy ``plan`` over a shard (``index``: ShardIndex, Shard or class offsets).
 
-    ``counts`` is shared confusion state (every producer feeds it through ``apply``; ``cpmix`` draws from it,
-    making its own when None). Recipe fields read when present: ``cpmix_batch_size`` (B_m; 0/None: B),
-    ``cpmix_fallback`` ('instance' | 'redraw'), ``lfm_tau`` (0.05), ``lfm_k`` (head size of the exact
-    text-local table, default HEAD_K = 256). LFM needs ``neighbours`` (a TextLocal) or ``text_features``
-    (float[C, d]).
-    Other keywords (``drop_last``, ``first_epoch``, ``first_step``) go to the producer.
+    ``counts``: confusion state every producer feeds through ``apply`` (None: nothing collected); ``cpmix``
+    draws from it (making its own when None) with ``mix_batch_size`` pairs per step (None: the batch size)
+    and ``fallback`` ('instance' | 'redraw') for classes without pairs. ``lfm`` needs ``neighbours`` (a
+    :class:`~fastlt.sampling.TextLocal`, e.g. ``TextLocal.from_embeddings(features, tau, k=HEAD_K)``).
+    Other keywords (``drop_last``, ``max_steps``, ``first_epoch``, ``first_step``) go to the producer.
     """
     if plan not in PRODUCERS:
-        near = difflib.get_close_matches(str(plan), PRODUCERS, n=2)
-        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        hint = did_you_mean(plan, PRODUCERS, n=2)
         raise ValueError(f"unknown plan {plan!r}{hint} (known: {', '.join(PRODUCERS)})")
     offsets = _offsets_of(index)
-    r = recipe
     if plan == "cpmix":
-        kw.setdefault("mix_batch_size", getattr(r, "cpmix_batch_size", None) or None)
-        kw.setdefault("fallback", getattr(r, "cpmix_fallback", None) or "instance")
+        kw.update(mix_batch_size=mix_batch_size, fallback=fallback)
     if plan == "lfm":
         if neighbours is None:
-            if text_features is None:
-                raise ValueError("plan 'lfm' needs the class similarities: pass neighbours=TextLocal(...) or "
-                                 "text_features=float[C, d] class text embeddings")
-            tau, k = getattr(r, "lfm_tau", 0.05), getattr(r, "lfm_k", None) or HEAD_K
-            neighbours = _text_local(text_features, tau, k, np.diff(offsets) > 0)
+            raise ValueError("plan 'lfm' needs the class neighbours: pass neighbours=TextLocal(...)")
         kw["neighbours"] = neighbours
     return PRODUCERS[plan](offsets, batch_size, seed, counts=counts, **kw)
-
-
-_TEXT_CACHE: dict[tuple, TextLocal] = {}
-
-
-def _text_local(features, tau, k, allowed) -> TextLocal:
-    """Exact TextLocal (head of k + rejection tail) of the class features, cached: the trainer makes a
-    producer per epoch, and C similarity rows are worth scanning once."""
-    f = np.ascontiguousarray(_numpy(features), dtype=np.float64)
-    key = (hashlib.sha1(f.tobytes()).hexdigest(), f.shape, float(tau), int(k),
-           hashlib.sha1(np.packbits(allowed).tobytes()).hexdigest())
-    if key not in _TEXT_CACHE:
-        _TEXT_CACHE.clear()  # one run, one text table
-        _TEXT_CACHE[key] = TextLocal.from_embeddings(f, tau=tau, k=k, allowed=allowed)
-    return _TEXT_CACHE[key]
-
-
-def _numpy(a) -> np.ndarray:
-    if hasattr(a, "detach"):  # a torch tensor, possibly on the GPU
-        return a.detach().float().cpu().numpy()
-    return np.asarray(a)

@@ -19,13 +19,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from fastlt.datasets import registry
+from fastlt.methods import METHODS as _METHOD_TABLE
 from fastlt.names import did_you_mean, unknown_name
 
 # The datasets `fastlt train` accepts: the registry's entries with a preset, in registry order (their standard
 # schedules, _DATASET_BASE below, come from there too).
 DATASETS = tuple(name for name, spec in registry.DATASETS.items() if spec.preset_base is not None)
-METHODS = ("ce", "bs", "ldam-drw", "mixup", "cutmix", "remix", "cpmix", "concutmix", "lfm")
-PIPELINES = ("auto", "resident", "ffcv", "dali", "torch")
+METHODS = tuple(_METHOD_TABLE)  # the method names, from the one table in fastlt.methods
+# The recipe's `pipeline` values: "auto" plus the names of the fastlt.pipelines registry (kept here as plain
+# names so reading a recipe never imports torch; a test checks the two agree).
+PIPELINE_CHOICES = ("auto", "resident", "ffcv", "dali", "torch")
 SCHEDULES = ("multistep", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -132,7 +135,7 @@ class Recipe:
     # ----------------------------------------------------------------------------------------------------
     def __post_init__(self):
         _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("pipeline", self.pipeline, PIPELINES)
+        _check_choice("pipeline", self.pipeline, PIPELINE_CHOICES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("classifier", self.classifier, ("linear", "cosine"))

@@ -287,11 +287,6 @@ def class_text_features(encoder: TextEncoder, class_names: Sequence[str], cache_
     return feats
 
 
-def shard_text_features(shard, encoder: TextEncoder, template: str = PROMPT) -> np.ndarray:
-    """Class text features for an opened :class:`fastlt.shards.Shard`, cached beside its ``.beton``."""
-    return class_text_features(encoder, shard.index.class_names, Path(shard.beton_path).parent, template)
-
-
 def text_similarity(features: np.ndarray) -> np.ndarray:
     """``float32[C, C]`` cosine similarity of class text features (the rows are re-normalised first)."""
     f = _l2_normalise(features)

@@ -3,25 +3,24 @@
     fastlt train --dataset digits-lt --method cpmix [--key value ...] [--runs runs] [--resume runs/X]
     torchrun --nproc_per_node 2 -m fastlt train --dataset digits-lt --method bs
 
-The data path of DESIGN.md §1, step by step:
+:func:`train` is the data path of DESIGN.md §1:
 
-    plan  = producer.make_plan(step)                  # shard rows (PlanQueue thread, `lookahead` ahead)
-    batch = pipeline.load(plan)                       # uint8 NHWC on the device (pipeline thread, prefetched)
-    out   = method.loss(model, batch, ctx)            # mix (fused kernel) → forward → loss
-    out.loss.backward(); optimizer.step()             # (gradients averaged across ranks under DDP)
-    queue.done(step, mispredicted (y, ŷ) pairs)       # → confusion counts → later CP-Mix plans
-    (epoch end) evaluate → last.pt / best.pt → metrics.jsonl → next stage
+    run = setup(recipe)                               # splits, method, model, runtime, pipelines (+ resume)
+    for epoch:
+        stage = enter_stage(...)                      # at a boundary: trainable set, optimiser, producer
+        train_epoch:                                  # per step:
+            plan  = producer.make_plan(step)          #   shard rows (PlanQueue thread, `lookahead` ahead)
+            batch = pipeline.load(plan)               #   uint8 NHWC on the device (pipeline thread)
+            out   = method.loss(model, batch, ctx)    #   mix (fused kernel) → forward → loss
+            out.loss.backward(); optimizer.step()     #   (gradients averaged across ranks under DDP)
+            queue.done(step, pairs)                   #   mispredicted (y, ŷ), only for a method that asks
+        evaluate → save_epoch (last.pt / best.pt → metrics.jsonl)
+    finish                                            # eval.json + plots
 
 Everything random is a function of (seed, epoch, step): plans come from seeded producers, augmentation from
-the plan's seed, λ and permutations from a generator seeded by ``step_seed(seed, epoch, step)``. So a run
-resumed from ``last.pt`` (written atomically at every epoch end) replays exactly what an uninterrupted run
-computes from that epoch on.
-
-DDP: every rank runs this same loop on its slice of every plan (``StepPlan.shard``); gradients are averaged
-with one ``all_reduce`` per step (a flat bucket: no wrapper, so methods may call ``model.features`` or any
-head directly); mispredicted pairs are all-gathered before ``queue.done`` so every rank's confusion counts —
-and therefore every rank's CP-Mix plans — stay identical; BatchNorm running statistics are averaged at epoch
-end; evaluation confusion matrices are summed. Only rank 0 writes files.
+the plan's seed, λ and permutations from a generator seeded by ``step_seed(seed, epoch, step, OFFSET_LOSS)``.
+So a run resumed from ``last.pt`` (written atomically at every epoch end) replays exactly what an
+uninterrupted run computes from that epoch on. DDP collectives live in ``fastlt.distributed``.
 
 Run directory ``<runs>/<name>/``: ``recipe.json`` (resolved recipe), ``metrics.jsonl`` (one line per epoch,
 appended after that epoch's checkpoint), ``last.pt`` / ``best.pt`` (atomic; ``fastlt.checkpoint``),
@@ -37,7 +36,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,244 +54,372 @@ from fastlt.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fastlt.methods.base import Method, Priors, Stage, StepContext, get_method, stage_at, stage_start
-from fastlt.pipelines.plan import PlanQueue, eval_plans, step_seed
-from fastlt.recipes import DATASETS, METHODS, Recipe, RecipeError, apply_overrides, preset
+from fastlt.distributed import (
+    Dist,
+    all_reduce_grads,
+    average_buffers,
+    check_same_state,
+    gather_pairs,
+    init_distributed,
+    reduce_tally,
+)
+from fastlt.evaluate import evaluate
+from fastlt.methods.base import (
+    Method,
+    Stage,
+    StepContext,
+    StepOutput,
+    get_method,
+    group_span,
+    stage_at,
+    stage_start,
+    unread_keys,
+)
+from fastlt.pipelines.plan import PlanQueue, step_seed
+from fastlt.producers import OFFSET_LOSS
+from fastlt.recipes import (
+    ALIASES,
+    DATASETS,
+    METHODS,
+    Recipe,
+    RecipeError,
+    apply_overrides,
+    preset,
+    split_overrides,
+)
+from fastlt.runtime import Runtime, TrainingError, build_pipeline, choose_pipeline, open_split, pick_device
+from fastlt.schedule import lr_at, make_optimizer, set_lr
 from fastlt.shards import ShardError, check_same_conversion
 
-# How to make each dataset's shard (printed when one is missing).
-CONVERT_COMMANDS = {
-    "digits-lt": "tools/convert digits-lt --out {root}",
-    "cifar10-lt": "tools/convert cifar10-lt /path/to/cifar-10-batches-py --imbalance-factor 100 --out {root}",
-    "cifar100-lt": "tools/convert cifar100-lt /path/to/cifar-100-python --imbalance-factor 100 --out {root}",
-    "imagenet-lt": "tools/convert imagenet-lt --root /path/to/imagenet --train ImageNet_LT_train.txt "
-    "--test ImageNet_LT_test.txt --out {root}",
-    "places-lt": "tools/convert places-lt --root /path/to/places365 --train Places_LT_train.txt "
-    "--test Places_LT_test.txt --out {root}",
-    "inat2018": "tools/convert inat2018 /path/to/inat2018 --out {root}",
-}
+LOSS_CHECK_EVERY = 10  # steps between host reads of the running loss (each read is a device sync)
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, missing shard, refused resume); the message says why."""
-
-
-# ------------------------------------------------------------------------------------------ setup helpers
+# ------------------------------------------------------------------------------------------ the run
 @dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+class Run:
+    """Everything one training run holds, made by :func:`setup`; ``epoch``/``step`` advance as it trains."""
+
+    recipe: Recipe
+    dist: Dist
+    dir: Path
+    method: Method
+    model: nn.Module
+    runtime: Runtime
+    stages: tuple[Stage, ...]
+    eval_index: object  # ShardIndex of the eval split
+    pipeline: str
+    train_pipe: object
+    eval_pipe: object
+    log: Callable[..., None]
+    epoch: int = 0  # next epoch to train (0-based)
+    step: int = 0  # global step
+    best: float = -1.0  # best "all" so far
+    resumed_optimizer: tuple[str, dict] | None = None  # (group, state) from last.pt, until that group starts
 
     @property
-    def main(self) -> bool:
-        return self.rank == 0
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    def close(self) -> None:  # stop the loader threads, free the resident split
+        self.train_pipe.close()
+        self.eval_pipe.close()
 
 
-def init_distributed(recipe: Recipe) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL when training on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    cuda = recipe.device != "cpu" and torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(recipe: Recipe, d: Dist) -> torch.device:
-    if recipe.device == "cuda" or (recipe.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TrainingError("--device cuda was asked for, but no CUDA GPU is visible")
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
-
-
-def open_split(recipe: Recipe, split: str):
-    """Open ``<data_root>/<dataset>/<split>.beton``; a missing shard names the command that makes it."""
-    from fastlt.shards import ShardError, open_shard, shard_paths
-
-    beton, index = shard_paths(recipe.data_root, recipe.dataset, split)
-    if not beton.exists() and not index.exists():
-        cmd = CONVERT_COMMANDS[recipe.dataset].format(root=recipe.data_root)
-        raise TrainingError(f"shard {beton} not found. Make it with:\n    {cmd}")
-    try:
-        return open_shard(beton)
+def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> Run:
+    """Open both splits, build the method, model, runtime and pipelines; restore ``last.pt`` when resuming."""
+    use_cuda = recipe.device != "cpu" and torch.cuda.is_available()
+    d = init_distributed(use_cuda)
+    device = pick_device(recipe, d.local_rank)
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed % 2**32)
+    train_shard = open_split(recipe, recipe.train_split)
+    eval_shard = open_split(recipe, recipe.eval_split)
+    try:  # the eval split's many/medium/few groups must come from *this* train split's counts
+        check_same_conversion(train_shard, eval_shard)
     except ShardError as e:
         raise TrainingError(str(e)) from None
-
-
-def choose_pipeline(recipe: Recipe, shard, device: torch.device) -> str:
-    """``auto``: resident when the split is stored raw (decoded pixels of one size, e.g. CIFAR, digits) and
-    all of it (N·S·S·3 bytes) fits ``memory_budget_gb``; else ffcv (JPEG decode + crop on CPU threads)."""
-    if recipe.pipeline != "auto":
-        return recipe.pipeline
-    raw = shard.index.settings.get("write_mode") == "raw"
-    decoded = shard.num_rows * recipe.image_size * recipe.image_size * 3
-    return "resident" if raw and decoded <= recipe.memory_budget_gb * 2**30 else "ffcv"
-
-
-def build_pipeline(name: str, shard, recipe: Recipe, device: torch.device, train: bool):
-    from fastlt.pipelines import make_pipeline
-
-    return make_pipeline(
-        name,
-        shard,
-        train=train,
-        image_size=recipe.image_size,
-        device=device,
-        seed=recipe.seed + (0 if train else 1),
-        workers=recipe.workers,
+    index = train_shard.index
+    method = get_method(recipe.method)(recipe, index, cache_dir=Path(train_shard.beton_path).parent)
+    model = method.build_model().to(device)
+    if device.type == "cuda" and recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    pipe = choose_pipeline(recipe, train_shard)
+    run = Run(
+        recipe=recipe, dist=d, dir=Path(runs) / recipe.run_name, method=method, model=model,
+        runtime=Runtime.create(recipe, index.train_counts, device), stages=method.stages(),
+        eval_index=eval_shard.index, pipeline=pipe,
+        train_pipe=build_pipeline(pipe, train_shard, recipe, device, train=True),
+        eval_pipe=build_pipeline(pipe, eval_shard, recipe, device, train=False),
+        log=log if d.main else (lambda *a, **k: None),
     )
+    try:
+        restore(run) if resume else start_run_dir(run)
+    except BaseException:
+        run.close()
+        raise
+    run.log(
+        f"{recipe.dataset} × {recipe.method}: {index.num_rows} train images, {index.num_classes} classes, "
+        f"model {recipe.model}, pipeline {pipe}, device {device}"
+        + (f", {d.world} ranks" if d.world > 1 else "")
+        + f" → {run.dir}"
+    )
+    return run
 
 
-def lr_at(recipe: Recipe, stage: Stage, group_epochs: int, t: float) -> float:
-    """Learning rate ``t`` epochs (fractional) into a stage group of ``group_epochs`` epochs.
-
-    Linear warmup over ``warmup_epochs``, then the group's schedule: cosine decays to 0 at the
-    group's end, multistep multiplies by ``lr_decay`` at each milestone, constant stays.
-    """
-    base = stage.lr if stage.lr is not None else recipe.lr
-    schedule = stage.schedule or recipe.schedule
-    warm = stage.warmup_epochs if stage.warmup_epochs is not None else recipe.warmup_epochs
-    milestones = stage.milestones if stage.milestones is not None else recipe.milestones
-    if warm > 0 and t < warm:
-        return base * (t + 1e-3) / warm  # never exactly zero: the first step still moves
-    if schedule == "cosine":
-        span = max(group_epochs - warm, 1e-9)
-        return base * 0.5 * (1 + math.cos(math.pi * min(max(t - warm, 0.0) / span, 1.0)))
-    if schedule == "multistep":
-        return base * recipe.lr_decay ** sum(t >= m for m in milestones)
-    return base
-
-
-def make_optimizer(recipe: Recipe, params, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=lr,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            nesterov=recipe.nesterov,
+def start_run_dir(run: Run) -> None:
+    if not run.dist.main:
+        return
+    if (run.dir / "last.pt").exists():
+        raise TrainingError(
+            f"{run.dir} already holds a run; pass --resume {run.dir} or choose another --name"
         )
-    cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, weight_decay=recipe.weight_decay)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    run.recipe.save(run.dir / "recipe.json")
 
 
-def set_trainable(method: Method, model: nn.Module, stage: Stage) -> list[nn.Parameter]:
-    params = method.trainable_parameters(model, stage)
+def restore(run: Run) -> None:
+    """Continue from ``last.pt``: weights, method state, global RNGs, position, best, optimiser state."""
+    path = run.dir / "last.pt"
+    try:
+        state = load_checkpoint(path)
+        check_recipe(state, run.recipe, path)
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+    run.model.load_state_dict(state["model"])
+    run.method.load_state_dict(state["method"])
+    set_rng_state(state["rng"])
+    run.epoch, run.step, run.best = state["epoch"] + 1, state["global_step"], state["best"]
+    run.resumed_optimizer = (state["optimizer_group"], state["optimizer"])
+    run.log(f"resuming {run.dir} at epoch {run.epoch + 1}/{run.total_epochs} (step {run.step})")
+    if run.dist.main:
+        _truncate_metrics(run.dir / "metrics.jsonl", state["epoch"])
+
+
+# ------------------------------------------------------------------------------------------ stages
+@dataclass
+class StageRun:
+    """The stage being trained: its optimiser (shared by the stages of one group) and its one producer."""
+
+    index: int
+    stage: Stage
+    group_start: int  # first epoch of the stage's group (the LR schedule spans the group)
+    group_epochs: int
+    optimizer: torch.optim.Optimizer
+    trainable: list[nn.Parameter]
+    producer: object
+
+    def lr(self, recipe: Recipe, epoch: float) -> float:
+        return lr_at(recipe, self.stage, self.group_epochs, epoch - self.group_start)
+
+
+def enter_stage(run: Run, index: int, prev: StageRun | None) -> StageRun:
+    """Switch to stage ``index`` at ``run.epoch``: trainable parameters, optimiser group, plan producer."""
+    stage, r = run.stages[index], run.recipe
+    g_start, g_epochs = group_span(run.stages, index)
+    params = run.method.trainable_parameters(run.model, stage)
     keep = {id(p) for p in params}
-    for p in model.parameters():
+    for p in run.model.parameters():
         p.requires_grad_(id(p) in keep)
-    return params
-
-
-def group_span(stages, index: int) -> tuple[int, int]:
-    """(first epoch, number of epochs) of the group that stage ``index`` belongs to (consecutive stages)."""
-    stages = list(stages)
-    g = stages[index].group
-    lo = index
-    while lo > 0 and stages[lo - 1].group == g:
-        lo -= 1
-    hi = index
-    while hi + 1 < len(stages) and stages[hi + 1].group == g:
-        hi += 1
-    return stage_start(stages, lo), sum(s.epochs for s in stages[lo : hi + 1])
-
-
-def all_reduce_grads(params, world: int) -> None:
-    """Average gradients over ranks with one flat all_reduce."""
-    import torch.distributed as dist
-
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    pos = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[pos : pos + n].view_as(g))
-        pos += n
-
-
-def gather_pairs(y: torch.Tensor, yhat: torch.Tensor, d: Dist) -> tuple[np.ndarray, np.ndarray]:
-    """Mispredicted (y, ŷ) of this step from every rank, in rank order (identical on all ranks)."""
-    wrong = y != yhat
-    y, yhat = y[wrong], yhat[wrong]
-    if d.world > 1:
-        import torch.distributed as dist
-
-        local = torch.stack([y, yhat]).to(torch.int64)
-        n = torch.tensor([local.shape[1]], device=local.device)
-        sizes = [torch.zeros_like(n) for _ in range(d.world)]
-        dist.all_gather(sizes, n)
-        top = int(max(s.item() for s in sizes))
-        padded = torch.zeros(2, top, dtype=torch.int64, device=local.device)
-        padded[:, : local.shape[1]] = local
-        bufs = [torch.zeros_like(padded) for _ in range(d.world)]
-        dist.all_gather(bufs, padded)
-        parts = [b[:, : int(s.item())] for b, s in zip(bufs, sizes)]
-        cat = torch.cat(parts, dim=1)
-        y, yhat = cat[0], cat[1]
-    return y.cpu().numpy().astype(np.int64), yhat.cpu().numpy().astype(np.int64)
-
-
-def average_buffers(model: nn.Module, d: Dist) -> None:
-    """Average floating buffers (BatchNorm running statistics) across ranks."""
-    if d.world <= 1:
-        return
-    import torch.distributed as dist
-
-    for b in model.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b)
-            b /= d.world
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    method: Method,
-    pipeline,
-    index,
-    recipe: Recipe,
-    device: torch.device,
-    d: Dist,
-    ctx_kwargs: dict,
-) -> tuple[dict, np.ndarray]:
-    """Confusion matrix over the whole split (split across ranks, summed), then the summary."""
-    model.eval()
-    cm = M.ConfusionMatrix(index.num_classes, device)
-    plans = eval_plans(index.num_rows, recipe.eval_batch_size, d.rank, d.world)
-    plans = (p for p in plans if len(p.rows))
-    ctx = StepContext(
-        recipe=recipe,
-        stage=Stage("eval", 1),
-        epoch=0,
-        step=0,
-        device=device,
-        generator=torch.Generator().manual_seed(0),
-        **ctx_kwargs,
+    if prev is not None and prev.stage.group == stage.group:
+        optimizer = prev.optimizer  # stages of one group train with one optimiser and one LR schedule
+    else:
+        optimizer = make_optimizer(r, params, lr_at(r, stage, g_epochs, run.epoch - g_start))
+        if run.resumed_optimizer is not None and run.resumed_optimizer[0] == stage.group:
+            optimizer.load_state_dict(run.resumed_optimizer[1])
+        run.resumed_optimizer = None
+    # Anchored at the current (epoch, step): at the stage's start, or mid-stage when resuming.
+    producer = run.method.producer(stage, first_epoch=run.epoch, first_step=run.step)
+    first = stage_start(run.stages, index)
+    run.log(
+        f"stage {stage.name} (epochs {first + 1}–{first + stage.epochs}): plans {stage.plan!r}, "
+        f"training {stage.trainable}, optimiser group {stage.group!r}"
     )
-    with autocast(device, recipe):
-        for batch in pipeline.batches(plans):
-            logits = method.eval_logits(model, ctx.normalize(batch.images))
-            cm.update(batch.labels, logits.argmax(1))
-    cm.all_reduce()
-    mat = cm.numpy()
-    return M.summarize(mat, index.group_ids), mat
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    return StageRun(index, stage, g_start, g_epochs, optimizer, trainable, producer)
 
 
-def autocast(device: torch.device, recipe: Recipe):
-    if device.type == "cuda" and recipe.amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+# ------------------------------------------------------------------------------------------ one epoch
+@dataclass
+class Tally:
+    """What an epoch accumulates on the device (read on the host only every LOSS_CHECK_EVERY steps)."""
+
+    device: torch.device
+    loss_sum: torch.Tensor = field(init=False)  # Σ step losses
+    correct: torch.Tensor = field(init=False)  # un-mixed samples predicted right
+    seen: int = 0
+    images: int = 0
+    wait: float = 0.0  # seconds the loop waited for a batch
+    t0: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.int64)
+
+    def add(self, out: StepOutput, pred: torch.Tensor | None, images: int) -> None:
+        self.loss_sum += out.loss.detach().float()
+        self.images += images
+        if pred is not None:
+            self.correct += (pred == out.labels).sum()
+            self.seen += out.labels.numel()
+
+
+def train_epoch(run: Run, st: StageRun, epoch: int) -> tuple[Tally, int, float]:
+    """All steps of one epoch; returns (tally, steps, seconds)."""
+    r, d = run.recipe, run.dist
+    steps = st.producer.steps_per_epoch
+    queue = PlanQueue(st.producer.make_plan, steps=range(run.step, run.step + steps), lookahead=r.lookahead,
+                      apply=st.producer.apply, rank=d.rank, world_size=d.world)
+    run.method.set_train_mode(run.model, st.stage)
+    bar = Progress(r.progress and d.main, steps, f"epoch {epoch + 1}/{run.total_epochs} {st.stage.name}")
+    tally = Tally(run.runtime.device)
+    batches = run.train_pipe.batches(queue)
+    try:
+        for i in range(steps):
+            t0 = time.perf_counter()
+            batch = next(batches)  # plan → batch (loaded ahead on the pipeline thread)
+            tally.wait += time.perf_counter() - t0
+            set_lr(st.optimizer, st.lr(r, epoch + i / steps))
+            out = train_step(run, st, batch, epoch)
+            pred = out.logits.detach().argmax(1) if out.logits is not None else None
+            # feedback: mispredicted pairs of the un-mixed samples (gathered over ranks), only when asked
+            wants = run.method.consumes_feedback and pred is not None
+            pairs = gather_pairs(out.labels, pred, d) if wants else None
+            queue.done(run.step, pairs)
+            tally.add(out, pred, len(batch))
+            run.step += 1
+            if i % LOSS_CHECK_EVERY == LOSS_CHECK_EVERY - 1 or i == steps - 1:
+                check_finite(run, st, epoch, i, tally)  # host sync
+                el = time.perf_counter() - tally.t0
+                bar.update(loss=f"{tally.loss_sum.item() / (i + 1):.3f}",
+                           **{"img/s": f"{tally.images / el:.0f}", "wait": f"{tally.wait / el:.0%}"})
+            else:
+                bar.update()
+    finally:
+        bar.close()
+        with contextlib.suppress(StopIteration):
+            batches.close()
+        queue.close()  # applies pending pairs: the method's state now covers every finished step
+    return tally, steps, time.perf_counter() - tally.t0
+
+
+def train_step(run: Run, st: StageRun, batch, epoch: int) -> StepOutput:
+    """mix → forward → loss → backward → (all-reduce) → optimiser step."""
+    gen = torch.Generator().manual_seed(step_seed(run.recipe.seed, epoch, run.step, OFFSET_LOSS))
+    ctx = StepContext(run.runtime, st.stage, epoch, run.step, gen)
+    with run.runtime.autocast():
+        out = run.method.loss(run.model, batch, ctx)
+    st.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if run.dist.world > 1:
+        all_reduce_grads(st.trainable, run.dist.world)
+    st.optimizer.step()
+    return out
+
+
+def check_finite(run: Run, st: StageRun, epoch: int, i: int, tally: Tally) -> None:
+    lv = tally.loss_sum.item() / (i + 1)
+    if not math.isfinite(lv):
+        raise TrainingError(
+            f"loss is {lv} at epoch {epoch + 1} step {i + 1} ({run.recipe.method}, lr "
+            f"{st.optimizer.param_groups[0]['lr']:.3g}); stopping. The last good checkpoint "
+            f"is {run.dir / 'last.pt'} (epoch {epoch}); lower --lr or check the data."
+        )
+
+
+# ------------------------------------------------------------------------------------------ epoch end
+def evaluate_run_split(run: Run):
+    """(summary, confusion matrix) of the eval split, split across ranks."""
+    return evaluate(run.model, run.method, run.eval_pipe, run.eval_index, run.runtime,
+                    run.recipe.eval_batch_size, run.dist)
+
+
+def epoch_record(run: Run, st: StageRun, epoch: int, tally: Tally, steps: int, elapsed: float,
+                 summary: dict | None) -> dict:
+    average_buffers(run.model, run.dist)
+    loss_sum, correct, seen = reduce_tally(tally.loss_sum, tally.correct, tally.seen, run.dist)
+    test = {k: (summary[k] if summary else None) for k in ("many", "medium", "few", "all")}
+    return {
+        "epoch": epoch,
+        "stage": st.stage.name,
+        "step": run.step,
+        "lr": st.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum.item() / max(steps, 1),
+        "train_acc": 100 * correct.item() / seen if seen else None,
+        "img_per_s": tally.images * run.dist.world / elapsed,
+        "steps_per_s": steps / elapsed,
+        "data_wait": tally.wait / elapsed,
+        **run.method.epoch_stats(),
+        **test,
+    }
+
+
+def save_epoch(run: Run, st: StageRun, record: dict) -> None:
+    """last.pt (and best.pt), then the metrics line: a metrics line always has its checkpoint."""
+    is_best = record["all"] is not None and record["all"] > run.best
+    run.best = max(run.best, record["all"] or 0.0)
+    if not run.dist.main:
+        return
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "epoch": record["epoch"],
+        "global_step": run.step,
+        "recipe": run.recipe.to_json(),
+        "model": run.model.state_dict(),
+        "optimizer": st.optimizer.state_dict(),
+        "optimizer_group": st.stage.group,
+        "method": run.method.state_dict(),
+        "rng": rng_state(),
+        "best": run.best,
+        "metrics": record,
+    }
+    save_checkpoint(run.dir / "last.pt", state)
+    if is_best:
+        save_checkpoint(run.dir / "best.pt", state)
+    M.append_jsonl(run.dir / "metrics.jsonl", record)
+    run.log(
+        f"epoch {record['epoch'] + 1:>3}/{run.total_epochs} {st.stage.name:<8} "
+        f"loss {record['train_loss']:.4f} acc {_f(record['train_acc'])} | "
+        f"test many {_f(record['many'])} medium {_f(record['medium'])} "
+        f"few {_f(record['few'])} all {_f(record['all'])} | {record['img_per_s']:.0f} img/s, "
+        f"data wait {record['data_wait']:.0%}"
+    )
+
+
+def finish(run: Run, last: tuple | None) -> dict | None:
+    """Final evaluation (kept from the last epoch, or made now for a finished run resumed), eval.json."""
+    if last is None and run.recipe.eval_every > 0:
+        last = evaluate_run_split(run)
+    check_same_state(run.method.state_dict(), run.dist, "the method's state (their plans would differ)")
+    if last is None:
+        return None
+    summary, matrix = last
+    if run.dist.main:
+        extra = {"checkpoint": "last.pt", "epochs": run.total_epochs}
+        M.write_eval(run.dir, summary, run.eval_index, matrix, extra=extra)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False, log=print) -> dict:
+    """Train ``recipe`` into ``<runs>/<recipe.run_name>``; return the final evaluation summary."""
+    run = setup(recipe, runs, resume, log)
+    st, last, record = None, None, None
+    try:
+        for epoch in range(run.epoch, run.total_epochs):
+            index, _ = stage_at(run.stages, epoch)
+            if st is None or index != st.index:
+                st = enter_stage(run, index, st)
+            tally, steps, elapsed = train_epoch(run, st, epoch)
+            every = recipe.eval_every
+            due = every > 0 and ((epoch + 1) % every == 0 or epoch == run.total_epochs - 1)
+            last = evaluate_run_split(run) if due else None
+            record = epoch_record(run, st, epoch, tally, steps, elapsed, last[0] if last else None)
+            save_epoch(run, st, record)
+            run.epoch = epoch + 1
+        summary = finish(run, last)
+    finally:  # also on errors (NaN, interrupt): stop the loader threads, free the resident split
+        run.close()
+    return summary if summary is not None else record
 
 
 class Progress:
@@ -312,280 +440,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-# ------------------------------------------------------------------------------------------ the loop
-def train(recipe: Recipe, runs: str | os.PathLike = "runs", resume: bool = False, log=print) -> dict:
-    """Train ``recipe`` into ``<runs>/<recipe.run_name>``; return the final evaluation summary."""
-    d = init_distributed(recipe)
-    device = pick_device(recipe, d)
-    log = log if d.main else (lambda *a, **k: None)
-    run_dir = Path(runs) / recipe.run_name
-    torch.manual_seed(recipe.seed)
-    np.random.seed(recipe.seed % 2**32)
-
-    # -- data and model -----------------------------------------------------------------------------
-    train_shard = open_split(recipe, recipe.train_split)
-    eval_shard = open_split(recipe, recipe.eval_split)
-    try:  # the eval split's many/medium/few groups must come from *this* train split's counts
-        check_same_conversion(train_shard, eval_shard)
-    except ShardError as e:
-        raise TrainingError(str(e)) from None
-    index = train_shard.index
-    method = get_method(recipe.method)(recipe)
-    stages = method.stages()
-    total_epochs = sum(s.epochs for s in stages)
-    priors = Priors(index.train_counts).to(device)
-    model = method.build_model(index.num_classes).to(device)
-    cuda = device.type == "cuda"
-    if cuda and recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ctx_kwargs = dict(
-        priors=priors,
-        mean=tuple(recipe.mean),
-        std=tuple(recipe.std),
-        dtype=torch.bfloat16 if cuda and recipe.amp else torch.float32,
-    )
-    from fastlt.sampling import ConfusionCounts
-
-    counts = ConfusionCounts(index.num_classes)  # CP-Mix pairs; every method collects them (cheap, O(nnz))
-    pipe_name = choose_pipeline(recipe, train_shard, device)
-    train_pipe = build_pipeline(pipe_name, train_shard, recipe, device, train=True)
-    eval_pipe = build_pipeline(pipe_name, eval_shard, recipe, device, train=False)
-
-    # -- resume ---------------------------------------------------------------------------------------
-    start_epoch, global_step, best, opt_state, opt_group = 0, 0, -1.0, None, None
-    if resume:
-        ckpt_path = run_dir / "last.pt"
-        try:
-            state = load_checkpoint(ckpt_path)
-            check_recipe(state, recipe, ckpt_path)
-        except CheckpointError as e:
-            raise TrainingError(str(e)) from None
-        model.load_state_dict(state["model"])
-        counts.load_state_dict(state["sampler"]["counts"])
-        method.load_state_dict(state["method"])
-        set_rng_state(state["rng"])
-        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        best, opt_state, opt_group = state["best"], state["optimizer"], state["optimizer_group"]
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{total_epochs} (step {global_step})")
-        if d.main:
-            _truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
-    elif d.main:
-        if (run_dir / "last.pt").exists():
-            raise TrainingError(
-                f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --name"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        recipe.save(run_dir / "recipe.json")
-    if d.main:
-        log(
-            f"{recipe.dataset} × {recipe.method}: {index.num_rows} train images, "
-            f"{index.num_classes} classes, "
-            f"model {recipe.model}, pipeline {pipe_name}, device {device}"
-            + (f", {d.world} ranks" if d.world > 1 else "")
-            + f" → {run_dir}"
-        )
-
-    optimizer, cur_group, cur_stage, summary, record = None, None, None, None, None
-    try:
-        for epoch in range(start_epoch, total_epochs):
-            # -- stage switch (data: which plans, which parameters train, which optimiser group) -----------
-            si, stage = stage_at(stages, epoch)
-            g_start, g_epochs = group_span(stages, si)
-            if si != cur_stage:
-                # stages of one group train the same parameters with one optimiser and one LR schedule
-                params = set_trainable(method, model, stage)
-                if stage.group != cur_group:
-                    optimizer = make_optimizer(
-                        recipe, params, lr_at(recipe, stage, g_epochs, epoch - g_start)
-                    )
-                    if opt_state is not None and opt_group == stage.group:
-                        optimizer.load_state_dict(opt_state)
-                    opt_state, cur_group = None, stage.group
-                cur_stage = si
-                first = stage_start(stages, si)
-                log(
-                    f"stage {stage.name} (epochs {first + 1}–{first + stage.epochs}): plans {stage.plan!r}, "
-                    f"training {stage.trainable}, optimiser group {stage.group!r}"
-                )
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            producer = method.producer(
-                index, stage, recipe.seed, counts, first_epoch=epoch, first_step=global_step
-            )
-            steps = producer.steps_per_epoch
-            if recipe.steps_per_epoch:
-                steps = min(steps, recipe.steps_per_epoch)
-            step0 = global_step
-            queue = PlanQueue(
-                producer.make_plan,
-                steps=range(step0, step0 + steps),
-                lookahead=recipe.lookahead,
-                apply=producer.apply,
-                rank=d.rank,
-                world_size=d.world,
-            )
-            method.set_train_mode(model, stage)
-            bar = Progress(
-                recipe.progress and d.main, steps, f"epoch {epoch + 1}/{total_epochs} {stage.name}"
-            )
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = images = 0
-            wait = 0.0
-            t_epoch = time.perf_counter()
-            batches = train_pipe.batches(queue)
-            try:
-                for i in range(steps):
-                    t0 = time.perf_counter()
-                    batch = next(batches)  # plan → batch (loaded ahead on the pipeline thread)
-                    wait += time.perf_counter() - t0
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(recipe, stage, g_epochs, epoch - g_start + i / steps)
-                    gen = torch.Generator().manual_seed(step_seed(recipe.seed, epoch, global_step, 7))
-                    ctx = StepContext(
-                        recipe=recipe,
-                        stage=stage,
-                        epoch=epoch,
-                        step=global_step,
-                        device=device,
-                        generator=gen,
-                        **ctx_kwargs,
-                    )
-                    with autocast(device, recipe):
-                        out = method.loss(model, batch, ctx)  # mix → forward → loss
-                    optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    if d.world > 1:
-                        all_reduce_grads(trainable, d.world)
-                    optimizer.step()
-                    # confusion update: mispredicted pairs of the un-mixed samples, gathered over ranks
-                    pairs = None
-                    if out.logits is not None:
-                        pred = out.logits.detach().argmax(1)
-                        pairs = gather_pairs(out.labels, pred, d)
-                        correct += (pred == out.labels).sum()
-                        seen += out.labels.numel()
-                    queue.done(global_step, pairs)
-                    loss_sum += out.loss.detach().float()
-                    images += len(batch)
-                    global_step += 1
-                    if i % 10 == 9 or i == steps - 1:
-                        lv = loss_sum.item() / (i + 1)
-                        if not math.isfinite(lv):
-                            raise TrainingError(
-                                f"loss is {lv} at epoch {epoch + 1} step {i + 1} ({recipe.method}, lr "
-                                f"{optimizer.param_groups[0]['lr']:.3g}); stopping. The last good checkpoint "
-                                f"is {run_dir / 'last.pt'} (epoch {epoch}); lower --lr or check the data."
-                            )
-                        el = time.perf_counter() - t_epoch
-                        bar.update(
-                            loss=f"{lv:.3f}", **{"img/s": f"{images / el:.0f}", "wait": f"{wait / el:.0%}"}
-                        )
-                    else:
-                        bar.update()
-            finally:
-                bar.close()
-                with contextlib.suppress(StopIteration):
-                    batches.close()
-                queue.close()  # applies pending pairs: counts now cover every finished step
-            elapsed = time.perf_counter() - t_epoch
-            average_buffers(model, d)
-            if d.world > 1:  # train metrics over all ranks: mean loss, accuracy over every rank's samples
-                import torch.distributed as dist
-
-                tally = torch.stack(
-                    [loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device)]
-                )
-                dist.all_reduce(tally)
-                loss_sum, correct, seen = tally[0] / d.world, tally[1], int(tally[2].item())
-
-            # -- epoch end: evaluate, log, checkpoint ------------------------------------------------------
-            last = epoch == total_epochs - 1
-            every = recipe.eval_every
-            summary = None
-            if every > 0 and ((epoch + 1) % every == 0 or last):
-                summary, matrix = evaluate(
-                    model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs
-                )
-            test = {k: (summary[k] if summary else None) for k in ("many", "medium", "few", "all")}
-            train_loss = loss_sum.item() / max(steps, 1)
-            record = {
-                "epoch": epoch,
-                "stage": stage.name,
-                "step": global_step,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": train_loss,
-                "train_acc": 100 * correct.item() / seen if seen else None,
-                "img_per_s": images * d.world / elapsed,
-                "steps_per_s": steps / elapsed,
-                "data_wait": wait / elapsed,
-                "confusion_pairs": int(counts.total),
-                **test,
-            }
-            is_best = test["all"] is not None and test["all"] > best
-            best = max(best, test["all"] or 0.0)
-            if d.main:
-                state = {
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": epoch,
-                    "global_step": global_step,
-                    "recipe": recipe.to_json(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "optimizer_group": stage.group,
-                    "schedule": {
-                        "group": stage.group,
-                        "group_start_epoch": g_start,
-                        "group_epochs": g_epochs,
-                    },
-                    "sampler": {"counts": counts.state_dict()},
-                    "method": method.state_dict(),
-                    "rng": rng_state(),
-                    "best": best,
-                    "metrics": record,
-                }
-                save_checkpoint(run_dir / "last.pt", state)
-                if is_best:
-                    save_checkpoint(run_dir / "best.pt", state)
-                # after the checkpoint: a metrics line always has its checkpoint (resume drops lines past it)
-                M.append_jsonl(run_dir / "metrics.jsonl", record)
-                log(
-                    f"epoch {epoch + 1:>3}/{total_epochs} {stage.name:<8} loss {train_loss:.4f} "
-                    f"acc {_f(record['train_acc'])} | test many {_f(test['many'])} "
-                    f"medium {_f(test['medium'])} "
-                    f"few {_f(test['few'])} all {_f(test['all'])} | {record['img_per_s']:.0f} img/s, "
-                    f"data wait {record['data_wait']:.0%}"
-                )
-        if summary is None and recipe.eval_every > 0:  # resumed a finished run: evaluate what is there
-            summary, matrix = evaluate(
-                model, method, eval_pipe, eval_shard.index, recipe, device, d, ctx_kwargs
-            )
-    finally:  # also on errors (NaN, interrupt): stop the loader threads, free the resident split
-        train_pipe.close()
-        eval_pipe.close()
-    if d.world > 1:  # every rank must hold the same counts (they drive identical CP-Mix plans): show it
-        print(
-            f"[rank {d.rank}] confusion counts: {counts.total} pairs, sha256 {counts_digest(counts)}",
-            flush=True,
-        )
-    if d.main and summary is not None:
-        M.write_eval(
-            run_dir,
-            summary,
-            eval_shard.index,
-            matrix,
-            extra={"checkpoint": "last.pt", "epochs": total_epochs},
-        )
-    return summary if summary is not None else record
-
-
-def counts_digest(counts) -> str:
-    """sha256 of the confusion counts as sorted (y, ŷ, count) triples (layout-independent)."""
-    import hashlib
-
-    y, yhat, w = counts.pairs()
-    return hashlib.sha256(np.stack([y, yhat, w]).astype(np.int64).tobytes()).hexdigest()[:16]
 
 
 def _f(v) -> str:
@@ -637,10 +491,19 @@ def resolve_cli(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
     return recipe, args
 
 
+def given_keys(argv: list[str]) -> list[str]:
+    """The recipe keys set by ``--key value`` in ``argv`` (after aliases), e.g. ``['lr', 'classifier']``."""
+    _, rest = build_parser().parse_known_args(argv)
+    return [ALIASES.get(k, k) for k, _ in split_overrides(rest)]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         recipe, args = resolve_cli(argv)
+        for key in unread_keys(recipe.method, given_keys(argv)):
+            print(f"fastlt train: warning: --{key.replace('_', '-')} has no effect with method "
+                  f"{recipe.method!r} (it does not read it)", file=sys.stderr)
         if args.print_recipe:
             print(json.dumps(recipe.to_json(), indent=1))
             return 0

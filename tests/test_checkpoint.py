@@ -97,8 +97,12 @@ def test_torn_foreign_and_missing_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="foreign.pt: not a readable fastlt checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")  # weights_only refuses arbitrary classes
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a fastlt checkpoint of version 1"):
+    with pytest.raises(CheckpointError, match="other.pt: not a fastlt checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+    torch.save({"version": 1, "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=f"old.pt: checkpoint format version 1, this fastlt reads "
+                                              f"version {CHECKPOINT_VERSION}"):
+        load_checkpoint(tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match="nothere.pt: no checkpoint"):
         load_checkpoint(tmp_path / "nothere.pt")
 

@@ -18,11 +18,13 @@ OFFSETS = np.concatenate([[0], np.cumsum(SIZES)]).astype(np.int64)
 N, C = int(OFFSETS[-1]), len(SIZES)
 B = 8
 FEATURES = np.random.default_rng(0).standard_normal((C, 12))
+# LFM's partner table over classes that have rows (class 8 has none), as the method builds it
+NEIGHBOURS = TextLocal.from_embeddings(FEATURES, tau=0.05, allowed=SIZES > 0)
 
 
 def producer(plan, seed=0, **kw):
     if plan == "lfm":
-        kw.setdefault("text_features", FEATURES)
+        kw.setdefault("neighbours", NEIGHBOURS)
     return make_producer(plan, OFFSETS, B, seed=seed, **kw)
 
 
@@ -65,7 +67,7 @@ def test_main_batch_is_an_epoch_permutation(plan):
     for rows in epochs:
         assert rows.size == spe * B and np.unique(rows).size == rows.size  # drop_last: each row ≤ once
     assert not np.array_equal(epochs[0], epochs[1])
-    full = make_producer(plan, OFFSETS, B, seed=1, drop_last=False, text_features=FEATURES)
+    full = producer(plan, 1, drop_last=False)
     assert full.steps_per_epoch == -(-N // B)
     rows = np.concatenate([full.make_plan(k).rows_of("main") for k in range(full.steps_per_epoch)])
     assert np.array_equal(np.sort(rows), np.arange(N))  # every row exactly once, last batch short
@@ -187,7 +189,7 @@ def test_shared_counts_collect_in_erm_and_feed_cpmix():
 def test_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match="did you mean cpmix"):
         make_producer("cpmx", OFFSETS, B)
-    with pytest.raises(ValueError, match="needs the class similarities"):
+    with pytest.raises(ValueError, match="needs the class neighbours"):
         make_producer("lfm", OFFSETS, B)
     with pytest.raises(ValueError, match=f"exceeds the shard's {N} rows"):
         make_producer("erm", OFFSETS, N + 1)
@@ -201,3 +203,18 @@ def test_errors_name_what_is_wrong():
     tl = TextLocal.from_embeddings(FEATURES[:5], 0.1)
     with pytest.raises(ValueError, match="neighbours cover 5 classes"):
         make_producer("lfm", OFFSETS, B, neighbours=tl)
+
+
+def test_max_steps_caps_an_epoch_and_keeps_the_epoch_of_each_step():
+    """A capped producer (``steps_per_epoch`` recipe key) maps global steps to epochs by the capped length,
+    and its plans are the uncapped producer's first steps of each epoch."""
+    full, capped = producer("pair", 3), producer("pair", 3, max_steps=2)
+    assert full.steps_per_epoch == N // B and capped.steps_per_epoch == 2
+    assert [capped.epoch_of(s) for s in range(5)] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    for s in range(5):
+        e, k = capped.epoch_of(s)
+        want = full.make_plan(e * full.steps_per_epoch + k)
+        got = capped.make_plan(s)
+        assert np.array_equal(got.rows_of("main"), want.rows_of("main"))  # same epoch permutation slice
+    with pytest.raises(ValueError, match="max_steps"):
+        producer("erm", max_steps=0)

@@ -1,53 +1,56 @@
 """The method interface: a method is a list of stages, a plan producer per stage, and a loss.
 
-The trainer (``fastlt/train.py``) has no per-method code. For every step it asks the method's producer for a
-:class:`~fastlt.pipelines.plan.StepPlan`, has the pipeline load it into a ``Batch`` (uint8 NHWC on device),
-and calls ``method.loss(model, batch, ctx)``. Everything a method may need from the trainer is on the
-:class:`StepContext`: the recipe, the stage, class priors as device tensors, a generator seeded by
-(seed, epoch, step), and the fused normalise/mix kernel. The loss returns a :class:`StepOutput`, whose
-``logits``/``labels`` of the un-mixed main segment feed the confusion counts (CP-Mix pairs) and the
-train accuracy.
+A method is built from the recipe and the training split's index (``Method(recipe, index, cache_dir)``). The
+trainer (``fastlt/train.py``) has no per-method code and never names a method or a stage. For every step it
+asks the stage's producer for a :class:`~fastlt.pipelines.plan.StepPlan`, has the pipeline load it into a
+``Batch`` (uint8 NHWC on device), and calls ``method.loss(model, batch, ctx)``. Everything a loss may need
+from the trainer is on the :class:`StepContext`: the stage, the epoch and step, a generator seeded by (seed,
+epoch, step), and the :class:`~fastlt.runtime.Runtime` (device, image dtype, normalisation, class priors as
+device buffers, the fused normalise/mix kernel). The loss returns a :class:`StepOutput`, whose
+``logits``/``labels`` of the un-mixed main segment give the train accuracy and, for a method that
+``consumes_feedback``, the mispredicted (y, ŷ) pairs the trainer hands back to that method's producers.
 
-Stages are data (:class:`Stage`): CP-Mix is ``erm → cpmix → finetune``; the trainer switches producer,
-trainable parameters and optimiser group at stage boundaries, identically for every method.
+Stages are data (:class:`Stage`): CP-Mix is ``erm → cpmix → finetune``; each stage names its plan policy,
+trainable set, optimiser group and the ``loss`` variant and ``params`` its loss reads, so no code compares
+stage names. A method owns its state (CP-Mix: the confusion counts) and checkpoints it with
+:meth:`Method.state_dict`.
 
 To add a method::
 
     @register
     class MyMethod(Method):
         name = "mine"
+        reads = frozenset({"mine_alpha"})       # the method's own recipe keys
         def loss(self, model, batch, ctx):
             x = ctx.normalize(batch.images[batch.segment("main")])
             ...
             return StepOutput(loss, logits, labels)
 
-and list its module in ``METHOD_MODULES`` (so ``get_method`` finds it without importing every method).
+and add its name and module to ``fastlt.methods.METHODS``.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn as nn
 
+from fastlt.methods import METHODS
+from fastlt.names import did_you_mean
+
 if TYPE_CHECKING:  # pragma: no cover
     from fastlt.pipelines.plan import Batch
     from fastlt.recipes import Recipe
+    from fastlt.runtime import Runtime
     from fastlt.shards import ShardIndex
 
-# Modules that register methods when imported. A module that is not there yet is skipped.
-METHOD_MODULES = (
-    "fastlt.methods.baselines",
-    "fastlt.methods.cpmix",
-    "fastlt.methods.concutmix",
-    "fastlt.methods.lfm",
-)
-METHODS: dict[str, type[Method]] = {}
+_CLASSES: dict[str, type[Method]] = {}  # registered method classes, by name
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -55,7 +58,7 @@ METHODS: dict[str, type[Method]] = {}
 class Stage:
     """One phase of training.
 
-    ``plan``       the plan-producer policy of ``fastlt.sampling`` ('erm', 'pair', 'cpmix', 'balanced',
+    ``plan``       the plan-producer policy of ``fastlt.producers`` ('erm', 'pair', 'cpmix', 'balanced',
                    'concutmix', 'lfm') — what rows a step loads.
     ``trainable``  'all', 'classifier' (backbone frozen, BN statistics frozen too) or a name the method's
                    :meth:`Method.trainable_parameters` understands.
@@ -63,6 +66,8 @@ class Stage:
                    a new group starts a fresh optimiser (e.g. the classifier fine-tune).
     ``lr``, ``schedule``, ``warmup_epochs``, ``milestones`` override the recipe's for this group
     (None: the recipe's).
+    ``loss``       which of the method's objectives this stage trains with (the method's own vocabulary).
+    ``params``     the stage's loss parameters (e.g. LFM's label-shift α), read-only.
     """
 
     name: str
@@ -75,6 +80,11 @@ class Stage:
     warmup_epochs: int | None = None
     milestones: tuple[int, ...] | None = None
     batch_size: int | None = None
+    loss: str = "main"
+    params: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
 
 def stage_at(stages: Iterable[Stage], epoch: int) -> tuple[int, Stage]:
@@ -92,25 +102,17 @@ def stage_start(stages: Iterable[Stage], index: int) -> int:
     return sum(s.epochs for s in list(stages)[:index])
 
 
-# ---------------------------------------------------------------------------------------------- priors
-class Priors(nn.Module):
-    """Class statistics of the *training* split as buffers (they follow ``.to(device)``, never train).
-
-    ``counts``     float[C] n_c (a class absent from training counts as 1 so logs stay finite)
-    ``log_counts`` float[C] log n_c      — Balanced Softmax adds it to the logits
-    ``log_prior``  float[C] log π_c      — logit adjustment adds τ·log π_c
-    """
-
-    def __init__(self, train_counts):
-        super().__init__()
-        n = torch.as_tensor(train_counts, dtype=torch.float32).clamp_min(1.0)
-        self.register_buffer("counts", n)
-        self.register_buffer("log_counts", n.log())
-        self.register_buffer("log_prior", (n / n.sum()).log())
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.counts.shape[0])
+def group_span(stages, index: int) -> tuple[int, int]:
+    """(first epoch, number of epochs) of the group that stage ``index`` belongs to (consecutive stages)."""
+    stages = list(stages)
+    g = stages[index].group
+    lo = index
+    while lo > 0 and stages[lo - 1].group == g:
+        lo -= 1
+    hi = index
+    while hi + 1 < len(stages) and stages[hi + 1].group == g:
+        hi += 1
+    return stage_start(stages, lo), sum(s.epochs for s in stages[lo : hi + 1])
 
 
 # ---------------------------------------------------------------------------------------------- context
@@ -118,21 +120,23 @@ class Priors(nn.Module):
 class StepContext:
     """What a loss may read. One is built per step by the trainer."""
 
-    recipe: Recipe
+    runtime: Runtime
     stage: Stage
     epoch: int  # 0-based epoch
     step: int  # global step (over the whole run)
-    device: torch.device
-    priors: Priors
     generator: torch.Generator  # CPU generator seeded by step_seed(seed, epoch, step): all loss randomness
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ×255 inside the kernel
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    dtype: torch.dtype = torch.float32  # image dtype handed to the model (bf16 on CUDA)
-    extra: dict[str, Any] = field(default_factory=dict)  # method-owned scratch (e.g. text features)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def priors(self):
+        return self.runtime.priors
 
     @property
     def num_classes(self) -> int:
-        return self.priors.num_classes
+        return self.runtime.priors.num_classes
 
     # Randomness: drawn on the CPU generator so it is a function of (seed, epoch, step) on any device.
     def beta(self, alpha: float, n: int) -> torch.Tensor:
@@ -147,9 +151,6 @@ class StepContext:
         lam = np.random.default_rng(s).beta(alpha, alpha, size=n).astype(np.float32)
         return torch.from_numpy(lam).to(self.device)
 
-    def uniform(self, n: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        return (torch.rand(n, generator=self.generator) * (high - low) + low).to(self.device)
-
     def permutation(self, n: int) -> torch.Tensor:
         """An explicit permutation index (same-batch mixup partner), int64[n] on the device."""
         return torch.randperm(n, generator=self.generator).to(self.device)
@@ -157,92 +158,61 @@ class StepContext:
     def coin(self, p: float) -> bool:
         return bool(torch.rand((), generator=self.generator).item() < p)
 
-    # Pixels: every image reaches the model through the fused kernel (normalise, optionally mix).
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8[B,H,W,3] → normalised float[B,3,H,W] (channels-last memory), ``self.dtype``."""
-        from fastlt.kernels.mix import mix_images
+        return self.runtime.normalize(images)
 
-        return mix_images(images, mean=self.mean, std=self.std, out_dtype=self.dtype).images
-
-    def mix(
-        self,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        lam: torch.Tensor,
-        *,
-        y_a: torch.Tensor,
-        y_b: torch.Tensor,
-        rule: str = "mixup",
-        boxes: torch.Tensor | None = None,
-        idx_a=None,
-        idx_b=None,
-        **rule_params,
-    ):
-        """Mix ``a`` with ``b`` (per-sample λ; CutMix when ``boxes`` is given), normalise, and weigh labels
-        with ``rule`` (mixup | cutmix | remix | cpmix | lfm, using the training class counts) in one pass.
-
-        Returns ``kernels.mix.Mixed(images, lam_y)``: label = λ_y·y_a + (1 − λ_y)·y_b.
-        """
-        from fastlt.kernels.mix import CUTMIX, MIXUP, mix_images
-
-        mode = None
-        if boxes is not None:
-            mode = torch.full((lam.numel(),), CUTMIX, dtype=torch.int32, device=self.device)
-        elif rule == "cutmix":
-            raise ValueError("rule 'cutmix' needs boxes (see kernels.mix.cutmix_boxes)")
-        else:
-            mode = torch.full((lam.numel(),), MIXUP, dtype=torch.int32, device=self.device)
-        return mix_images(
-            a,
-            b,
-            idx_a=idx_a,
-            idx_b=idx_b,
-            lam=lam,
-            boxes=boxes,
-            mode=mode,
-            mean=self.mean,
-            std=self.std,
-            out_dtype=self.dtype,
-            rule=rule,
-            y_a=y_a,
-            y_b=y_b,
-            class_counts=self.priors.counts,
-            **rule_params,
-        )
+    def mix(self, a, b, lam, **kw):
+        """:meth:`fastlt.runtime.Runtime.mix` (normalise + mix pixels + label weights in one pass)."""
+        return self.runtime.mix(a, b, lam, **kw)
 
 
 @dataclass
 class StepOutput:
-    """``loss``: scalar; ``logits``/``labels``: un-mixed main samples (confusion pairs, train accuracy)."""
+    """``loss``: scalar; ``logits``/``labels``: un-mixed main samples (train accuracy, feedback pairs)."""
 
     loss: torch.Tensor
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    stats: dict[str, torch.Tensor | float] = field(default_factory=dict)  # detached: no host sync per step
 
 
 # ---------------------------------------------------------------------------------------------- method
 class Method:
-    """Base class: defaults give plain ERM with one stage and a linear/cosine classifier from the recipe."""
+    """Base class: defaults give plain ERM with one stage and a linear/cosine classifier from the recipe.
+
+    ``reads``  the method-specific recipe keys this method uses. A key that some *other* method reads and this
+               one does not is reported when given on the command line (it would be silently ignored).
+    ``consumes_feedback``  the trainer gathers each step's mispredicted (y, ŷ) pairs and hands them to this
+               method's producers only when this is true.
+    """
 
     name: ClassVar[str] = ""
+    reads: ClassVar[frozenset[str]] = frozenset({"classifier", "cosine_scale"})
+    consumes_feedback: ClassVar[bool] = False
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, index: ShardIndex, cache_dir: str | Path | None = None):
+        """``index``: the training split's index (classes, counts, offsets); ``cache_dir``: where the method
+        may cache data derived from the split (the shard's folder), None for no cache."""
         self.recipe = recipe
+        self.index = index
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+
+    @property
+    def num_classes(self) -> int:
+        return self.index.num_classes
 
     # -- stages -------------------------------------------------------------------------------------
     def stages(self) -> tuple[Stage, ...]:
         return (Stage("train", self.recipe.epochs, plan="erm"),)
 
     # -- model --------------------------------------------------------------------------------------
-    def build_model(self, num_classes: int) -> nn.Module:
+    def build_model(self) -> nn.Module:
         """The network. Override to wrap the backbone with extra heads; keep ``features``/``classifier``."""
         from fastlt.models import build_model
 
         r = self.recipe
         return build_model(
             r.model,
-            num_classes,
+            self.num_classes,
             classifier=r.classifier,
             cosine_scale=r.cosine_scale,
             width=r.model_width,
@@ -268,22 +238,28 @@ class Method:
                 m.eval()
 
     # -- data ---------------------------------------------------------------------------------------
-    def producer(self, index: ShardIndex, stage: Stage, seed: int, counts=None, **kw):
-        """The stage's plan producer (``fastlt.producers``). The trainer uses exactly ``steps_per_epoch`` and
-        ``make_plan(step) -> StepPlan`` for global steps ``first_step ..`` of epoch ``first_epoch`` (both
-        passed in ``kw``); ``counts`` is the run's shared confusion state. Override to add policy inputs
-        (e.g. LFM's text neighbours)."""
+    def producer(self, stage: Stage, *, first_epoch: int, first_step: int):
+        """The stage's plan producer (``fastlt.producers``), made once per stage, anchored at global step
+        ``first_step`` = the first step of epoch ``first_epoch``. The trainer uses ``steps_per_epoch`` and
+        ``make_plan(step)``; when the method consumes feedback, ``apply(payload)`` folds finished steps'
+        pairs into the method's state."""
         from fastlt.producers import make_producer
 
+        r = self.recipe
         return make_producer(
             stage.plan,
-            index,
-            batch_size=stage.batch_size or self.recipe.batch_size,
-            seed=seed,
-            counts=counts,
-            recipe=self.recipe,
-            **kw,
+            self.index.offsets,
+            batch_size=stage.batch_size or r.batch_size,
+            seed=r.seed,
+            max_steps=r.steps_per_epoch or None,
+            first_epoch=first_epoch,
+            first_step=first_step,
+            **self.producer_options(stage),
         )
+
+    def producer_options(self, stage: Stage) -> dict[str, Any]:
+        """Policy inputs of the stage's producer beyond the main batch (CP-Mix's counts, LFM's neighbours)."""
+        return {}
 
     # -- loss ---------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:  # pragma: no cover
@@ -293,7 +269,11 @@ class Method:
         """Logits at test time (raw: no prior added)."""
         return model(x)
 
-    # -- method-owned state (e.g. learned prototypes live in the model; this is for anything else) ---
+    # -- method-owned state (model weights live in the model; this is for anything else) ------------
+    def epoch_stats(self) -> dict[str, Any]:
+        """Numbers about the method's own state for the epoch's metrics line (CP-Mix: confusion pairs)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -302,36 +282,32 @@ class Method:
 
 
 def register(cls: type[Method]) -> type[Method]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        old = METHODS[cls.name].__name__
+    if cls.name not in METHODS:
+        raise ValueError(f"{cls.__name__}: name {cls.name!r} is not in fastlt.methods.METHODS")
+    if cls.name in _CLASSES and _CLASSES[cls.name] is not cls:
+        old = _CLASSES[cls.name].__name__
         raise ValueError(f"method {cls.name!r} registered twice ({old}, {cls.__name__})")
-    METHODS[cls.name] = cls
+    _CLASSES[cls.name] = cls
     return cls
 
 
-def _load_all() -> None:
-    for mod in METHOD_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a real missing dependency inside the module: surface it
-                raise
-
-
-def method_names() -> list[str]:
-    _load_all()
-    return sorted(METHODS)
-
-
 def get_method(name: str) -> type[Method]:
-    _load_all()
     if name not in METHODS:
-        near = difflib.get_close_matches(name, METHODS, n=3)
-        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        hint = did_you_mean(name, METHODS)
         raise ValueError(f"unknown method {name!r}{hint} (known: {', '.join(sorted(METHODS))})")
-    return METHODS[name]
+    importlib.import_module(METHODS[name])
+    return _CLASSES[name]
+
+
+def method_keys() -> frozenset[str]:
+    """Every method-specific recipe key (the union of all methods' ``reads``)."""
+    return frozenset().union(*(get_method(n).reads for n in METHODS))
+
+
+def unread_keys(method: str, keys: Iterable[str]) -> list[str]:
+    """The ``keys`` that some method reads but ``method`` does not: given to it, they would do nothing."""
+    mine = get_method(method).reads
+    return sorted(k for k in set(keys) & method_keys() if k not in mine)
 
 
 # ---------------------------------------------------------------------------------------------- shared losses

@@ -69,15 +69,17 @@ def drw_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
 @register
 class LDAMDRW(Method):
     name = "ldam-drw"
+    # LDAM always trains a cosine classifier at scale ldam_s: `classifier` and `cosine_scale` are not read.
+    reads = frozenset({"ldam_max_m", "ldam_s", "drw_epoch", "drw_beta"})
 
-    def build_model(self, num_classes):
+    def build_model(self):
         from fastlt.models import build_model
 
         r = self.recipe
         # The cosine classifier's scale is LDAM's s, so model(x) = s·cos at test time and the margin is s·m.
         return build_model(
             r.model,
-            num_classes,
+            self.num_classes,
             classifier="cosine",
             cosine_scale=r.ldam_s,
             width=r.model_width,
@@ -99,6 +101,7 @@ class _PairMix(Method):
 
     rule = "mixup"
     boxes = False
+    reads = Method.reads | {"mix_alpha", "mix_per_sample"}
 
     def stages(self):
         return (Stage("train", self.recipe.epochs, plan="pair"),)
@@ -129,7 +132,7 @@ class _PairMix(Method):
         )
         logits = model(mixed.images)
         loss = pair_cross_entropy(logits, y_a, y_b, mixed.lam_y)
-        return StepOutput(loss, stats={"lam_y": mixed.lam_y.mean()})
+        return StepOutput(loss)
 
 
 def _cutmix_boxes(lam, H, W, generator):
@@ -154,6 +157,7 @@ class CutMix(_PairMix):
 class Remix(_PairMix):
     name = "remix"
     rule = "remix"
+    reads = _PairMix.reads | {"remix_kappa", "remix_tau"}
 
     def rule_params(self):
         return {"kappa": self.recipe.remix_kappa, "tau": self.recipe.remix_tau}

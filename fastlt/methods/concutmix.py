@@ -133,18 +133,22 @@ class ConCutMix(Method):
     """ConCutMix on a BCL model (module docstring). Recipe keys: ``ccm_*``."""
 
     name = "concutmix"
+    reads = Method.reads | {
+        "ccm_alpha", "ccm_beta", "ccm_temperature", "ccm_feat_dim", "ccm_tau_la", "ccm_topk", "ccm_omega",
+        "ccm_l_d_warm", "ccm_cutmix_prob",
+    }
 
     def stages(self):
         return (Stage("train", self.recipe.epochs, plan="concutmix"),)
 
-    def build_model(self, num_classes: int):
+    def build_model(self):
         from fastlt.heads import BCLModel
 
-        r = self.recipe
-        if not 1 <= r.ccm_topk <= num_classes:  # fail now, not at epoch l_d_warm
-            raise ValueError(f"recipe key 'ccm_topk' must lie in [1, {num_classes}] (the number of classes), "
+        r, C = self.recipe, self.num_classes
+        if not 1 <= r.ccm_topk <= C:  # fail now, not at epoch l_d_warm
+            raise ValueError(f"recipe key 'ccm_topk' must lie in [1, {C}] (the number of classes), "
                              f"got {r.ccm_topk}")
-        return BCLModel(super().build_model(num_classes), r.ccm_feat_dim)
+        return BCLModel(super().build_model(), r.ccm_feat_dim)
 
     def loss(self, model, batch, ctx):
         r = self.recipe

@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from fastlt.methods.base import Method, Stage, StepOutput, pair_cross_entropy, register
 from fastlt.methods.baselines import balanced_softmax
 
+# The objectives of the three stages (Stage.loss).
+BALANCED_SOFTMAX, CPMIX, PLAIN_CE = "balanced-softmax", "bs+cp-mix+mixup", "ce"
+
 
 def cpmix_start(recipe) -> int:
     """First epoch of the mixing stage: ``cpmix_start_epoch``, or round(2/3 · epochs) when it is −1."""
@@ -40,13 +43,25 @@ def cpmix_start(recipe) -> int:
 @register
 class CPMix(Method):
     name = "cpmix"
+    reads = Method.reads | {
+        "cpmix_alpha", "cpmix_eta", "cpmix_kappa", "cpmix_batch_size", "cpmix_fallback", "cpmix_start_epoch",
+        "finetune_epochs", "finetune_lr",
+    }
+    # Every stage's un-mixed forward pass records its mispredicted (y, ŷ) into K (never reset).
+    consumes_feedback = True
+
+    def __init__(self, recipe, index, cache_dir=None):
+        super().__init__(recipe, index, cache_dir)
+        from fastlt.sampling import ConfusionCounts
+
+        self.counts = ConfusionCounts(self.num_classes)  # K, sparse: O(C + nnz)
 
     def stages(self):
         r = self.recipe
         start = min(cpmix_start(r), r.epochs)
         stages = [
-            Stage("erm", start, plan="erm"),
-            Stage("cpmix", r.epochs - start, plan="cpmix"),
+            Stage("erm", start, plan="erm", loss=BALANCED_SOFTMAX),
+            Stage("cpmix", r.epochs - start, plan="cpmix", loss=CPMIX),
             Stage(
                 "finetune",
                 r.finetune_epochs,
@@ -57,24 +72,35 @@ class CPMix(Method):
                 schedule="cosine",
                 warmup_epochs=0,
                 milestones=(),
+                loss=PLAIN_CE,
             ),
         ]
         return tuple(s for s in stages if s.epochs > 0)
 
-    def producer(self, index, stage, seed, counts=None, **kw):
+    def producer_options(self, stage):
+        r = self.recipe
+        opts = {"counts": self.counts}  # every stage's producer folds the pairs into K
         if stage.plan == "cpmix":
-            r = self.recipe
-            kw.update(mix_batch_size=r.cpmix_batch_size or None, fallback=r.cpmix_fallback)
-        return super().producer(index, stage, seed, counts, **kw)
+            opts.update(mix_batch_size=r.cpmix_batch_size or None, fallback=r.cpmix_fallback)
+        return opts
+
+    def epoch_stats(self):
+        return {"confusion_pairs": int(self.counts.total)}
+
+    def state_dict(self):
+        return {"counts": self.counts.state_dict()}
+
+    def load_state_dict(self, state):
+        self.counts.load_state_dict(state["counts"])
 
     def loss(self, model, batch, ctx):
         r = self.recipe
         sm = batch.segment("main")
         x, y = batch.images[sm], batch.labels[sm]
-        if ctx.stage.name == "finetune":
+        if ctx.stage.loss == PLAIN_CE:
             logits = model(ctx.normalize(x))
             return StepOutput(F.cross_entropy(logits.float(), y), logits, y)
-        if ctx.stage.name == "erm":
+        if ctx.stage.loss == BALANCED_SOFTMAX:
             logits = model(ctx.normalize(x))
             return StepOutput(balanced_softmax(logits, y, ctx.priors.log_counts), logits, y)
 
@@ -108,5 +134,4 @@ class CPMix(Method):
         cp_loss = pair_cross_entropy(l_cp, ya, yb, cp.lam_y)
         mu_loss = pair_cross_entropy(l_mu, y, y[perm], mu.lam_y)
         loss = erm + r.cpmix_eta * (cp_loss + mu_loss)
-        stats = {"erm": erm.detach(), "cp": cp_loss.detach(), "mix": mu_loss.detach()}
-        return StepOutput(loss, l_main, y, stats=stats)
+        return StepOutput(loss, l_main, y)

@@ -84,11 +84,17 @@ class LFM(Method):
     """Text-guided mixup (module docstring). Recipe keys: ``lfm_*``."""
 
     name = "lfm"
+    # The classifier is always the text-aligned cosine head: `classifier` / `cosine_scale` are not read.
+    reads = frozenset({
+        "lfm_alpha", "lfm_beta", "lfm_lambda_per", "lfm_tau", "lfm_mms_lambda", "lfm_mms_T", "lfm_loss",
+        "lfm_clip_checkpoint", "lfm_clip_model", "lfm_text_encoder", "lfm_epochs", "lfm_lrs",
+    })
 
-    def __init__(self, recipe):
-        super().__init__(recipe)
+    def __init__(self, recipe, index, cache_dir=None):
+        super().__init__(recipe, index, cache_dir)
         self._encoder = None  # fastlt.text.TextEncoder, made on first use
         self._text = None  # float32[C, d] class text features
+        self._neighbours = None  # TextLocal partner table over the text similarities (built once per run)
         self._sim = None  # [C, C] text similarity on the training device (MMS margins)
         _two(recipe, "lfm_epochs"), _two(recipe, "lfm_lrs"), _two(recipe, "lfm_alpha")
 
@@ -104,37 +110,45 @@ class LFM(Method):
         return self._encoder
 
     def text_features(self) -> np.ndarray:
-        """``float32[C, d]`` class text features of the training split, cached beside its shard."""
+        """``float32[C, d]`` class text features of the training split's class names (cached beside it)."""
         if self._text is None:
-            from fastlt.shards import open_shard, shard_paths
-            from fastlt.text import shard_text_features
+            from fastlt.text import class_text_features
 
-            r = self.recipe
-            beton, _ = shard_paths(r.data_root, r.dataset, r.train_split)
-            shard = open_shard(beton, verify=False)  # the trainer verified it; the index is all we read
-            self._text = shard_text_features(shard, self.text_encoder())
+            self._text = class_text_features(self.text_encoder(), self.index.class_names, self.cache_dir)
         return self._text
+
+    def neighbours(self):
+        """The exact text-local partner table, ``p(j|i) ∝ exp(s_ij/τ)`` over classes with training images."""
+        if self._neighbours is None:
+            from fastlt.sampling import HEAD_K, TextLocal
+
+            f = np.ascontiguousarray(self.text_features(), dtype=np.float64)
+            allowed = np.diff(self.index.offsets) > 0
+            tau = self.recipe.lfm_tau
+            self._neighbours = TextLocal.from_embeddings(f, tau=tau, k=HEAD_K, allowed=allowed)
+        return self._neighbours
 
     # -- stages / model / data ------------------------------------------------------------------------
     def stages(self):
         r = self.recipe
         (e1, e2), (lr1, lr2) = _two(r, "lfm_epochs"), _two(r, "lfm_lrs")
+        a1, a2 = _two(r, "lfm_alpha")
         stages = (
             Stage("encoder", e1, plan="lfm", trainable="encoder", group="encoder", lr=lr1, schedule="cosine",
-                  warmup_epochs=0),
+                  warmup_epochs=0, params={"alpha": a1}),
             Stage("w_i", e2, plan="lfm", trainable="classifier", group="w_i", lr=lr2, schedule="cosine",
-                  warmup_epochs=0),
+                  warmup_epochs=0, params={"alpha": a2}),
         )
         return tuple(s for s in stages if s.epochs > 0)
 
-    def build_model(self, num_classes: int) -> nn.Module:
+    def build_model(self) -> nn.Module:
         from fastlt.heads import ClipImageEncoder, ProjectedBackbone, TextAlignedModel
         from fastlt.models import build_backbone
 
         r = self.recipe
         text = torch.from_numpy(self.text_features())
-        if text.shape[0] != num_classes:
-            raise ValueError(f"{text.shape[0]} class text features for {num_classes} classes")
+        if text.shape[0] != self.num_classes:
+            raise ValueError(f"{text.shape[0]} class text features for {self.num_classes} classes")
         enc = self.text_encoder()
         if r.lfm_clip_checkpoint:
             pre = Renormalize(r.mean, r.std, enc.mean, enc.std, enc.image_size)
@@ -149,9 +163,9 @@ class LFM(Method):
             return list(model.encoder.parameters())
         return super().trainable_parameters(model, stage)
 
-    def producer(self, index, stage, seed, counts=None, **kw):
+    def producer_options(self, stage):
         """The ``lfm`` plans draw partners from the class text features (``p(j|i) ∝ exp(s_ij/τ)``)."""
-        return super().producer(index, stage, seed, counts, text_features=self.text_features(), **kw)
+        return {"neighbours": self.neighbours()}
 
     # -- loss -----------------------------------------------------------------------------------------
     def text_similarity(self, model) -> torch.Tensor:
@@ -165,7 +179,7 @@ class LFM(Method):
         sa, sb = batch.segment("main"), batch.segment(PARTNER)
         y_a, y_b = batch.labels[sa], batch.labels[sb]
         B = y_a.numel()
-        alpha = r.lfm_alpha[0 if ctx.stage.name == "encoder" else 1]
+        alpha = ctx.stage.params["alpha"]
         lam = ctx.beta(r.lfm_beta, B if r.lfm_lambda_per == "sample" else 1).expand(B).contiguous()
         mixed = ctx.mix(batch.images[sa], batch.images[sb], lam, y_a=y_a, y_b=y_b, rule="lfm", alpha=alpha)
         cos = model(mixed.images).float()

@@ -1,16 +1,16 @@
 """The CUDA training path: bf16 autocast, channels-last, Triton mix kernel on device, and (where FFCV is
 installed to read shards) a short digits-lt run on the resident pipeline."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from fastlt.pipelines.plan import Batch, StepPlan
 
-from fastlt.methods.base import Priors, Stage, StepContext, get_method
+from fastlt.methods.base import StepContext, get_method
 from fastlt.models import build_model
+from fastlt.pipelines.plan import Batch, StepPlan
 from fastlt.recipes import preset, resolve
+from fastlt.runtime import Priors, Runtime
+from helpers import metrics, train_index
 
 COUNTS = torch.tensor([134.0, 103, 80, 62, 48, 37, 28, 22, 17, 13])
 
@@ -30,16 +30,10 @@ def step(device, dtype):
     model = build_model("smallnet", 10).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    ctx = StepContext(
-        recipe=r,
-        stage=Stage("cpmix", 1, plan="cpmix"),
-        epoch=0,
-        step=0,
-        device=device,
-        priors=Priors(COUNTS).to(device),
-        generator=torch.Generator().manual_seed(1),
-        dtype=dtype,
-    )
+    method = get_method("cpmix")(r, train_index(COUNTS.long().tolist()))
+    stage = next(s for s in method.stages() if s.name == "cpmix")
+    runtime = Runtime(device, Priors(COUNTS).to(device), mean=r.mean, std=r.std, dtype=dtype)
+    ctx = StepContext(runtime, stage, 0, 0, torch.Generator().manual_seed(1))
     batch = cpmix_batch(device)
     ctx_auto = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -48,7 +42,7 @@ def step(device, dtype):
     )
     with ctx_auto:
         x = ctx.normalize(batch.images)
-        out = get_method("cpmix")(r).loss(model, batch, ctx)
+        out = method.loss(model, batch, ctx)
     out.loss.backward()
     grad = model.classifier.weight.grad.float().cpu()
     return x, out, grad
@@ -96,7 +90,7 @@ def test_short_digits_run_on_cuda(tmp_path):
         ],
     )
     summary = train(r, tmp_path / "runs", log=print)
-    recs = [json.loads(x) for x in (tmp_path / "runs" / "gpu" / "metrics.jsonl").read_text().splitlines()]
+    recs = metrics(tmp_path / "runs" / "gpu")
     assert [x["stage"] for x in recs] == ["erm", "cpmix", "cpmix", "finetune"]
     assert all(np.isfinite(x["train_loss"]) for x in recs)
     assert summary["all"] > 20.0  # ten classes: well above chance after four epochs

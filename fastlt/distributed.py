@@ -1,0 +1,141 @@
+"""DDP under ``torchrun``: the process group, and the few collectives the training loop needs.
+
+Every rank runs the same loop on its slice of every plan (``StepPlan.shard``). No model wrapper: gradients are
+averaged with one flat ``all_reduce`` per step (methods may call ``model.features`` or any head directly);
+mispredicted pairs are all-gathered so every rank's method state — and so every rank's CP-Mix plans — stays
+identical (:func:`check_same_state` verifies it at the end of training); BatchNorm running statistics are
+averaged at epoch end. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(use_cuda: bool) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL when training on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_grads(params, world: int) -> None:
+    """Average gradients over ranks with one flat all_reduce."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    pos = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[pos : pos + n].view_as(g))
+        pos += n
+
+
+def gather_pairs(y: torch.Tensor, yhat: torch.Tensor, d: Dist) -> tuple[np.ndarray, np.ndarray]:
+    """Mispredicted (y, ŷ) of this step from every rank, in rank order (identical on all ranks)."""
+    wrong = y != yhat
+    y, yhat = y[wrong], yhat[wrong]
+    if d.world > 1:
+        import torch.distributed as dist
+
+        local = torch.stack([y, yhat]).to(torch.int64)
+        n = torch.tensor([local.shape[1]], device=local.device)
+        sizes = [torch.zeros_like(n) for _ in range(d.world)]
+        dist.all_gather(sizes, n)
+        top = int(max(s.item() for s in sizes))
+        padded = torch.zeros(2, top, dtype=torch.int64, device=local.device)
+        padded[:, : local.shape[1]] = local
+        bufs = [torch.zeros_like(padded) for _ in range(d.world)]
+        dist.all_gather(bufs, padded)
+        parts = [b[:, : int(s.item())] for b, s in zip(bufs, sizes)]
+        cat = torch.cat(parts, dim=1)
+        y, yhat = cat[0], cat[1]
+    return y.cpu().numpy().astype(np.int64), yhat.cpu().numpy().astype(np.int64)
+
+
+def average_buffers(model: nn.Module, d: Dist) -> None:
+    """Average floating buffers (BatchNorm running statistics) across ranks."""
+    if d.world <= 1:
+        return
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= d.world
+
+
+def reduce_tally(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, d: Dist):
+    """Train metrics over all ranks: (mean of the ranks' loss sums, correct over all ranks, seen over all)."""
+    if d.world <= 1:
+        return loss_sum, correct, seen
+    import torch.distributed as dist
+
+    n = torch.tensor(float(seen), device=loss_sum.device)
+    tally = torch.stack([loss_sum.double(), correct.double(), n])
+    dist.all_reduce(tally)
+    return tally[0] / d.world, tally[1], int(tally[2].item())
+
+
+def state_digest(state) -> str:
+    """sha256 of a (nested) state dict of arrays, tensors and plain values, independent of memory layout."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, dict):
+            for k in sorted(x):
+                h.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                feed(v)
+        elif isinstance(x, torch.Tensor):
+            feed(x.detach().cpu().numpy())
+        elif isinstance(x, np.ndarray):
+            h.update(str((x.dtype, x.shape)).encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    feed(state)
+    return h.hexdigest()[:16]
+
+
+def check_same_state(state, d: Dist, what: str) -> None:
+    """Raise when the ranks' ``state`` differ: their plans (built from it) would no longer agree."""
+    if d.world <= 1:
+        return
+    import torch.distributed as dist
+
+    mine = state_digest(state)
+    digests: list[str] = [""] * d.world
+    dist.all_gather_object(digests, mine)
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"ranks disagree on {what}: digests by rank {digests}")
