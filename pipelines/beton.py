@@ -69,10 +69,6 @@ class BetonImages:
     def is_jpeg(self, row: int) -> bool:
         return int(self.modes[row]) == JPG
 
-    @property
-    def all_raw(self) -> bool:
-        return bool(np.all(self.modes == RAW))
-
     def payload(self, row: int) -> np.ndarray:
         """uint8 view of row's stored bytes (JPEG stream, or raw pixels flattened)."""
         p = int(self.ptrs[row])

@@ -168,7 +168,6 @@ class PlanQueue:
         self._payloads: dict[int, object] = {}
         self._applied_through = self.steps[0] - 1 if self.steps else -1  # payloads applied for steps ≤ this
         self._ready: list[StepPlan] = []
-        self._made = 0
         self._closed = False
         self._error: BaseException | None = None
         self._finished_through = self._applied_through
@@ -198,7 +197,6 @@ class PlanQueue:
                 plan = self.make_plan(s).shard(self.rank, self.world_size)
                 with self._cv:
                     self._ready.append(plan)
-                    self._made += 1
                     self._cv.notify_all()
         except BaseException as e:  # surfaced to the consumer
             with self._cv:
