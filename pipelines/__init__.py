@@ -15,10 +15,10 @@ Eval mode: deterministic centre crop (shorter side → image_size/0.875), identi
 from __future__ import annotations
 
 import torch
-from fastlt.pipelines.base import Pipeline
-from fastlt.pipelines.plan import Batch, PlanQueue, StepPlan, eval_plans, step_seed
 
 from fastlt.names import did_you_mean
+from fastlt.pipelines.base import Pipeline
+from fastlt.pipelines.plan import Batch, PlanQueue, StepPlan, eval_plans, step_seed
 
 PIPELINES = {
     "resident": ("fastlt.pipelines.resident", "ResidentPipeline"),

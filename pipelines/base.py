@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+
 from fastlt.pipelines.plan import Batch, StepPlan, step_seed
 
 _END = object()

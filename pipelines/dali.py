@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from fastlt.pipelines.base import Pipeline, boxes_and_flips
 from fastlt.pipelines.beton import BetonImages
-
 from fastlt.shards import ShardError
 
 

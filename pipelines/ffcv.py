@@ -41,6 +41,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
+
 from fastlt.pipelines.base import Pipeline, boxes_and_flips
 from fastlt.pipelines.beton import BetonImages
 from fastlt.pipelines.transforms import dct_scale_denominators

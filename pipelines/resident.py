@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from fastlt.pipelines.base import Pipeline
 from fastlt.pipelines.beton import BetonImages
 from fastlt.pipelines.transforms import crop_params, pad_crop_params
-
 from fastlt.shards import ShardError
 
 PAD_CROP_MAX_SIZE = 64

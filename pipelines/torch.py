@@ -19,9 +19,10 @@ import math
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from fastlt.pipelines.base import Pipeline, boxes_and_flips
 from fastlt.pipelines.beton import BetonImages
-from torch.utils.data import DataLoader, Dataset
 
 
 class _RowCrops(Dataset):
