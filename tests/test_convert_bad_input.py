@@ -11,10 +11,10 @@ import os
 import pickle
 
 import pytest
-from synth import save_jpeg, tiny_photo, write_cifar, write_inat
 
 from fastlt.convert import main as convert_main
 from fastlt.shards import open_shard
+from synth import save_jpeg, tiny_photo, write_cifar, write_inat
 
 GOOD = [f"train/c{c}/img{i}.jpg {c}" for c in range(3) for i in range(3)]  # 9 lines, 3 classes
 

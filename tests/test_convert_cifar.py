@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synth import assert_shard_matches, write_cifar
 
 from fastlt.convert import main as convert_main
 from fastlt.datasets.longtail import cifar_lt_indices, longtail_counts
 from fastlt.shards import open_shard
+from synth import assert_shard_matches, write_cifar
 
 C, PER_TRAIN, PER_TEST, IF = 5, 40, 6, 10
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synth import assert_shard_matches, decode_file, write_imagefolder
 
 from fastlt.convert import main as convert_main
 from fastlt.datasets.longtail import longtail_counts
 from fastlt.shards import open_shard
+from synth import assert_shard_matches, decode_file, write_imagefolder
 
 
 def labels_by_path(root, split, classes):
@@ -70,6 +70,7 @@ def test_flat_tree_with_imbalance_factor(tmp_path):
 
 def test_keep_jpeg_stores_source_bytes_and_reencodes_the_rest(tmp_path):
     from PIL import Image
+
     from synth import tiny_photo
 
     root = tmp_path / "kept"

@@ -7,11 +7,11 @@ import json
 import cv2
 import numpy as np
 import pytest
-from synth import assert_shard_matches, decode_file, psnr, write_inat
 
 from fastlt.convert import main as convert_main
 from fastlt.datasets.synthetic import train_counts, write_inat_like
 from fastlt.shards import open_shard
+from synth import assert_shard_matches, decode_file, psnr, write_inat
 
 TRAIN_COUNTS = [8, 4, 2]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synth import assert_shard_matches, decode_file, psnr, write_oltr
 
 from fastlt.convert import main as convert_main
 from fastlt.datasets.oltr import places_key, places_name, wnid_key
 from fastlt.shards import open_shard
+from synth import assert_shard_matches, decode_file, psnr, write_oltr
 
 TRAIN_COUNTS = [9, 5, 3, 2]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from synth import save_jpeg, tiny_photo
 
 from fastlt.datasets import images
+from synth import save_jpeg, tiny_photo
 
 
 @pytest.fixture(scope="module")

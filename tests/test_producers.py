@@ -8,8 +8,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from fastlt.pipelines.plan import PlanQueue
 
+from fastlt.pipelines.plan import PlanQueue
 from fastlt.producers import PRODUCERS, make_producer
 from fastlt.sampling import ConfusionCounts, TextLocal, class_of_rows
 

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from synth import psnr, tiny_photo
 
 from fastlt.shards import (
     ArraySource,
@@ -20,6 +19,7 @@ from fastlt.shards import (
     shard_paths,
     write_shard,
 )
+from synth import psnr, tiny_photo
 
 C = 3
 LABELS = np.array([2, 0, 1, 0, 2, 2, 1, 0, 0, 2, 0])  # unsorted on purpose

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_clip import NAME as TINY_NAME
-from tiny_clip import write_tiny_clip
 
 from fastlt.text import (
     MiniLMEncoder,
@@ -18,6 +16,8 @@ from fastlt.text import (
     load_text_encoder,
     text_similarity,
 )
+from tiny_clip import NAME as TINY_NAME
+from tiny_clip import write_tiny_clip
 
 NAMES = ["cat", "kitten", "truck", "sea_lion"]
 

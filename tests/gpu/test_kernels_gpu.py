@@ -7,6 +7,7 @@ torch, so every output dtype and λ_y must be bit-identical to the reference. so
 
 import pytest
 import torch
+
 from fastlt.kernels import _dispatch, cutmix_boxes, mix_images, soft_cross_entropy
 
 DEV = "cuda"
