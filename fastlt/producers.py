@@ -1,7 +1,8 @@
 """Plan producers: one per mixing method, each a function ``make_plan(step) -> StepPlan`` of a global step.
 
 Every producer shares one engine and varies only the policy. The engine is the main batch: rows of a seeded
-per-epoch permutation of the shard, ``batch_size`` at a time (``drop_last`` for training). The policy adds
+per-epoch permutation of the shard, ``batch_size`` at a time; the last, partial batch is kept (as the papers'
+loaders do) unless ``drop_last``, or unless it is shorter than ``min_last`` rows. The policy adds
 named segments drawn by :mod:`fastlt.sampling`:
 
     plan         segments (layout order)                           partner policy
@@ -17,7 +18,8 @@ Mixup/CutMix/Remix draw an independent instance-uniform partner per sample (``b`
 the batch: the partner is an explicit row like every other policy's, and it stays on the anchor's rank
 when the plan is sharded (segments of equal length are cut at the same boundaries). ConCutMix's views repeat
 the main rows; the pipelines give every repeat its own random crop. ``balanced`` epochs have as many steps as
-an instance-uniform epoch (``num_rows // B``), so a fine-tuning "epoch" sees as many images as a training one.
+an instance-uniform epoch (each a full batch of B), so a fine-tuning "epoch" sees about as many images as a
+training one.
 
 Determinism: all randomness of step ``s`` (epoch ``e``) comes from ``step_seed(seed, e, ·, offset)`` —
 offset 1 the epoch permutation, 2 the partner draws, 3 the plan's augmentation seed (and ``OFFSET_LOSS`` the
@@ -68,22 +70,25 @@ class PlanProducer:
     plan: ClassVar[str] = "erm"
 
     def __init__(self, offsets, batch_size: int, seed: int = 0, *, counts: ConfusionCounts | None = None,
-                 drop_last: bool = True, max_steps: int | None = None, first_epoch: int = 0,
-                 first_step: int = 0):
+                 drop_last: bool = True, min_last: int = 1, max_steps: int | None = None,
+                 first_epoch: int = 0, first_step: int = 0):
         self.offsets = _offsets_of(offsets)
         self.num_classes = self.offsets.shape[0] - 1
         self.num_rows = int(self.offsets[-1])
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected ≥ 1, got {batch_size}")
-        if drop_last and self.batch_size > self.num_rows:
-            raise ValueError(f"batch_size {self.batch_size} exceeds the shard's {self.num_rows} rows "
-                             "(drop_last would leave no step)")
         if counts is not None and counts.num_classes != self.num_classes:
             raise ValueError(f"counts cover {counts.num_classes} classes, the shard has {self.num_classes}")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps: expected ≥ 1 or None, got {max_steps}")
+        if min_last < 1:
+            raise ValueError(f"min_last: expected ≥ 1, got {min_last}")
         self.seed, self.drop_last, self.max_steps = int(seed), bool(drop_last), max_steps
+        self.min_last = int(min_last)
+        if self.num_rows // self.batch_size == 0 and (drop_last or self.num_rows < self.min_last):
+            raise ValueError(f"batch_size {self.batch_size} exceeds the shard's {self.num_rows} rows "
+                             f"(drop_last, or fewer than {self.min_last} rows, would leave no step)")
         self.first_epoch, self.first_step = int(first_epoch), int(first_step)
         self.counts = counts
         self._perm_epoch, self._perm = None, None
@@ -92,10 +97,9 @@ class PlanProducer:
     @property
     def steps_per_epoch(self) -> int:
         """One pass over the shard (``max_steps`` caps it: quick runs and benchmarks)."""
-        if self.drop_last:
-            steps = self.num_rows // self.batch_size
-        else:
-            steps = -(-self.num_rows // self.batch_size)
+        steps, rest = divmod(self.num_rows, self.batch_size)
+        if not self.drop_last and rest >= self.min_last:
+            steps += 1  # the last, partial batch
         return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def epoch_of(self, step: int) -> tuple[int, int]:

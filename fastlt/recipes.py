@@ -78,6 +78,9 @@ class Recipe:
     milestones: tuple[int, ...] = ()
     lr_decay: float = 0.1  # multistep factor per milestone
     steps_per_epoch: int = 0  # 0: one pass over the training split; >0 caps it (quick runs, tests)
+    # false: keep an epoch's last, partial batch, as the papers' loaders do (torch DataLoader's default); a
+    # remainder under 2 images per rank is dropped (a 1-image batch breaks BatchNorm in train mode).
+    drop_last: bool = False
     eval_every: int = 1  # evaluate every N epochs and after the last one (0: never — benchmarks)
     # -- data path ----------------------------------------------------------------------------------------
     pipeline: str = "auto"  # auto: resident when the decoded split fits memory_budget_gb, else ffcv

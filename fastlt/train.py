@@ -228,7 +228,8 @@ def enter_stage(run: Run, index: int, prev: StageRun | None) -> StageRun:
             optimizer.load_state_dict(run.resumed_optimizer[1])
         run.resumed_optimizer = None
     # Anchored at the current (epoch, step): at the stage's start, or mid-stage when resuming.
-    producer = run.method.producer(stage, first_epoch=run.epoch, first_step=run.step)
+    producer = run.method.producer(stage, first_epoch=run.epoch, first_step=run.step,
+                                   world=run.dist.world)
     first = stage_start(run.stages, index)
     run.log(
         f"stage {stage.name} (epochs {first + 1}–{first + stage.epochs}): plans {stage.plan!r}, "

@@ -218,3 +218,24 @@ def test_max_steps_caps_an_epoch_and_keeps_the_epoch_of_each_step():
         assert np.array_equal(got.rows_of("main"), want.rows_of("main"))  # same epoch permutation slice
     with pytest.raises(ValueError, match="max_steps"):
         producer("erm", max_steps=0)
+
+
+def test_the_last_partial_batch_is_kept_unless_too_short():
+    """drop_last false (the recipe default, as the papers' loaders): ceil(N/B) steps, the last one short;
+    a remainder under ``min_last`` rows (2 per DDP rank) is dropped instead of giving a rank nothing."""
+    b = 6
+    rest = N % b
+    assert rest >= 2  # a real partial batch
+
+    def steps(**kw):
+        return make_producer("erm", OFFSETS, b, **kw).steps_per_epoch
+
+    keep = make_producer("erm", OFFSETS, b, drop_last=False)
+    assert keep.steps_per_epoch == -(-N // b)
+    assert len(keep.make_plan(keep.steps_per_epoch - 1).rows_of("main")) == rest
+    assert steps(drop_last=False, min_last=rest) == -(-N // b)
+    assert steps(drop_last=False, min_last=rest + 1) == N // b
+    assert steps(drop_last=True) == N // b
+    pair = make_producer("pair", OFFSETS, b, drop_last=False)  # partners follow the short main batch
+    last = pair.make_plan(pair.steps_per_epoch - 1)
+    assert len(last.rows_of("b")) == len(last.rows_of("main")) == rest

@@ -51,6 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from fastlt.shards import ShardIndex
 
 _CLASSES: dict[str, type[Method]] = {}  # registered method classes, by name
+# A last, partial batch is kept only with at least this many rows per rank: BatchNorm in train mode needs two
+# samples, and under DDP every rank must get some of every batch (all ranks run the same steps).
+MIN_ROWS_PER_RANK = 2
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -238,11 +241,11 @@ class Method:
                 m.eval()
 
     # -- data ---------------------------------------------------------------------------------------
-    def producer(self, stage: Stage, *, first_epoch: int, first_step: int):
+    def producer(self, stage: Stage, *, first_epoch: int, first_step: int, world: int = 1):
         """The stage's plan producer (``fastlt.producers``), made once per stage, anchored at global step
         ``first_step`` = the first step of epoch ``first_epoch``. The trainer uses ``steps_per_epoch`` and
         ``make_plan(step)``; when the method consumes feedback, ``apply(payload)`` folds finished steps'
-        pairs into the method's state."""
+        pairs into the method's state. ``world``: DDP ranks (each takes a slice of every batch)."""
         from fastlt.producers import make_producer
 
         r = self.recipe
@@ -251,6 +254,8 @@ class Method:
             self.index.offsets,
             batch_size=stage.batch_size or r.batch_size,
             seed=r.seed,
+            drop_last=r.drop_last,
+            min_last=MIN_ROWS_PER_RANK * world,
             max_steps=r.steps_per_epoch or None,
             first_epoch=first_epoch,
             first_step=first_step,
