@@ -231,5 +231,6 @@ def test_drop_last_false_keeps_the_partial_batch(digits_data, tmp_path):
     --drop-last true."""
     common = ["--epochs", "1", "--eval-every", "0"]
     train(digits_recipe(digits_data, "ce", *common, "--name", "keep"), tmp_path, log=quiet)
-    train(digits_recipe(digits_data, "ce", *common, "--drop-last", "true", "--name", "drop"), tmp_path, log=quiet)
+    dropping = digits_recipe(digits_data, "ce", *common, "--drop-last", "true", "--name", "drop")
+    train(dropping, tmp_path, log=quiet)
     assert metrics(tmp_path / "keep")[0]["step"] == 9 and metrics(tmp_path / "drop")[0]["step"] == 8
