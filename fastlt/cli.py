@@ -14,7 +14,8 @@ COMMANDS = {
     "convert": ("fastlt.convert", "convert a dataset into class-indexed .beton shards"),
     "train": ("fastlt.train", "train a recipe (dataset × method) and evaluate it"),
     "eval": ("fastlt.evaluate", "evaluate a run directory's checkpoint on a shard"),
-    "bench": ("fastlt.bench", "throughput benchmarks: convert, loader, sampler, kernels, step"),
+    "bench": ("fastlt.bench", "throughput benchmarks: convert, loader, sampler, kernels, step, eval"),
+    "report": ("fastlt.report", "write a run's report.html, or compare runs side by side"),
     "demo": ("fastlt.demo", "convert the embedded digits-lt dataset and train it with bs and cpmix"),
 }
 

@@ -1,10 +1,11 @@
 """``fastlt eval --run runs/X [--shard PATH] [--checkpoint best|last|FILE]``: evaluate a run's checkpoint.
 
 Rebuilds the model from the run's ``recipe.json``, loads the checkpoint (``weights_only=True``), evaluates the
-shard (default: the recipe's eval split) and prints many / medium / few / all. It writes ``eval.json``,
-``confusion.png`` and ``per_class_accuracy.png`` into the run directory when it evaluates the recipe's
-own eval split, and into ``<run>/eval-<dataset>-<split>/`` for any other shard (``--out`` overrides),
-so the training run's own results are never overwritten by a different split.
+shard (default: the recipe's eval split) with a progress bar, and prints many / medium / few / all. It writes
+``eval.json``, ``predictions.npz``, ``report.html`` and the plots (``per_class_accuracy.png``;
+``confusion.png`` for tens of classes) into the run directory when it evaluates the recipe's own eval
+split, and into ``<run>/eval-<dataset>-<split>/`` for any other shard (``--out`` overrides), so the training
+run's own results are never overwritten by a different split.
 
 The many / medium / few groups always come from the *training* counts stored in the evaluated shard's index.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -23,8 +25,10 @@ from fastlt.distributed import Dist
 from fastlt.methods.base import get_method
 from fastlt.pipelines.plan import eval_plans
 from fastlt.recipes import Recipe, RecipeError, apply_overrides
+from fastlt.report import write_report
 from fastlt.runtime import Runtime, TrainingError, build_pipeline, choose_pipeline, open_split
 from fastlt.shards import ShardError, open_shard
+from fastlt.topk import topk_lowest_index
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,21 +53,82 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Evaluation(NamedTuple):
+    """What one evaluation gives: the summary (``metrics.summarize``) and the per-image predictions."""
+
+    summary: dict
+    predictions: M.Predictions
+
+
 @torch.no_grad()
-def evaluate(model, method, pipeline, index, runtime: Runtime, batch_size: int, d: Dist | None = None):
-    """Confusion matrix over the whole split (split across ranks, summed), then the summary."""
+def evaluate(model, method, pipeline, index, runtime: Runtime, batch_size: int, d: Dist | None = None,
+             progress: bool = False) -> Evaluation:
+    """Top-k predictions of every image of the split (split across ranks, all-gathered), then the summary.
+
+    Per image the device keeps its row, label and top-k classes (k = ``metrics.TOP_K``): O(N·k), and one
+    host transfer at the end. Every rank returns the same evaluation (the trainer's best-checkpoint choice
+    reads it on all ranks); ``progress`` shows a bar on rank 0.
+    """
     d = d or Dist()
     model.eval()
-    cm = M.ConfusionMatrix(index.num_classes, runtime.device)
-    plans = eval_plans(index.num_rows, batch_size, d.rank, d.world)
-    plans = (p for p in plans if len(p.rows))
+    k = min(M.TOP_K, index.num_classes)
+    plans = [p for p in eval_plans(index.num_rows, batch_size, d.rank, d.world) if len(p.rows)]
+    rows, labels, tops = [], [], []
+    bar = _bar(progress and d.main, len(plans), f"eval {index.split} ({index.num_rows:,} images)")
     with runtime.autocast():
-        for batch in pipeline.batches(plans):
+        for batch in pipeline.batches(iter(plans)):
             logits = method.eval_logits(model, runtime.normalize(batch.images))
-            cm.update(batch.labels, logits.argmax(1))
-    cm.all_reduce()
-    mat = cm.numpy()
-    return M.summarize(mat, index.group_ids), mat
+            rows.append(batch.rows.to(runtime.device))
+            labels.append(batch.labels.to(runtime.device))
+            tops.append(topk_lowest_index(logits.float(), k)[1])
+            bar.update()
+    bar.close()
+    local = _stack(rows, labels, tops, k, runtime.device)
+    every = _all_gather_rows(local, d)
+    every = every[:, torch.argsort(every[0])].cpu().numpy()  # row order: the same on any number of ranks
+    preds = M.Predictions(rows=every[0], labels=every[1], top=every[2:].T.copy())
+    return Evaluation(M.summarize(preds, index), preds)
+
+
+def _stack(rows, labels, tops, k: int, device) -> torch.Tensor:
+    """int64[2 + k, n]: rows, labels, then the k predicted classes, of this rank's images."""
+    if not rows:
+        return torch.zeros(2 + k, 0, dtype=torch.int64, device=device)
+    return torch.cat([torch.stack([torch.cat(rows), torch.cat(labels)]).long(), torch.cat(tops).long().T])
+
+
+def _all_gather_rows(local: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Concatenate every rank's ``[R, n_rank]`` columns (ranks hold different n): pad, all_gather, trim."""
+    if d.world <= 1:
+        return local
+    import torch.distributed as dist
+
+    n = torch.tensor([local.shape[1]], device=local.device)
+    sizes = [torch.zeros_like(n) for _ in range(d.world)]
+    dist.all_gather(sizes, n)
+    top = int(max(s.item() for s in sizes))
+    padded = torch.zeros(local.shape[0], top, dtype=local.dtype, device=local.device)
+    padded[:, : local.shape[1]] = local
+    bufs = [torch.zeros_like(padded) for _ in range(d.world)]
+    dist.all_gather(bufs, padded)
+    return torch.cat([b[:, : int(s.item())] for b, s in zip(bufs, sizes)], dim=1)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    """A tqdm bar on stderr over the evaluation's batches, or nothing."""
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 def _checkpoint_path(run: Path, checkpoint: str) -> Path:
@@ -95,7 +160,10 @@ def evaluate_run(
     device=None,
     out: str | None = None,
     plots: bool = True,
+    say=print,
 ) -> dict:
+    """Evaluate ``run``'s checkpoint, write eval.json, predictions.npz, the plots and report.html; ``say``
+    prints what it is doing (the command is never silent for more than a bar's update)."""
     run = Path(run)
     if not (run / "recipe.json").exists():
         raise TrainingError(f"{run}: no recipe.json (not a fastlt run directory)")
@@ -116,23 +184,19 @@ def evaluate_run(
     method, model = _load_model(recipe, index, state, ckpt, shard, dev)
     runtime = Runtime.create(recipe, index.train_counts, dev)
     pipe = build_pipeline(choose_pipeline(recipe, shard), shard, recipe, dev, train=False)
+    say(f"evaluating {ckpt} (epoch {int(state['epoch']) + 1}) on {shard.beton_path}: "
+        f"{index.num_rows:,} images, {index.num_classes:,} classes, device {dev}")
     try:
-        summary, matrix = evaluate(model, method, pipe, index, runtime, recipe.eval_batch_size)
+        ev = evaluate(model, method, pipe, index, runtime, recipe.eval_batch_size, progress=recipe.progress)
     finally:
         pipe.close()
     own = shard_path is None
     out_dir = Path(out) if out else (run if own else run / f"eval-{index.dataset}-{index.split}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    M.write_eval(
-        out_dir,
-        summary,
-        index,
-        matrix,
-        plots=plots,
-        extra={"checkpoint": str(ckpt), "epoch": int(state["epoch"]), "shard": str(shard.beton_path)},
-    )
-    summary["out_dir"] = str(out_dir)
-    summary["epoch"] = int(state["epoch"])
+    extra = {"checkpoint": str(ckpt), "epoch": int(state["epoch"]), "shard": str(shard.beton_path)}
+    M.write_eval(out_dir, ev.summary, index, ev.predictions, plots=plots, extra=extra)
+    write_report(out_dir, run, log=say)
+    summary = dict(ev.summary, out_dir=str(out_dir), epoch=int(state["epoch"]))
     return summary
 
 
@@ -153,5 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(M.TABLE_HEADER)
     print(M.format_row(f"epoch {s['epoch'] + 1}", s))
-    print(f"wrote {s['out_dir']}/eval.json")
+    for w in s["collapse"]:
+        print(f"WARNING predictions collapse: {w}")
+    print(f"wrote {s['out_dir']}/eval.json and report.html")
     return 0

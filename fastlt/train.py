@@ -15,7 +15,7 @@
             out.loss.backward(); optimizer.step()     #   (gradients averaged across ranks under DDP)
             queue.done(step, pairs)                   #   mispredicted (y, ŷ), only for a method that asks
         evaluate → save_epoch (last.pt / best.pt → metrics.jsonl)
-    finish                                            # eval.json + plots
+    finish                                            # eval.json, predictions, report.html, plots
 
 Everything random is a function of (seed, epoch, step): plans come from seeded producers, augmentation from
 the plan's seed, λ and permutations from a generator seeded by ``step_seed(seed, epoch, step, OFFSET_LOSS)``.
@@ -24,7 +24,8 @@ uninterrupted run computes from that epoch on. DDP collectives live in ``fastlt.
 
 Run directory ``<runs>/<name>/``: ``recipe.json`` (resolved recipe), ``metrics.jsonl`` (one line per epoch,
 appended after that epoch's checkpoint), ``last.pt`` / ``best.pt`` (atomic; ``fastlt.checkpoint``),
-``eval.json`` + ``confusion.png`` + ``per_class_accuracy.png`` after the last epoch (``fastlt.metrics``).
+``eval.json`` + ``predictions.npz`` + ``report.html`` + ``per_class_accuracy.png`` (+ ``confusion.png`` for
+tens of classes) after the last epoch (``fastlt.metrics``, ``fastlt.report``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ from fastlt.recipes import (
     preset,
     split_overrides,
 )
+from fastlt.report import write_report
 from fastlt.runtime import Runtime, TrainingError, build_pipeline, choose_pipeline, open_split, pick_device
 from fastlt.schedule import lr_at, make_optimizer, set_lr
 from fastlt.shards import ShardError, check_same_conversion
@@ -329,16 +331,16 @@ def check_finite(run: Run, st: StageRun, epoch: int, i: int, tally: Tally) -> No
 
 # ------------------------------------------------------------------------------------------ epoch end
 def evaluate_run_split(run: Run):
-    """(summary, confusion matrix) of the eval split, split across ranks."""
+    """(summary, per-image predictions) of the eval split, split across ranks (``fastlt.evaluate``)."""
     return evaluate(run.model, run.method, run.eval_pipe, run.eval_index, run.runtime,
-                    run.recipe.eval_batch_size, run.dist)
+                    run.recipe.eval_batch_size, run.dist, progress=run.recipe.progress)
 
 
 def epoch_record(run: Run, st: StageRun, epoch: int, tally: Tally, steps: int, elapsed: float,
                  summary: dict | None) -> dict:
     average_buffers(run.model, run.dist)
     loss_sum, correct, seen = reduce_tally(tally.loss_sum, tally.correct, tally.seen, run.dist)
-    test = {k: (summary[k] if summary else None) for k in ("many", "medium", "few", "all")}
+    test = M.epoch_fields(summary)  # many/medium/few/all, top-5, group flow, diversity, collapse
     return {
         "epoch": epoch,
         "stage": st.stage.name,
@@ -382,7 +384,7 @@ def save_epoch(run: Run, st: StageRun, record: dict) -> None:
         f"loss {record['train_loss']:.4f} acc {_f(record['train_acc'])} | "
         f"test many {_f(record['many'])} medium {_f(record['medium'])} "
         f"few {_f(record['few'])} all {_f(record['all'])} | {record['img_per_s']:.0f} img/s, "
-        f"data wait {record['data_wait']:.0%}"
+        f"data wait {record['data_wait']:.0%}" + M.collapse_note(record)
     )
 
 
@@ -393,10 +395,11 @@ def finish(run: Run, last: tuple | None) -> dict | None:
     check_same_state(run.method.state_dict(), run.dist, "the method's state (their plans would differ)")
     if last is None:
         return None
-    summary, matrix = last
+    summary, predictions = last
     if run.dist.main:
         extra = {"checkpoint": "last.pt", "epochs": run.total_epochs}
-        M.write_eval(run.dir, summary, run.eval_index, matrix, extra=extra)
+        M.write_eval(run.dir, summary, run.eval_index, predictions, extra=extra)
+        write_report(run.dir, log=run.log)
     return summary
 
 
