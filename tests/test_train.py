@@ -31,8 +31,9 @@ def record_cp_pairs(monkeypatch) -> list:
 
 
 def test_cpmix_stages_switch_and_pairs_come_from_confusions(digits_data, tmp_path, monkeypatch):
-    over = ["--epochs", "3", "--cpmix-start-epoch", "2", "--finetune-epochs", "1", "--name", "cp"]
-    r = digits_recipe(digits_data, "cpmix", *over)
+    # batch 32: 17 full steps an epoch (544 images) whether or not the last partial batch is kept
+    over = ["--epochs", "3", "--cpmix-start-epoch", "2", "--finetune-epochs", "1", "--batch-size", "32"]
+    r = digits_recipe(digits_data, "cpmix", *over, "--name", "cp")
     seen = record_cp_pairs(monkeypatch)
     summary = train(r, tmp_path, log=quiet)
     run = tmp_path / "cp"
@@ -60,8 +61,9 @@ def test_cpmix_stages_switch_and_pairs_come_from_confusions(digits_data, tmp_pat
     assert 0.1 < few < 0.3
     # the run ends with the fine-tune's optimiser and writes the evaluation files
     assert eval_json(run)["all"] == summary["all"]
-    # seed 0: all 19.75 (many 77.5, few 15.0) after 2 ERM epochs, 1 CP-Mix and 1 fine-tune epoch; chance is 10
-    assert summary["all"] > 15
+    # seed 0: all 57.5 (many 78.75, few 41.25) after 2 ERM epochs, 1 CP-Mix and 1 fine-tune epoch; chance is
+    # 10, and predicting the two many classes alone gives 20
+    assert summary["all"] > 35 and summary["few"] > 20
     assert (run / "confusion.png").exists() and (run / "per_class_accuracy.png").exists()
     assert ck["optimizer_group"] == "finetune"
 
