@@ -5,7 +5,8 @@ Each JSON holds ``images`` [{id, file_name, ...}], ``annotations`` [{id, image_i
 (``train_val2018/<Supercategory>/<category_id>/<hash>.jpg``). Annotations are joined to images by
 ``image_id``, never by list position. Labels are the category ids in sorted order (0..8141 for the real
 data, so label == category id there); class names are the category ``name`` fields. The train file's
-``categories`` define the classes for every split.
+``categories`` define the classes for every split; their ``supercategory`` and ``kingdom`` go into the index
+(``settings['class_taxonomy']``) so evaluation can report accuracy per super-category.
 
 Problems are located as ``<file>: images[k] (id=…)`` or ``<file>: annotations[k] (id=…)``: a missing
 key, a duplicate image id or file, an annotation for an unknown image or category, a second annotation
@@ -24,6 +25,7 @@ from fastlt.datasets.validate import Job, Problems, Split, is_int, load_json
 
 NAME = "inat2018"
 JSON_KEYS = ("images", "annotations", "categories")
+TAXONOMY_LEVELS = ("supercategory", "kingdom")  # recorded per class in the index, for accuracy per level
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,6 +56,18 @@ def read_categories(doc: dict, where: str, problems: Problems) -> tuple[dict[int
             by_id[int(cat["id"])] = str(cat["name"])
     ids = sorted(by_id)
     return {cid: label for label, cid in enumerate(ids)}, [by_id[i] for i in ids], ids
+
+
+def read_taxonomy(doc: dict, ids: list[int]) -> dict[str, list[str]]:
+    """Each level of TAXONOMY_LEVELS that every category names, as one value per class (label order); the
+    index keeps it in ``settings['class_taxonomy']`` and evaluation reports accuracy per value."""
+    by_id = {int(c["id"]): c for c in doc["categories"]}
+    out = {}
+    for level in TAXONOMY_LEVELS:
+        values = [by_id[i].get(level) for i in ids]
+        if ids and all(isinstance(v, str) and v for v in values):
+            out[level] = values
+    return out
 
 
 def read_split(
@@ -167,6 +181,7 @@ def build(args) -> Job:
         if s is not None:
             splits.append(s)
     contiguous = cat_ids == list(range(len(cat_ids)))
+    taxonomy = read_taxonomy(train_doc, cat_ids)
     return Job(
         dataset=NAME,
         class_names=names,
@@ -176,6 +191,7 @@ def build(args) -> Job:
             "source": str(root),
             **{f"{s}_json": str(files[s]) for s in wanted},
             **({} if contiguous else {"category_ids": cat_ids}),
+            **({"class_taxonomy": taxonomy} if taxonomy else {}),
         },
         default_write_mode="jpg",
     )

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from fastlt.methods.base import Method, Stage, StepOutput, pair_cross_entropy, register
 from fastlt.methods.baselines import balanced_softmax
+from fastlt.metrics import training_pairs
 
 # The objectives of the three stages (Stage.loss).
 BALANCED_SOFTMAX, CPMIX, PLAIN_CE = "balanced-softmax", "bs+cp-mix+mixup", "ce"
@@ -85,7 +86,8 @@ class CPMix(Method):
         return opts
 
     def epoch_stats(self):
-        return {"confusion_pairs": int(self.counts.total)}
+        """K's total, its distinct pairs and the most frequent pairs by name: CP-Mix's targets, per epoch."""
+        return training_pairs(self.counts, self.index.class_names)
 
     def state_dict(self):
         return {"counts": self.counts.state_dict()}
