@@ -8,8 +8,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fastlt-installed
 APT_STAMP := $(VENV)/.fastlt-apt
-# FFCV 1.0.2 compiles against OpenCV and libjpeg-turbo; pkg-config finds them.
-APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+# FFCV 1.0.2 compiles against OpenCV and libjpeg-turbo; pkg-config finds them. The report test opens
+# report.html in Debian's chromium (headless).
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev chromium
 DATA ?= data
 RUNS ?= runs
 PYTEST_ARGS ?=
@@ -19,8 +20,8 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 $(APT_STAMP):
-	@if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then \
-	  echo "fastlt: installing Debian packages FFCV needs: $(APT_PACKAGES)"; \
+	@if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null || ! command -v chromium >/dev/null; then \
+	  echo "fastlt: installing Debian packages FFCV and the report test need: $(APT_PACKAGES)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
