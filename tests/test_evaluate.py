@@ -123,3 +123,13 @@ def test_inat_taxonomy_goes_from_the_converter_to_eval_json(tmp_path):
     assert [v["name"] for v in got["supercategory"]] == ["Aves", "Plantae"]
     assert [(v["classes"], v["images"]) for v in got["supercategory"]] == [(2, 4), (2, 4)]
     assert got["kingdom"][0]["images"] == 8 and got["kingdom"][0]["top1"] == ev.summary["all"]
+
+
+def test_bench_eval_times_both_paths_at_a_small_shape(capsys):
+    from fastlt.bench import main as bench
+
+    argv = ["eval", "--classes", "300", "--per-class", "2", "--epochs", "3", "--batch-size", "128"]
+    assert bench(argv) == 0
+    out = capsys.readouterr().out
+    assert "C = 300, N = 600" in out
+    assert "dense C × C matrix (before)" in out and "fastlt (top-5 per image)" in out

@@ -14,7 +14,8 @@ BENCHES = {
     "loader": "images/s of each pipeline vs torchvision ImageFolder and the JPEG-decode ceiling",
     "sampler": "confusion-pair draw and update time vs a numpy reference",
     "kernels": "fused mix and sparse soft-label CE vs timm / torchvision / dense CE",
-    "step": "training steps/s and data-wait fraction, ce vs cpmix",
+    "step": "training steps/s and data-wait fraction, ce vs cpmix vs concutmix (--num-classes)",
+    "eval": "metrics + report per evaluation at C = 8,142: per-image predictions vs the dense C × C matrix",
 }
 
 
