@@ -61,22 +61,28 @@ def bcl_loss(
     N, C = features.shape[0], prototypes.shape[0]
     labels = labels.to(device=features.device, dtype=torch.long)
 
+    # The members are [views | prototypes]; the two blocks are kept apart so the [N, C] prototype block costs
+    # one matmul, one subtraction, one scatter and one logsumexp — the masks (self, same class, positives)
+    # and the per-member class sizes live in the [N, N] view block only. The dense [N, N + C] formulation
+    # (logits, bool masks, int64 sizes, a product with the positives) cost 2.4× as much at C = 8,142.
     z = F.normalize(features.float(), dim=1)
-    members = torch.cat([z, F.normalize(prototypes.float(), dim=1)], dim=0)  # [N + C, D]
-    member_labels = torch.cat([labels, torch.arange(C, device=labels.device)])
-    class_size = torch.bincount(member_labels, minlength=C)  # |M_c| = views of c + its prototype
-
-    logits = z @ members.T / temperature  # [N, N + C]
-    same = labels[:, None] == member_labels[None, :]
-    is_self = torch.zeros_like(same)
-    is_self[:, :N] = torch.eye(N, dtype=torch.bool, device=same.device)
-    positive = same & ~is_self
-    # Class-averaging weight of member j for anchor i: |M_{y_j} \ {i}| (the anchor leaves its own class).
-    size = class_size[member_labels][None, :] - same.long()
+    zt = z / temperature  # the temperature on the [N, D] side: no [N, C] division, forward or backward
+    class_size = torch.bincount(labels, minlength=C) + 1  # |M_c| = views of c + its prototype
+    # views: class-averaging weight |M_{y_j} \ {i}| (the anchor leaves its own class), self excluded
+    logits_v = zt @ z.T  # [N, N]
+    same = labels[:, None] == labels[None, :]
+    is_self = torch.eye(N, dtype=torch.bool, device=same.device)
+    size_v = class_size[labels][None, :] - same.long()
+    weighted_v = (logits_v - torch.log(size_v.clamp_min(1).float())).masked_fill(is_self, float("-inf"))
+    # prototypes: weight |M_c|, except the anchor's own class, which the anchor leaves (|M_{y_i}| − 1 ≥ 1)
+    logits_p = zt @ F.normalize(prototypes.float(), dim=1).T  # [N, C]
+    own = logits_p.gather(1, labels[:, None])  # the anchor's own prototype: always a positive
+    own_weighted = own - torch.log((class_size[labels] - 1).clamp_min(1).float())[:, None]
+    weighted_p = (logits_p - torch.log(class_size.float())).scatter(1, labels[:, None], own_weighted)
     # log den_i = logsumexp_j (logit_ij − log size_ij) over j ≠ i: the weighted sum, computed stably.
-    weighted = logits - torch.log(size.clamp_min(1).float())
-    log_den = torch.logsumexp(weighted.masked_fill(is_self, float("-inf")), dim=1)
-    mean_pos_logit = (logits * positive).sum(1) / positive.sum(1)
+    log_den = torch.logaddexp(torch.logsumexp(weighted_v, dim=1), torch.logsumexp(weighted_p, dim=1))
+    positive_v = same & ~is_self
+    mean_pos_logit = ((logits_v * positive_v).sum(1) + own[:, 0]) / (positive_v.sum(1) + 1)
     return (log_den - mean_pos_logit).mean()
 
 

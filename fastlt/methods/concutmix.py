@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from fastlt.losses import bcl_loss
 from fastlt.methods.base import Method, Stage, StepOutput, register
+from fastlt.topk import topk_lowest_index
 
 SEGMENTS = ("main", "view1", "view2", "fg")  # the layout of a `concutmix` plan (fastlt.sampling)
 
@@ -77,10 +78,11 @@ def semantic_label(u: torch.Tensor, prototypes: torch.Tensor, topk: int) -> tupl
 
     ``s_c = 1/‖u − P_c‖₂`` (Euclidean, no temperature); the k largest are kept and L1-normalised.
 
-    Ties at the top-k threshold: exactly k classes are kept, equal scores ordered by class index (a stable
-    descending sort), so the label has a fixed width — the trainer's sparse soft CE needs one. The released
-    code keeps *every* class whose score equals the k-th largest, which can give more than k entries; with
-    continuous features exact ties need two identical prototypes, so the two rules agree in practice.
+    Ties at the top-k threshold: exactly k classes are kept, equal scores ordered by class index (what a
+    stable descending sort gives; :func:`fastlt.topk.topk_lowest_index`), so the label has a fixed width —
+    the trainer's sparse soft CE needs one. The released code keeps *every* class whose score equals the
+    k-th largest, which can give more than k entries; with continuous features exact ties need two
+    identical prototypes, so the two rules agree in practice.
     A feature that coincides with a prototype (distance 0) has its distance floored at 1e-12 instead of
     dividing by zero; it then takes all the semantic mass, the limit of the formula.
     """
@@ -89,8 +91,9 @@ def semantic_label(u: torch.Tensor, prototypes: torch.Tensor, topk: int) -> tupl
         raise ValueError(f"concutmix topk must lie in [1, num_classes={C}], got {topk}")
     dist = torch.cdist(u.float(), prototypes.float())  # [B, C]
     score = dist.clamp_min(1e-12).reciprocal()
-    score, idx = torch.sort(score, dim=1, descending=True, stable=True)
-    score, idx = score[:, :topk], idx[:, :topk]
+    # The stable sort's first k columns, at the cost of a top-k (fastlt.topk): 0.36 s → 0.02 s per step at
+    # B = 512, C = 8,142 on a CPU.
+    score, idx = topk_lowest_index(score, topk)
     return idx, score / score.sum(1, keepdim=True)
 
 
