@@ -1,8 +1,11 @@
 """``tools/bench step``: whole training steps per second and the fraction of step time spent waiting for data,
-``ce`` (baseline) vs ``cpmix``, through the real trainer (``fastlt.train.train``) on a synthetic JPEG shard.
+``ce`` (baseline) vs ``cpmix`` and ``concutmix``, through the real trainer (``fastlt.train.train``) on a
+synthetic JPEG shard — or, with ``--num-classes C``, on a raw shard of C classes (iNat's 8,142: the cost of
+everything that scales with the class count), where ConCutMix's step is also broken down.
 
     tools/bench step                         # CPU defaults: 1,500 JPEGs → shard at 256 px, 112 px crops
     tools/bench step --pipeline torch --steps 30 --out bench-results
+    tools/bench step --num-classes 8142 --batch-size 256 --image-size 32 --steps 3 --methods ce,concutmix
 
 What is timed: epoch 2 of a 2-epoch run (epoch 1 pays numba/Triton compilation and the first decodes), each
 epoch ``--steps`` steps, no evaluation. The trainer measures the time blocked in ``next(batches)`` (data wait)
@@ -11,9 +14,17 @@ and the epoch's wall time; steps/s = steps / wall time. CP-Mix runs its mixing s
 pairs),
 mixes twice and forwards 3·B images, so its steps/s is reported next to img/s of *loaded* rows.
 
+ConCutMix runs with every batch CutMixed and the rectified label on from the timed epoch
+(``--ccm-cutmix-prob 1 --ccm-l-d-warm 0``): its most expensive step. With ``--num-classes`` the table is
+followed by the breakdown of that step (:func:`concutmix_breakdown`): each part timed alone, forward and
+backward, at the run's shapes — backbone, classifier, projection and prototype heads, BCL, the rectified
+label (and the full stable sort it replaced), the soft CE.
+
 The shard: ``tools/convert synth-inat`` photographs (long side 500–800 px, iNat-2018 layout) converted with
 ``tools/convert inat2018 --max-resolution`` (default 256) — the resolution is printed with every figure,
-because decode cost scales with it. Data is made once under ``--work`` and reused.
+because decode cost scales with it. With ``--num-classes C``: random pixels at ``--image-size``, stored raw
+(resident pipeline), 6 → 2 training images per class (long-tailed) and one test image per class. Data is made
+once under ``--work`` and reused.
 """
 
 from __future__ import annotations
@@ -68,6 +79,8 @@ def run_one(method: str, data: Path, runs: Path, args) -> dict:
     ]
     if method == "cpmix":
         over += ["--cpmix-start-epoch", "0", "--finetune-epochs", "0"]
+    if method == "concutmix":
+        over += ["--ccm-cutmix-prob", "1", "--ccm-l-d-warm", "0"]
     run = runs / f"bench-{method}"
     if run.exists():
         shutil.rmtree(run)
@@ -75,7 +88,7 @@ def run_one(method: str, data: Path, runs: Path, args) -> dict:
     train(recipe, runs, log=lambda *a, **k: None)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     rec = lines[-1]
-    rows_per_step = args.batch_size * (3 if method == "cpmix" else 1)
+    rows_per_step = args.batch_size * {"cpmix": 3, "concutmix": 4}.get(method, 1)
     return {
         "method": method,
         "steps/s": rec["steps_per_s"],
@@ -85,6 +98,77 @@ def run_one(method: str, data: Path, runs: Path, args) -> dict:
     }
 
 
+def class_shard(work: Path, C: int, image_size: int) -> Path:
+    """Data root of ``inat2018/{train,val}`` with ``C`` classes of random raw pixels (made once)."""
+    import numpy as np
+
+    from fastlt.datasets.longtail import longtail_counts
+    from fastlt.shards import ArraySource, write_shard
+
+    data = work / f"classes-{C}-{image_size}"
+    if (data / "inat2018" / "val.index.json").exists():
+        return data
+    counts = np.maximum(longtail_counts(6, C, 3.0), 2)
+    names = [f"class {c}" for c in range(C)]
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", counts), ("val", np.ones(C, np.int64))):
+        labels = np.repeat(np.arange(C), per_class)
+        images = rng.integers(0, 256, (len(labels), image_size, image_size, 3), dtype=np.uint8)
+        src = ArraySource(images, labels, [f"{split}/{i}" for i in range(len(labels))])
+        write_shard(data, "inat2018", split, src, names, train_class_counts=counts, write_mode="raw")
+    return data
+
+
+def concutmix_breakdown(data: Path, args) -> list[dict]:
+    """One ConCutMix step's parts, each timed alone (forward + backward where the step has one) at the run's
+    shapes: B images per segment, C classes, the recipe's model and heads."""
+    import torch
+
+    from fastlt.bench.report import median_time
+    from fastlt.kernels.soft_ce import soft_cross_entropy
+    from fastlt.losses import bcl_loss
+    from fastlt.methods.base import get_method
+    from fastlt.methods.concutmix import rectified_label
+    from fastlt.recipes import resolve
+    from fastlt.shards import open_shard
+
+    index = open_shard(data / "inat2018" / "train.beton").index
+    r = resolve("inat2018", "concutmix", ["--model", args.model, "--image-size", str(args.image_size),
+                                         "--classifier", "linear", "--device", "cpu"])
+    model = get_method("concutmix")(r, index).build_model().train()
+    B, C, S = args.batch_size, index.num_classes, args.image_size
+    x = torch.randn(3 * B, 3, S, S)
+    y = torch.randint(0, C, (B,))
+    feats = model.features(x).detach().requires_grad_(True)
+    u = model.projection(feats).detach()
+    protos = model.prototypes().detach().requires_grad_(True)
+    logits = model.classifier(feats[:B]).detach().requires_grad_(True)
+    area = (torch.stack([y, y.roll(1)], 1), torch.full((B, 2), 0.5))
+    counts = torch.as_tensor(index.train_counts, dtype=torch.float32)
+
+    def backward(fn):
+        return lambda: fn().float().sum().backward()
+
+    parts = [
+        ("backbone, 3·B images", backward(lambda: model.features(x))),
+        ("classifier, 3·B rows", backward(lambda: model.classifier(feats))),
+        ("projection head, 3·B rows", backward(lambda: model.projection(feats))),
+        ("prototype head, C classifier rows", backward(lambda: model.prototypes())),
+        ("BCL, 2·B views × (2·B + C) members",
+         backward(lambda: bcl_loss(torch.stack([u[B:2 * B], u[2 * B:]], 1), y, protos, r.ccm_temperature))),
+        ("rectified label (top-k)", lambda: rectified_label(u[:B], protos, area, counts, r.ccm_topk,
+                                                             r.ccm_omega)),
+        ("  before: full stable sort of B × C", lambda: torch.sort(torch.cdist(u[:B], protos), dim=1,
+                                                                   stable=True)),
+        ("soft CE (LA), B × C", backward(lambda: soft_cross_entropy(logits, *area))),
+    ]
+    rows = [{"part": name, "ms": 1000 * median_time(fn, repeats=3)} for name, fn in parts]
+    total = sum(row["ms"] for row in rows if not row["part"].startswith(" "))
+    for row in rows:
+        row["share"] = "" if row["part"].startswith(" ") else f"{row['ms'] / total:.0%}"
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/bench step", description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", default="ffcv", help="resident | ffcv | dali | torch (default ffcv)")
@@ -92,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smallnet")
     p.add_argument("--images", type=int, default=1500)
     p.add_argument("--classes", type=int, default=50)
+    p.add_argument("--num-classes", type=int, default=0,
+                   help="C classes of random raw pixels instead of the JPEG shard (e.g. 8142), + ConCutMix "
+                   "breakdown")
+    p.add_argument("--methods", default="ce,cpmix,concutmix",
+                   help="comma-separated; the first is the baseline (default ce,cpmix,concutmix)")
     p.add_argument("--max-resolution", type=int, default=256)
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=64)
@@ -103,16 +192,25 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = synthetic_shard(work, args.images, args.classes, args.max_resolution, args.workers)
-    rows = [run_one(m, data, work / "runs", args) for m in ("ce", "cpmix")]
+    if args.num_classes:
+        data = class_shard(work, args.num_classes, args.image_size)
+        args.pipeline, shape = "resident", f"{args.num_classes:,} classes of raw {args.image_size} px images"
+    else:
+        data = synthetic_shard(work, args.images, args.classes, args.max_resolution, args.workers)
+        shape = f"shard JPEGs ≤ {args.max_resolution} px ({args.images} images)"
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = [run_one(m, data, work / "runs", args) for m in methods]
     base = rows[0]["steps/s"]
+    vs, cost = f"steps/s vs {methods[0]}", f"step time × {methods[0]}"
     for r in rows:
-        r["steps/s vs ce"] = r["steps/s"] / base
-    title = (
-        f"training steps, {args.model} @ {args.image_size} px, batch {args.batch_size}, pipeline "
-        f"{args.pipeline}, shard JPEGs ≤ {args.max_resolution} px ({args.images} images), "
-        f"device {args.device}"
-    )
-    print_table(title, rows, ["method", "steps/s", "steps/s vs ce", "img/s (loaded)", "data wait", "loss"])
-    write_json(args.out, "step", {"args": vars(args), "rows": rows})
+        r[vs], r[cost] = r["steps/s"] / base, base / r["steps/s"]
+    title = (f"training steps, {args.model} @ {args.image_size} px, batch {args.batch_size}, pipeline "
+             f"{args.pipeline}, {shape}, device {args.device}")
+    print_table(title, rows, ["method", "steps/s", vs, cost, "img/s (loaded)", "data wait", "loss"])
+    record = {"args": vars(args), "rows": rows}
+    if args.num_classes and "concutmix" in methods:
+        record["concutmix_breakdown"] = concutmix_breakdown(data, args)
+        title = f"one ConCutMix step, part by part (B = {args.batch_size}, C = {args.num_classes:,})"
+        print_table(title, record["concutmix_breakdown"], ["part", "ms", "share"])
+    write_json(args.out, "step", record)
     return 0
