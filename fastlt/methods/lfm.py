@@ -101,12 +101,13 @@ class LFM(Method):
     # -- text -----------------------------------------------------------------------------------------
     def text_encoder(self):
         if self._encoder is None:
-            from fastlt.text import load_text_encoder
+            from fastlt.text import load_text_encoder, text_device
 
             r = self.recipe
             kind = "clip" if r.lfm_clip_checkpoint else _encoder_kind(r.lfm_text_encoder)
             self._encoder = load_text_encoder(kind, clip_checkpoint=r.lfm_clip_checkpoint or None,
-                                              clip_model=r.lfm_clip_model or None)
+                                              clip_model=r.lfm_clip_model or None,
+                                              device=text_device(r.device))  # the training device
         return self._encoder
 
     def text_features(self) -> np.ndarray:
