@@ -37,7 +37,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Keys that change how fast a run goes or where it reads from, never what it computes:
 # --resume accepts a checkpoint whose recipe differs only in these.
-RUNTIME_KEYS = frozenset({"name", "data_root", "workers", "progress", "memory_budget_gb", "device"})
+RUNTIME_KEYS = frozenset(
+    {"name", "data_root", "workers", "progress", "memory_budget_gb", "device", "tensorboard", "full_verify"}
+)
 
 
 class RecipeError(ValueError):
@@ -87,11 +89,15 @@ class Recipe:
     memory_budget_gb: float = 4.0
     workers: int = 2
     lookahead: int = 2  # plans made ahead of the trainer; CP-Mix pairs are at most this many steps stale
+    # Hash every shard in full at start, whatever its <split>.verified cache says (catches what the cache
+    # cannot: bytes changed without a write through the filesystem, e.g. bit rot). Same as `fastlt verify`.
+    full_verify: bool = False
     # -- runtime ------------------------------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
     channels_last: bool = True  # on CUDA
     progress: bool = True
+    tensorboard: bool = False  # also stream each metrics line to <run>/tensorboard (the tensorboard package)
     # -- mixing baselines (Mixup / CutMix / Remix) -----------------------------------------------------
     mix_alpha: float = 1.0  # λ ~ Beta(α, α)
     mix_per_sample: bool = False  # one λ (one CutMix box) per batch, as in the papers; true: one per sample

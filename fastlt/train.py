@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from fastlt import metrics as M
+from fastlt.board import stream as stream_to_tensorboard
 from fastlt.checkpoint import (
     CHECKPOINT_VERSION,
     CheckpointError,
@@ -379,6 +380,8 @@ def save_epoch(run: Run, st: StageRun, record: dict) -> None:
     if is_best:
         save_checkpoint(run.dir / "best.pt", state)
     M.append_jsonl(run.dir / "metrics.jsonl", record)
+    if run.recipe.tensorboard:
+        stream_to_tensorboard(run.dir, record)
     run.log(
         f"epoch {record['epoch'] + 1:>3}/{run.total_epochs} {st.stage.name:<8} "
         f"loss {record['train_loss']:.4f} acc {_f(record['train_acc'])} | "

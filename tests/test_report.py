@@ -142,3 +142,21 @@ def test_metrics_lines_carry_the_group_flow_and_the_training_pairs(two_runs):
     names = set(eval_json(cp)["class_names"])
     assert all(0 < x["confusion_distinct"] <= x["confusion_pairs"] for x in recs)
     assert all(a in names and b in names and n > 0 for x in recs for a, b, n in x["confusion_top"])
+
+
+def test_tensorboard_streams_each_metrics_line(digits_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = digits_recipe(digits_data, "bs", "--epochs", "2", "--steps-per-epoch", "4", "--tensorboard", "true",
+                      "--name", "tb")
+    train(r, tmp_path, log=quiet)
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    lines = metrics(tmp_path / "tb")
+    for tag, key in (("test/all", "all"), ("train/loss", "train_loss"), ("test/top5_all", "top5_all")):
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert got == [(x["epoch"] + 1, pytest.approx(x[key], rel=1e-6)) for x in lines], tag
+    flow = lines[-1]["group_flow"][2]
+    few_to_many = [e.value for e in events.Scalars("flow/few_to_many")][-1]
+    assert few_to_many == pytest.approx(100 * flow[0] / sum(flow), rel=1e-6)
