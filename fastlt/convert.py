@@ -72,8 +72,14 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument(
         "--keep-jpeg",
         action="store_true",
-        help="jpg mode: store source JPEGs that need no resize byte for byte instead of re-encoding "
-        "them (faster, no second generation of JPEG loss; CMYK JPEGs and other formats are re-encoded)",
+        help="jpg mode: also store progressive source JPEGs that need no resize byte for byte (baseline ones "
+        "always are; CMYK JPEGs and other formats are re-encoded)",
+    )
+    g.add_argument(
+        "--reencode",
+        action="store_true",
+        help="jpg mode: re-encode every image at --jpeg-quality, even source JPEGs that need no resize "
+        "(by default those are stored byte for byte: no second generation of JPEG loss)",
     )
     g.add_argument(
         "--skip-bad",
@@ -114,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastlt.datasets.engine import WriteOptions, run
+    from fastlt.datasets.engine import ConversionInterrupted, WriteOptions, run
     from fastlt.datasets.validate import ConversionError
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         skip_bad=args.skip_bad,
         name=args.name,
         keep_jpeg=args.keep_jpeg,
+        reencode=args.reencode,
     )
     try:
         job = mod.build(args)
@@ -137,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as e:
         print(f"fastlt convert {args.command}: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            f"fastlt convert {args.command}: interrupted; nothing was left under {args.out}", file=sys.stderr
+    except KeyboardInterrupt as e:
+        # The engine's message says what the interrupted conversion left; one before it started left nothing.
+        said = (
+            str(e)
+            if isinstance(e, ConversionInterrupted)
+            else f"interrupted; nothing was written under {args.out}"
         )
+        print(f"fastlt convert {args.command}: {said}", file=sys.stderr)
         return 130
     return 0
 

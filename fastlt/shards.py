@@ -10,26 +10,29 @@ Layout::
     <root>/<dataset>/<split>.index.json    the index described in DESIGN.md §3
     <root>/<dataset>/<split>.verified      cache of the last full checksum (size, mtime_ns, sha256)
 
-Both outputs are written under temporary names in the destination folder and renamed only when
-complete, so an interrupted conversion never leaves a ``.beton`` or ``.index.json`` under its final
-name. The ``.beton`` is renamed first and the index last: the index is the commit marker, and
-``open_shard`` refuses a ``.beton`` that has none.
+Both outputs are written under temporary names in the destination folder and renamed only when every
+split of the conversion is complete (:class:`Staging`), so an interrupted conversion never leaves a
+``.beton`` or ``.index.json`` under its final name. The ``.beton`` files are renamed first and the indexes
+last: an index is its split's commit marker, and ``open_shard`` refuses a ``.beton`` that has none. The
+``.beton`` itself is laid out by :mod:`fastlt.beton_writer` from finished rows.
 
 API: ``write_shard(root, dataset, split, source, class_names, ...)`` with an ``ImageSource``
 (``ArraySource`` for in-memory pixels; a source may hand over ``EncodedJPEG`` bytes to store as they
-are); ``open_shard(path)`` → ``Shard`` with ``.index`` (``ShardIndex``), ``.reader()`` (FFCV's
-``Reader``), and for tests and tools ``.stored_labels()``, ``.image_bytes(row)``, ``.decode(row)``.
+are; converters go through :mod:`fastlt.datasets.engine` instead); ``open_shard(path)`` → ``Shard``
+with ``.index`` (``ShardIndex``), ``.reader()`` (FFCV's ``Reader``), and for tests and tools
+``.stored_labels()``, ``.image_bytes(row)``, ``.decode(row)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -351,8 +354,8 @@ def _record_verified(beton: Path, sha256: str) -> None:
 class EncodedJPEG:
     """A JPEG stored as it is — no decode, no re-encode — with its pixel size (for FFCV's metadata).
 
-    An :class:`ImageSource` may return one from ``load`` instead of pixels in jpg mode: conversion then
-    costs a file read, and the shard holds the original bytes (no second generation of JPEG loss).
+    An :class:`ImageSource` may return one from ``load`` instead of pixels: the shard then holds the
+    original bytes (no second generation of JPEG loss) as a jpg row.
     """
 
     data: bytes
@@ -360,35 +363,12 @@ class EncodedJPEG:
     width: int
 
 
-def _accepting_encoded(field):
-    """``field`` (an ``RGBImageField``) that also stores :class:`EncodedJPEG` values verbatim.
-
-    The method is replaced on the instance, not by subclassing: FFCV identifies a field's type by its
-    exact class when it writes the header, and the file must stay an ordinary RGBImageField for every
-    reader (FFCV's loader, DALI, ``Shard.decode``).
-    """
-    from ffcv.fields.rgb_image import IMAGE_MODES
-
-    plain = field.encode
-
-    def encode(destination, image, malloc):
-        if not isinstance(image, EncodedJPEG):
-            return plain(destination, image, malloc)
-        destination["mode"] = IMAGE_MODES["jpg"]
-        destination["height"], destination["width"] = image.height, image.width
-        destination["data_ptr"], storage = malloc(len(image.data))
-        storage[:] = np.frombuffer(image.data, dtype=np.uint8)
-
-    field.encode = encode
-    return field
-
-
 class ImageSource:
-    """What a converter hands :func:`write_shard`: labels and ids up front, pixels on demand.
+    """What :func:`write_shard` writes: labels and ids up front, images on demand.
 
-    ``load(i)`` returns the i-th image as ``uint8[H, W, 3]`` (or, in jpg mode, an :class:`EncodedJPEG`
-    to store as it is). It runs inside FFCV's writer worker processes, so it must not raise:
-    converters validate every entry before writing.
+    ``load(i)`` returns the i-th image as ``uint8[H, W, 3]`` or an :class:`EncodedJPEG` to store as it is.
+    With ``workers > 1`` it runs in forked worker processes (the source is inherited, not pickled); an
+    image that fails to load makes :func:`write_shard` refuse the whole shard, naming it.
     """
 
     def __init__(self, labels: Sequence[int], source_ids: Sequence[str]):
@@ -396,36 +376,12 @@ class ImageSource:
         self.source_ids = [str(s) for s in source_ids]
         if len(self.labels) != len(self.source_ids):
             raise ValueError("labels and source_ids differ in length")
-        self.failure_log: Path | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def load(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
+    def load(self, i: int) -> np.ndarray | EncodedJPEG:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def total_bytes(self) -> int | None:
-        """Raw pixel bytes of all images if known without decoding (sizes the writer's pages)."""
-        return None
-
-    def max_item_bytes(self) -> int | None:
-        return None
-
-    def __getitem__(self, i: int):
-        # FFCV 1.0.2's writer waits forever for a worker that raised. Converters validate every entry
-        # first, but a file can still change between validation and writing: record the failure in
-        # ``failure_log`` (append-only, one line per row; O_APPEND writes of a short line are atomic
-        # across processes) and hand the writer a placeholder; write_shard then refuses the file.
-        try:
-            return self.load(int(i)), int(self.labels[i])
-        except Exception as e:
-            if self.failure_log is None:
-                raise
-            with open(self.failure_log, "a") as f:
-                f.write(
-                    json.dumps({"source_id": self.source_ids[i], "error": f"{type(e).__name__}: {e}"}) + "\n"
-                )
-            return np.zeros((8, 8, 3), dtype=np.uint8), int(self.labels[i])
 
 
 class ArraySource(ImageSource):
@@ -439,12 +395,6 @@ class ArraySource(ImageSource):
 
     def load(self, i: int) -> np.ndarray:
         return np.ascontiguousarray(self.images[i])
-
-    def total_bytes(self) -> int:
-        return int(self.images.nbytes)
-
-    def max_item_bytes(self) -> int:
-        return int(self.images[0].nbytes) if len(self.images) else 0
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -466,7 +416,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM behaves like Ctrl-C while writing, so temporary files are cleaned up either way."""
 
     def handler(signum, frame):
@@ -483,6 +433,27 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[list]:
+    """SIGINT and SIGTERM wait until the block is done (its list then holds them): the renames that publish
+    a conversion happen all or not at all. Python-level handlers are swapped rather than the signals
+    blocked, because any thread of the process may be the one the kernel delivers to."""
+    received: list = []
+    try:
+        old = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in DEFERRED}
+    except ValueError:  # not the main thread: nothing to defer
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -496,7 +467,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: Path, split: str) -> None:
     """Temporary files a SIGKILLed conversion left behind never carry a final name; sweep them.
 
-    ``.<split>.beton.<pid>.tmp`` / ``.<split>.failures.<pid>.tmp`` of a process that is still running
+    ``.<split>.beton.<pid>.tmp`` / ``.<split>.index.json.<pid>.tmp`` of a process that is still running
     belong to a conversion in progress and are left alone.
     """
     for p in folder.glob(f".{split}.*.tmp"):
@@ -507,23 +478,167 @@ def remove_stale_temporaries(folder: Path, split: str) -> None:
             p.unlink()
 
 
-def page_size_for(source: ImageSource, write_mode: str, workers: int) -> int:
-    """FFCV page size: every writer process fills its own pages, so a small shard written with FFCV's
-    8 MiB default wastes up to ``workers`` × 8 MiB. Use the 2 MiB minimum for small shards. A page
-    must hold the largest row, or FFCV's worker raises MemoryError and the writer never returns: size
-    it from the largest raw image, with headroom in jpg mode (JPEG of noise at quality 100 can exceed
-    the raw size a little)."""
-    from ffcv.writer import MIN_PAGE_SIZE
+def build_index(
+    dataset: str,
+    split: str,
+    class_names: Sequence[str],
+    labels: np.ndarray,
+    source_ids: Sequence[str],
+    train_class_counts: Sequence[int] | None,
+    settings: dict,
+    skipped: Sequence[dict] = (),
+) -> ShardIndex:
+    """The index of a split whose rows have ``labels`` (class-sorted) and ``source_ids``, before its file is
+    known (``beton_*`` are filled in by :meth:`Staging.finish`). Groups follow ``train_class_counts``
+    (default: this split's own counts, right for the train split)."""
+    C = len(class_names)
+    counts = np.bincount(labels, minlength=C).astype(np.int64)
+    train_counts = counts if train_class_counts is None else np.asarray(train_class_counts, dtype=np.int64)
+    if len(train_counts) != C:
+        raise ValueError(f"train_class_counts has {len(train_counts)} entries, expected {C}")
+    return ShardIndex(
+        version=SHARD_FORMAT_VERSION,
+        dataset=dataset,
+        split=split,
+        num_classes=C,
+        class_names=[str(n) for n in class_names],
+        class_counts=counts.tolist(),
+        class_offsets=[0, *np.cumsum(counts).tolist()],
+        class_groups=class_groups(train_counts),
+        train_class_counts=train_counts.tolist(),
+        source_ids=list(source_ids),
+        settings=settings,
+        skipped=list(skipped),
+    )
 
-    default = 4 * MIN_PAGE_SIZE
-    total = source.total_bytes()
-    biggest = source.max_item_bytes() or 0
-    if write_mode == "jpg":
-        biggest = biggest * 5 // 4 + (64 << 10)
-    page = MIN_PAGE_SIZE if total is not None and total < 16 * default * max(1, workers) else default
-    while page < biggest:
-        page *= 2
-    return page
+
+def _checksum(path: Path, desc: str, chunk: int = 8 << 20) -> str:
+    """sha256 of ``path`` with a progress bar: on a 100 GB split this is minutes of reading."""
+    from tqdm import tqdm
+
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    bar = dict(desc=desc, unit="B", unit_scale=True, file=sys.stderr, mininterval=0.5, leave=False)
+    with open(path, "rb") as f, tqdm(total=size, disable=size < (256 << 20), **bar) as progress:
+        while block := f.read(chunk):
+            h.update(block)
+            progress.update(len(block))
+    return h.hexdigest()
+
+
+class Staging:
+    """The temporary files of one conversion in ``<root>/<dataset>``, renamed to final names together.
+
+    Per split: ``.<split>.beton.<pid>.tmp`` (from :meth:`writer`) and ``.<split>.index.json.<pid>.tmp``
+    (from :meth:`finish`). :meth:`commit` then replaces every split's index and ``.beton`` with SIGINT and
+    SIGTERM held back, so a conversion is published as a set or not at all; until then no final name is
+    touched. :meth:`abort` removes whatever temporaries exist.
+    """
+
+    def __init__(self, root: str | os.PathLike, dataset: str):
+        self.root = Path(root)
+        self.dataset = dataset
+        self.folder = self.root / dataset
+        self.writers: dict = {}  # split -> BetonWriter
+        self.indexes: dict[str, ShardIndex] = {}
+        self.committed = False
+
+    def beton_temporary(self, split: str) -> Path:
+        return self.folder / f".{split}.beton.{os.getpid()}.tmp"
+
+    def index_temporary(self, split: str) -> Path:
+        return self.folder / f".{split}.index.json.{os.getpid()}.tmp"
+
+    def writer(self, split: str, capacity: int):
+        """A :class:`~fastlt.beton_writer.BetonWriter` on the split's temporary ``.beton``."""
+        from fastlt.beton_writer import BetonWriter
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder, split)
+        self.writers[split] = BetonWriter(self.beton_temporary(split), capacity)
+        return self.writers[split]
+
+    def finish(self, split: str, keys: Sequence[int], index: ShardIndex) -> None:
+        """Record rows ``keys`` of the split's file, checksum it and stage its index."""
+        self.writers[split].finish(keys)
+        tmp = self.beton_temporary(split)
+        beton, _ = shard_paths(self.root, self.dataset, split)
+        index = dataclasses.replace(
+            index,
+            beton_file=beton.name,
+            beton_size=tmp.stat().st_size,
+            beton_sha256=_checksum(tmp, f"{self.dataset}/{split}: checksum"),
+        )
+        with open(self.index_temporary(split), "w") as f:
+            f.write(json.dumps(index.to_json(), indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        self.indexes[split] = index
+
+    def commit(self) -> dict[str, Shard]:
+        """Publish every finished split; returns them opened. A signal that arrives meanwhile is raised as
+        KeyboardInterrupt once all are in place."""
+        finals = {s: shard_paths(self.root, self.dataset, s) for s in self.indexes}
+        with _signals_deferred() as received:
+            # A stale index must never describe a new .beton: all old indexes go before any file lands.
+            for _, index_path in finals.values():
+                with contextlib.suppress(FileNotFoundError):
+                    index_path.unlink()
+            for split, (beton, _) in finals.items():
+                os.replace(self.beton_temporary(split), beton)
+            for split, (_, index_path) in finals.items():
+                os.replace(self.index_temporary(split), index_path)
+            self.committed = True
+        # The checksums were just computed from these bytes: the first open_shard need not hash again.
+        for split, (beton, _) in finals.items():
+            _record_verified(beton, self.indexes[split].beton_sha256)
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")
+        return {split: open_shard(beton) for split, (beton, _) in finals.items()}
+
+    def abort(self) -> list[Path]:
+        """Remove this conversion's temporaries; returns those that could not be removed."""
+        left = []
+        for writer in self.writers.values():
+            writer.close()
+        if self.committed:
+            return left
+        for split in self.writers:
+            for tmp in (self.beton_temporary(split), self.index_temporary(split)):
+                try:
+                    tmp.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left.append(tmp)
+        return left
+
+
+def _source_rows(task) -> list[tuple]:
+    """``(i, row, error)`` for the entries of one task of :func:`write_shard` (runs in a worker)."""
+    from fastlt.beton_writer import Row
+    from fastlt.datasets.images import pixels_row
+    from fastlt.workers import inherited
+
+    key, spec, entries = task
+    source = inherited(key)
+    out = []
+    for i in entries:
+        try:
+            image = source.load(int(i))
+            if isinstance(image, EncodedJPEG):
+                row = Row("jpg", image.height, image.width, bytes(image.data))
+            else:
+                row = pixels_row(np.asarray(image), spec)
+            out.append((i, row, None))
+        except Exception as e:
+            out.append((i, None, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def write_shard(
@@ -543,11 +658,12 @@ def write_shard(
 ) -> Shard:
     """Write ``source`` as a class-sorted shard; return it opened.
 
-    ``train_class_counts`` defines the many/medium/few groups; it defaults to this split's own counts
-    (right for the train split; converters pass the train counts when writing val/test).
+    Pixels are shrunk to ``max_resolution`` (area filter) and stored JPEG-encoded at ``jpeg_quality`` or
+    raw; :class:`EncodedJPEG` images are stored as they are. ``train_class_counts`` defines the
+    many/medium/few groups; it defaults to this split's own counts (right for the train split).
     """
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    from fastlt.datasets.images import RowSpec
+    from fastlt.workers import WorkerPool, forget, inherit
 
     if write_mode not in ("jpg", "raw"):
         raise ValueError(f"write_mode must be 'jpg' or 'raw', got {write_mode!r}")
@@ -559,88 +675,48 @@ def write_shard(
         raise ValueError(
             f"{dataset}/{split}: labels must lie in [0, {C}), got [{labels.min()}, {labels.max()}]"
         )
-    counts = np.bincount(labels, minlength=C).astype(np.int64)
-    train_counts = counts if train_class_counts is None else np.asarray(train_class_counts, dtype=np.int64)
-    if len(train_counts) != C:
-        raise ValueError(f"train_class_counts has {len(train_counts)} entries, expected {C}")
     # Stable sort: inside a class, rows keep the source order (deterministic, and reproducible ids).
     order = np.argsort(labels, kind="stable")
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-
-    folder = Path(root) / dataset
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder, split)
-    beton, index_path = shard_paths(root, dataset, split)
-    tmp_beton = folder / f".{split}.beton.{os.getpid()}.tmp"
-
-    fields = {
-        IMAGE_FIELD: _accepting_encoded(
-            RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality)
-        ),
-        LABEL_FIELD: IntField(),
-    }
+    spec = RowSpec(write_mode, max_resolution, jpeg_quality)
     all_settings = {
         "write_mode": write_mode,
         "max_resolution": max_resolution,
         "jpeg_quality": jpeg_quality,
         **(settings or {}),
     }
-    failure_log = folder / f".{split}.failures.{os.getpid()}.tmp"
-    source.failure_log = failure_log
-    children_before = set(multiprocessing.active_children())
+    index = build_index(
+        dataset,
+        split,
+        class_names,
+        labels[order],
+        [source.source_ids[i] for i in order],
+        train_class_counts,
+        all_settings,
+        skipped,
+    )
+    staging = Staging(root, dataset)
+    key = inherit(source)
     try:
-        with _sigterm_as_interrupt():
-            writer = DatasetWriter(
-                str(tmp_beton),
-                fields,
-                num_workers=max(1, int(workers)),
-                page_size=page_size_for(source, write_mode, workers),
-            )
-            writer.from_indexed_dataset(source, indices=order.tolist(), chunksize=64)
-            if failure_log.exists():
-                failures = [json.loads(line) for line in failure_log.read_text().splitlines() if line]
-                shown = "; ".join(f"{f['source_id']}: {f['error']}" for f in failures[:5])
+        with sigterm_as_interrupt():
+            writer = staging.writer(split, len(labels))
+            failures = []
+            size = max(1, min(64, len(order) // (4 * max(1, workers))))
+            with WorkerPool(workers) as pool:
+                for results in pool.imap(_source_rows, ((key, spec, c) for c in chunks(order, size))):
+                    for i, row, error in results:
+                        if error is None:
+                            writer.add(i, row, labels[i])
+                        else:
+                            failures.append(f"{source.source_ids[i]}: {error}")
+            if failures:
                 raise ShardError(
-                    f"{dataset}/{split}: {len(failures)} images failed to load while writing "
-                    f"(changed since validation?): {shown}; nothing was written"
+                    f"{dataset}/{split}: {len(failures)} images failed to load while writing — "
+                    f"{'; '.join(failures[:5])}; nothing was written"
                 )
-            index = ShardIndex(
-                version=SHARD_FORMAT_VERSION,
-                dataset=dataset,
-                split=split,
-                num_classes=C,
-                class_names=[str(n) for n in class_names],
-                class_counts=counts.tolist(),
-                class_offsets=offsets.tolist(),
-                class_groups=class_groups(train_counts),
-                train_class_counts=train_counts.tolist(),
-                source_ids=[source.source_ids[i] for i in order],
-                settings=all_settings,
-                skipped=list(skipped),
-                beton_file=beton.name,
-                beton_size=tmp_beton.stat().st_size,
-                beton_sha256=sha256_file(tmp_beton),
-            )
-            # A stale index must never describe the new file: remove it before the new .beton lands.
-            with contextlib.suppress(FileNotFoundError):
-                index_path.unlink()
-            os.replace(tmp_beton, beton)
-            _atomic_write_text(index_path, json.dumps(index.to_json(), indent=1))
-            # The checksum was just computed from these bytes: record it so that the open_shard below
-            # (and the trainer's first open) need not hash the whole file a second time.
-            _record_verified(beton, index.beton_sha256)
+            staging.finish(split, order, index)
+            return staging.commit()[split]
     except BaseException:
-        # FFCV's writer processes are not daemons and keep writing into the file after the parent
-        # was interrupted; stop the ones this call started before removing what they write to.
-        for child in set(multiprocessing.active_children()) - children_before:
-            child.terminate()
-        for child in set(multiprocessing.active_children()) - children_before:
-            child.join(timeout=5)
-        with contextlib.suppress(OSError):
-            tmp_beton.unlink()
+        staging.abort()
         raise
     finally:
-        source.failure_log = None
-        with contextlib.suppress(OSError):
-            failure_log.unlink()
-    return open_shard(beton)
+        forget(key)

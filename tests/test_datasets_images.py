@@ -1,56 +1,79 @@
-"""The shared image reader: fast path (simplejpeg) and PIL agree, truncation is caught either way."""
+"""The image reader of conversion: strict libjpeg decoding, sizes, DCT scale choice, the area resize."""
 
 from __future__ import annotations
 
+import io
+
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from fastlt.datasets import images
+from fastlt.datasets import images, jpeg
+from fastlt.datasets.resize import area_resize
 from synth import save_jpeg, tiny_photo
 
 
 @pytest.fixture(scope="module")
-def jpeg(tmp_path_factory):
+def jpeg_bytes(tmp_path_factory):
     path = tmp_path_factory.mktemp("img") / "photo.jpg"
     save_jpeg(path, tiny_photo(1, 2, 3, long_side=300), quality=90)
-    return path
+    return path.read_bytes()
 
 
-@pytest.mark.parametrize("max_res", [None, 400, 300, 160, 100, 37])
-def test_decode_matches_pil_draft_bit_for_bit(jpeg, max_res):
-    ref = images._pil_decode(jpeg, max_res)
-    got = images.decode(jpeg, max_res)
-    np.testing.assert_array_equal(got, ref)
-    assert max(got.shape[:2]) >= min(300, max_res or 300)
-    f = images.dct_factor(*Image.open(jpeg).size, max_res)
-    assert max(got.shape[:2]) == -(-300 // f)
+def test_target_size_keeps_the_aspect_ratio_and_bounds_the_long_side():
+    assert images.target_size(800, 600, None) == (800, 600)
+    assert images.target_size(800, 600, 800) == (800, 600)
+    assert images.target_size(800, 600, 256) == (256, 192)
+    assert images.target_size(600, 800, 256) == (192, 256)
+    assert images.target_size(700, 501, 512) == (512, 366)  # 366.4 → 366
+    assert images.target_size(700, 503, 512) == (512, 368)  # 367.9 → 368
+    assert images.target_size(1000, 1, 10) == (10, 1)  # never 0
 
 
-def test_dct_factor():
-    assert images.dct_factor(800, 600, None) == 1
-    assert images.dct_factor(800, 600, 256) == 2
-    assert images.dct_factor(800, 600, 100) == 8
-    assert images.dct_factor(800, 600, 200) == 4
-    assert images.dct_factor(800, 600, 801) == 1
+def test_dct_factor_is_the_largest_reduction_that_still_covers_the_target():
+    assert images.dct_factor(800, 600, 800, 600) == 1
+    assert images.dct_factor(800, 600, 256, 192) == 2  # 400x300; 1/4 would give 200x150
+    assert images.dct_factor(800, 600, 200, 150) == 4
+    assert images.dct_factor(800, 600, 100, 75) == 8
+    assert images.dct_factor(801, 601, 101, 76) == 8  # ceil(801/8) = 101, ceil(601/8) = 76
 
 
-def test_check_catches_truncation_and_garbage(jpeg, tmp_path):
-    assert images.check(jpeg) == Image.open(jpeg).size
-    data = jpeg.read_bytes()
-    cut = tmp_path / "cut.jpg"
-    cut.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(OSError, match="truncated"):
-        images.check(cut)
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(data[:200] + bytes(len(data) - 200))
-    with pytest.raises(Exception):  # noqa: B017 - PIL's error type for corrupt data varies by version
-        images.check(bad)
+@pytest.mark.parametrize("size", [(300, 200), (160, 225), (37, 28), (299, 224)])
+def test_area_resize_is_opencvs_inter_area_within_one_level(size):
+    rng = np.random.default_rng(sum(size))
+    rgbx = rng.integers(0, 256, (225, 300, 4), dtype=np.uint8)
+    got = area_resize(rgbx, *size)
+    ref = cv2.resize(rgbx, size, interpolation=cv2.INTER_AREA)
+    assert got.shape == ref.shape and np.abs(got.astype(int) - ref).max() <= 1
 
 
-def test_non_jpeg_goes_through_pil(tmp_path):
-    img = tiny_photo(0, 0, 0, long_side=30)
-    path = tmp_path / "x.png"
-    Image.fromarray(img).save(path)
-    assert images.check(path) == (img.shape[1], img.shape[0])
-    np.testing.assert_array_equal(images.decode(path, 10), img)  # PNGs are never pre-shrunk
+def test_check_refuses_truncation_garbage_and_a_zero_filled_scan(jpeg_bytes):
+    assert images.check_jpeg(jpeg_bytes) == Image.open(io.BytesIO(jpeg_bytes)).size
+    with pytest.raises(ValueError, match="Premature end of JPEG file"):
+        images.check_jpeg(jpeg_bytes[: len(jpeg_bytes) * 2 // 3])
+    with pytest.raises(ValueError):
+        images.check_jpeg(b"\xff\xd8\xff\xe0 this is not a JPEG at all" * 4)
+    n = len(jpeg_bytes)
+    zeroed = jpeg_bytes[: n // 2] + bytes(400) + jpeg_bytes[n // 2 + 400 :]
+    with pytest.raises(ValueError, match=rf"damaged scan: 400 zero bytes from byte {n // 2} of the file"):
+        images.check_jpeg(zeroed)
+
+
+def test_zero_runs_of_flat_content_are_not_damage(tmp_path):
+    # Optimised Huffman tables give "no DC change" and "end of block" the all-zero codes: a uniform area
+    # then really is a run of zero bytes.
+    path = tmp_path / "flat.jpg"
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(path, "JPEG", quality=90, optimize=True)
+    data = path.read_bytes()
+    assert jpeg.ZERO_RUN * b"\x00" in data
+    assert jpeg.zero_filled_scan(data) is None and images.check_jpeg(data) == (256, 256)
+
+
+def test_describe_names_the_problem(tmp_path):
+    assert images.describe(FileNotFoundError()) == "file not found"
+    assert images.describe(IsADirectoryError()) == "is a directory, expected an image file"
+    assert images.describe(ValueError("Corrupt JPEG data")) == "cannot decode image: Corrupt JPEG data"
+    with pytest.raises(images.ImageRefused, match="stores sides up to 65500 px") as e:
+        images._check_size(70000, 10)
+    assert images.describe(e.value) == "image is 70000x10; the shard format stores sides up to 65500 px"

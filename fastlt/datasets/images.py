@@ -1,139 +1,275 @@
-"""Reading image files: one decoder for validation and for writing.
+"""Source image → shard row, with one strict decode per image in the process that validates it.
 
-JPEGs go through libjpeg-turbo via simplejpeg when it is installed (about twice PIL's speed, and
-``strict`` mode turns libjpeg's "premature end of data" warnings into errors); everything else, and any
-JPEG simplejpeg will not take (CMYK, arithmetic coding), through PIL. Both use libjpeg's default
-(accurate) DCT and fancy upsampling, so they decode a file to the same pixels.
+A JPEG (recognised by its first bytes, whatever its name) goes through libjpeg-turbo (simplejpeg) in strict
+mode: every libjpeg warning — premature end of data, extraneous bytes before a marker, a bad Huffman code —
+is an error, and a file libjpeg rejects is never handed to a more tolerant decoder. Before decoding, a scan
+region overwritten with zeros, which libjpeg can decode without a warning, is refused too
+(:func:`fastlt.datasets.jpeg.zero_filled_scan`). Then either
 
-DCT scaling: libjpeg can decode straight to 1/2, 1/4 or 1/8 of the size by dropping high-frequency
-coefficients, skipping most of the inverse-DCT and colour conversion work while still entropy-decoding
-every block. Validation decodes at 1/8 (every corrupt or truncated block is still read); writing with a
-``max_resolution`` decodes at the smallest scale that stays at or above it.
+* the source bytes are the row (jpg mode, no resize needed, a baseline YCbCr or greyscale JPEG — see
+  :class:`RowSpec`): the one decode is at 1/8 scale, which still entropy-decodes every block, so every
+  warning is still seen, while skipping most of the inverse DCT and all of the colour conversion; or
+* the image is decoded once, DCT-scaled by the largest of 1/2, 1/4, 1/8 that keeps both sides at or above
+  the target (libjpeg drops high-frequency coefficients: a proper low-pass, at a fraction of the cost), shrunk
+  the rest of the way to the exact target size with an area filter (:mod:`fastlt.datasets.resize`) and
+  encoded once (libjpeg-turbo, 4:2:0 like OpenCV's default, accurate DCT).
+
+Other formats (PNG, ...) are decoded by PIL, which raises on truncated or corrupt data, then shrunk and
+encoded the same way. CMYK/YCCK JPEGs are decoded as CMYK and converted to RGB as PIL converts them (Adobe
+polarity, which PIL assumes for every CMYK JPEG), and are always re-encoded.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from fastlt.beton_writer import Row
+from fastlt.datasets import jpeg
+from fastlt.datasets.resize import area_resize
+
 JPEG_MAGIC = b"\xff\xd8\xff"
-
-try:
-    import simplejpeg
-except ImportError:  # an optional speed-up; PIL does everything without it
-    simplejpeg = None
+# FFCV stores width and height as uint16, and libjpeg-turbo encodes sides up to 65500 pixels.
+MAX_SIDE = 65500
+STORE_SOURCE = ("baseline", "any", "never")
 
 
-def _scaled_size(w: int, h: int, max_resolution: int | None) -> tuple[int, int]:
-    """Smallest (w, h) a DCT-scaled decode may return while the long side stays >= max_resolution."""
-    if not max_resolution or max(w, h) <= max_resolution:
-        return w, h
-    r = max_resolution / max(w, h)
-    return math.ceil(w * r), math.ceil(h * r)
+class ImageRefused(ValueError):
+    """The image decodes but cannot be stored (too large, empty). The message is complete."""
 
 
-def dct_factor(w: int, h: int, max_resolution: int | None) -> int:
-    """Largest of 1, 2, 4, 8 that keeps the long side >= ``max_resolution`` — the reductions PIL's
-    ``draft`` uses. (libjpeg-turbo also offers M/8 scales such as 7/8; those are skipped on purpose: a
-    power-of-two reduction followed by FFCV's area resize is the better-behaved filter.)"""
-    if not max_resolution:
-        return 1
-    long_side = max(w, h)
-    return next((f for f in (8, 4, 2) if math.ceil(long_side / f) >= max_resolution), 1)
+@dataclass(frozen=True)
+class RowSpec:
+    """How rows are made. ``store_source`` (jpg mode, JPEGs that need no resize): 'baseline' stores baseline
+    YCbCr/greyscale JPEGs as they are; 'any' progressive ones too (``--keep-jpeg``); 'never' re-encodes every
+    image at ``jpeg_quality`` (``--reencode``)."""
+
+    write_mode: str = "jpg"
+    max_resolution: int | None = None
+    jpeg_quality: int = 90
+    store_source: str = "baseline"
+
+    def __post_init__(self) -> None:
+        if self.write_mode not in ("jpg", "raw"):
+            raise ValueError(f"write_mode must be 'jpg' or 'raw', got {self.write_mode!r}")
+        if self.store_source not in STORE_SOURCE:
+            raise ValueError(f"store_source must be one of {STORE_SOURCE}, got {self.store_source!r}")
 
 
-def _pil_decode(path, max_resolution: int | None = None) -> np.ndarray:
+@dataclass
+class Clock:
+    """CPU seconds spent decoding (the validation) and resizing + encoding (the writing), over images."""
+
+    decode_s: float = 0.0
+    encode_s: float = 0.0
+
+
+def target_size(width: int, height: int, max_resolution: int | None) -> tuple[int, int]:
+    """(width, height) as stored: the long side at most ``max_resolution``, the aspect ratio kept (the short
+    side rounded to the nearest pixel, at least 1)."""
+    long_side = max(width, height)
+    if not max_resolution or long_side <= max_resolution:
+        return width, height
+    r = max_resolution / long_side
+    if width >= height:
+        return max_resolution, max(1, math.floor(height * r + 0.5))
+    return max(1, math.floor(width * r + 0.5)), max_resolution
+
+
+def dct_factor(width: int, height: int, target_width: int, target_height: int) -> int:
+    """The largest of 8, 4, 2 whose 1/f-scaled decode (``ceil(side / f)``) still covers the target, else 1."""
+    for f in (8, 4, 2):
+        if -(-width // f) >= target_width and -(-height // f) >= target_height:
+            return f
+    return 1
+
+
+def describe(error: BaseException) -> str:
+    """What to tell the user about an image that could not be made into a row."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        if im.format == "JPEG" and max_resolution:
-            im.draft("RGB", _scaled_size(*im.size, max_resolution))
+    if isinstance(error, FileNotFoundError):
+        return "file not found"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory, expected an image file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"refused as a decompression bomb ({error})"
+    if isinstance(error, ImageRefused):
+        return str(error)
+    return f"cannot decode image: {str(error) or type(error).__name__}"
+
+
+def _check_size(width: int, height: int) -> None:
+    from PIL import Image
+
+    if width < 1 or height < 1:
+        raise ImageRefused(f"image has size {width}x{height}")
+    if max(width, height) > MAX_SIDE:
+        raise ImageRefused(f"image is {width}x{height}; the shard format stores sides up to {MAX_SIDE} px")
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL's own refusal threshold, applied to JPEGs too
+    if limit and width * height > limit:
+        raise Image.DecompressionBombError(f"{width * height} pixels, more than {limit}")
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# ------------------------------------------------------------------------------------------------ JPEG
+def _simplejpeg():
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - installed with fastlt[ffcv]
+        raise ImportError(
+            "converting JPEGs needs simplejpeg (libjpeg-turbo with strict decoding): pip install simplejpeg"
+        ) from None
+    return simplejpeg
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, str]:
+    """(width, height, colour space) from the frame header; refuses sizes the shard cannot hold and
+    zero-filled scan regions."""
+    height, width, colorspace, _ = _simplejpeg().decode_jpeg_header(data, strict=True)
+    _check_size(width, height)
+    damage = jpeg.zero_filled_scan(data)
+    if damage:
+        raise ValueError(damage)
+    return width, height, colorspace
+
+
+def _is_cmyk(colorspace: str) -> bool:
+    return colorspace in ("CMYK", "YCCK")
+
+
+def _decode_scaled(data: bytes, width: int, height: int, f: int, out: str) -> np.ndarray:
+    """Strict decode at exactly 1/f scale into ``out`` ('RGBX', 'GRAY' or 'CMYK')."""
+    return _simplejpeg().decode_jpeg(
+        data, out, min_height=-(-height // f), min_width=-(-width // f), strict=True
+    )
+
+
+def _validate(data: bytes, width: int, height: int, colorspace: str) -> None:
+    """The cheapest strict decode: 1/8 scale, one channel (four for CMYK, which libjpeg cannot make grey).
+    Every block is still entropy-decoded, which is where damage shows."""
+    _decode_scaled(data, width, height, 8, "CMYK" if _is_cmyk(colorspace) else "GRAY")
+
+
+def _cmyk_to_rgbx(cmyk: np.ndarray) -> np.ndarray:
+    """PIL's conversion: stored values are inverted (Adobe), then R = (255 - C)(255 - K) / 255 with PIL's
+    rounding, and likewise G from M and B from Y."""
+    ink = 255 - cmyk.astype(np.int32)
+    keep = 255 - ink[..., 3:4]
+    t = ink[..., :3] * keep + 128
+    rgb = keep - (((t >> 8) + t) >> 8)
+    rgbx = np.empty(cmyk.shape[:2] + (4,), np.uint8)
+    rgbx[..., :3] = np.clip(rgb, 0, 255)
+    rgbx[..., 3] = 255
+    return rgbx
+
+
+def check_jpeg(data: bytes) -> tuple[int, int]:
+    """(width, height) if libjpeg decodes ``data`` without a warning and its scans are intact, else raises."""
+    width, height, colorspace = _jpeg_header(data)
+    _validate(data, width, height, colorspace)
+    return width, height
+
+
+def _storable(data: bytes, colorspace: str, store_source: str) -> bool:
+    """Whether the file itself may be the row: every reader (FFCV's TurboJPEG, DALI, PIL) decodes YCbCr and
+    greyscale JPEGs to RGB; progressive ones decode 2-3x slower at training time, so only on request."""
+    if store_source == "never" or colorspace not in ("YCbCr", "Gray"):
+        return False
+    return store_source == "any" or jpeg.process(data) in jpeg.SEQUENTIAL_HUFFMAN
+
+
+def _jpeg_row(data: bytes, spec: RowSpec, clock: Clock) -> Row:
+    t0 = time.process_time()
+    width, height, colorspace = _jpeg_header(data)
+    tw, th = target_size(width, height, spec.max_resolution)
+    stored = spec.write_mode == "jpg" and (tw, th) == (width, height)
+    if stored and _storable(data, colorspace, spec.store_source):
+        _validate(data, width, height, colorspace)
+        clock.decode_s += time.process_time() - t0
+        return Row("jpg", height, width, data)
+    f = dct_factor(width, height, tw, th)
+    if _is_cmyk(colorspace):
+        pixels = _cmyk_to_rgbx(_decode_scaled(data, width, height, f, "CMYK"))
+    else:
+        pixels = _decode_scaled(data, width, height, f, "RGBX")
+    clock.decode_s += time.process_time() - t0
+    return _finish(pixels, tw, th, spec, clock)
+
+
+# ------------------------------------------------------------------------------------------- other formats
+def _pil_decode(data: bytes) -> np.ndarray:
+    """uint8[H, W, 3] through PIL (its open already refuses decompression bombs)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        _check_size(*im.size)
         return np.asarray(im.convert("RGB"))
 
 
-def decode(path: str | os.PathLike, max_resolution: int | None = None) -> np.ndarray:
-    """uint8[H, W, 3] RGB; a JPEG larger than ``max_resolution`` may come back reduced by 2, 4 or 8
-    (:func:`dct_factor`), never below ``max_resolution``."""
-    if simplejpeg is not None:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:3] == JPEG_MAGIC:
-            try:
-                h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-                f = dct_factor(w, h, max_resolution)
-                if f == 1:
-                    return simplejpeg.decode_jpeg(data, "RGB", strict=False)
-                # At least ceil(size / f) and a reduction of at least f: exactly 1/f.
-                return simplejpeg.decode_jpeg(
-                    data,
-                    "RGB",
-                    min_height=math.ceil(h / f),
-                    min_width=math.ceil(w / f),
-                    min_factor=f,
-                    strict=False,
-                )
-            except ValueError:
-                pass  # CMYK, arithmetic coding ...: PIL knows more of the zoo
-    return _pil_decode(path, max_resolution)
+# -------------------------------------------------------------------------------------------------- rows
+def _finish(pixels: np.ndarray, width: int, height: int, spec: RowSpec, clock: Clock) -> Row:
+    """Area-shrink ``pixels`` (uint8[H, W, 3 or 4], at least the target size) to ``width`` x ``height`` and
+    encode them as the row."""
+    import cv2
 
-
-def check(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) if the file decodes for real, else raises (OSError, ValueError, ...).
-
-    Not ``Image.verify()``, which reads headers only and passes a truncated JPEG. The fast path is a
-    strict simplejpeg decode at 1/8 scale; a JPEG it rejects gets a second opinion from PIL, which
-    tolerates what libjpeg only warns about (extraneous bytes before a marker, common in ImageNet) but
-    raises on truncation.
-    """
-    if simplejpeg is not None:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:3] == JPEG_MAGIC:
-            try:
-                h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-                simplejpeg.decode_jpeg(data, "RGB", min_factor=8, strict=True)
-                return w, h
-            except ValueError:
-                pass
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-        if im.format == "JPEG":
-            im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-        im.load()
-    return w, h
-
-
-def storable_jpeg(path: str | os.PathLike, max_resolution: int | None = None):
-    """The file as an :class:`~fastlt.shards.EncodedJPEG` if every reader can take it as it is, else None.
-
-    Kept: JPEGs in YCbCr or greyscale (baseline or progressive) whose long side is within
-    ``max_resolution``. CMYK/YCCK JPEGs (TurboJPEG cannot give RGB for them), other formats and
-    images that need shrinking are decoded and re-encoded instead.
-    """
-    from fastlt.shards import EncodedJPEG
-
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:3] != JPEG_MAGIC:
-        return None
-    if simplejpeg is not None:
-        try:
-            h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        except ValueError:
-            return None
-        if colorspace not in ("YCbCr", "Gray"):
-            return None
+    t0 = time.process_time()
+    if pixels.shape[:2] != (height, width):
+        if pixels.shape[2] == 3:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA)
+        pixels = area_resize(pixels, width, height)
+    if spec.write_mode == "jpg":
+        colorspace = "RGBX" if pixels.shape[2] == 4 else "RGB"
+        data = _simplejpeg().encode_jpeg(
+            np.ascontiguousarray(pixels), spec.jpeg_quality, colorspace, "420", fastdct=False
+        )
     else:
-        from PIL import Image
+        if pixels.shape[2] == 4:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
+        data = np.ascontiguousarray(pixels).tobytes()
+    clock.encode_s += time.process_time() - t0
+    return Row(spec.write_mode, height, width, data)
 
-        with Image.open(path) as im:
-            if im.mode not in ("RGB", "L"):
-                return None
-            w, h = im.size
-    if max_resolution and max(w, h) > max_resolution:
-        return None
-    return EncodedJPEG(data, h, w)
+
+def file_row(path: str | os.PathLike, spec: RowSpec, clock: Clock | None = None) -> Row:
+    """The row for the image file at ``path``; raises (see :func:`describe`) if it does not decode cleanly."""
+    clock = clock if clock is not None else Clock()
+    data = _read(path)
+    if data[:3] == JPEG_MAGIC:
+        return _jpeg_row(data, spec, clock)
+    t0 = time.process_time()
+    pixels = _pil_decode(data)
+    clock.decode_s += time.process_time() - t0
+    return _finish(pixels, *target_size(pixels.shape[1], pixels.shape[0], spec.max_resolution), spec, clock)
+
+
+def check_file(path: str | os.PathLike, clock: Clock | None = None) -> None:
+    """Validation alone, for the rest of a conversion that will be refused: the same checks as
+    :func:`file_row`, with the cheapest decode that makes them (1/8 scale for JPEGs)."""
+    clock = clock if clock is not None else Clock()
+    t0 = time.process_time()
+    data = _read(path)
+    if data[:3] == JPEG_MAGIC:
+        check_jpeg(data)
+    else:
+        _pil_decode(data)
+    clock.decode_s += time.process_time() - t0
+
+
+def pixels_row(pixels: np.ndarray, spec: RowSpec, clock: Clock | None = None) -> Row:
+    """The row for in-memory pixels (uint8[H, W, 3])."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected uint8[H, W, 3] pixels, got {pixels.dtype}{list(pixels.shape)}")
+    width, height = target_size(pixels.shape[1], pixels.shape[0], spec.max_resolution)
+    return _finish(pixels, width, height, spec, clock if clock is not None else Clock())

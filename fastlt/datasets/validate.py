@@ -1,28 +1,26 @@
-"""Validate first, write second: the one engine every converter shares.
+"""Check first, write second: the rules every converter shares.
 
 A converter only *reads* its source format into :class:`Split` records (labels, relative paths or
 in-memory pixels, and where each entry came from) and reports what it could not read into a
-:class:`Problems` collector. This module then
+:class:`Problems` collector. The engine (:mod:`fastlt.datasets.engine`) then
 
-1. checks every file entry for real — the path stays inside the dataset root, the file exists, and it
-   decodes (in parallel with ``workers`` processes, with a progress bar) — because FFCV 1.0.2's writer
-   runs ``__getitem__`` in forked workers and never returns if one of them raises;
-2. checks that every class still has training images;
-3. refuses the whole conversion, listing the first 20 problems (file and line, or JSON id) plus a count,
-   unless ``skip_bad`` is set, in which case the bad entries are dropped and recorded in the index's
-   ``skipped`` list;
+1. :func:`check_entries`: stops on problems that make the source unreadable, and checks every label and
+   that every path stays inside the dataset root — before any image is decoded;
+2. decodes every remaining file entry once, in the worker process that also makes its row, adding a
+   problem for each file that does not decode cleanly (:mod:`fastlt.datasets.images`);
+3. :func:`settle`: checks that every class still has training images, and refuses the whole conversion,
+   listing the first 20 problems (file and line, or JSON id) plus a count, unless ``skip_bad`` is set, in
+   which case the bad entries are dropped and recorded in the index's ``skipped`` list;
 4. writes the train split first and every other split with the train split's class counts, so that
    many/medium/few always means "how many images of this class the model was trained on".
 
-Nothing touches the output folder before step 4, so a refused conversion writes nothing.
+Nothing appears under a final name before step 4 completes for every split, so a refused conversion
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,8 +28,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 REPORT_LIMIT = 20
-# FFCV stores width and height as uint16 and OpenCV's JPEG encoder stops at 65500 pixels a side.
-MAX_SIDE = 65500
 
 
 class ConversionError(ValueError):
@@ -132,7 +128,6 @@ class Split:
     paths: list[str] | None = None
     images: np.ndarray | None = None
     skipped: list[dict] = field(default_factory=list)
-    sizes: np.ndarray | None = None  # int64[N, 2] (width, height) of file entries, set by validation
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
@@ -158,7 +153,6 @@ class Split:
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             images=None if self.images is None else self.images[idx],
             skipped=list(self.skipped),
-            sizes=None if self.sizes is None else self.sizes[idx],
         )
 
 
@@ -196,68 +190,10 @@ def escapes_root(rel: str) -> bool:
     return False
 
 
-def check_image(path: str | os.PathLike) -> tuple[str | None, int, int]:
-    """``(None, width, height)`` if the file decodes as an image, else ``(what is wrong, 0, 0)``.
-
-    A real decode (see :func:`fastlt.datasets.images.check`), so truncated and corrupt files are caught.
-    """
-    from PIL import Image
-
-    from fastlt.datasets.images import check
-
-    try:
-        w, h = check(path)
-    except FileNotFoundError:
-        return "file not found", 0, 0
-    except IsADirectoryError:
-        return "is a directory, expected an image file", 0, 0
-    except PermissionError:
-        return "permission denied", 0, 0
-    except Image.DecompressionBombError as e:
-        return f"refused as a decompression bomb ({e})", 0, 0
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... for bad data
-        msg = str(e) or type(e).__name__
-        return f"cannot decode image: {msg}", 0, 0
-    if w < 1 or h < 1:
-        return f"image has size {w}x{h}", 0, 0
-    if max(w, h) > MAX_SIDE:
-        return f"image is {w}x{h}; the shard format stores sides up to {MAX_SIDE} px", 0, 0
-    return None, w, h
-
-
-def _check_one(path: str) -> tuple[str | None, int, int]:
-    return check_image(path)
-
-
-def check_files(paths: Sequence[str], workers: int = 1, desc: str = "validating") -> list[tuple]:
-    """``check_image`` for every path, ``workers`` processes, with a progress bar on stderr."""
-    from tqdm import tqdm
-
-    bar = dict(
-        total=len(paths),
-        desc=desc,
-        unit="img",
-        disable=len(paths) == 0,
-        file=sys.stderr,
-        mininterval=0.5,
-        dynamic_ncols=True,
-    )
-    if workers <= 1 or len(paths) < 64:
-        return [check_image(p) for p in tqdm(paths, **bar)]
-    chunk = max(1, min(64, len(paths) // (workers * 8)))
-    # fork: the children need nothing but this module, and start in milliseconds.
-    with mp.get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(_check_one, paths, chunksize=chunk), **bar))
-
-
-def validate_files(split: Split, problems: Problems, workers: int, skip: set[int] = frozenset()) -> None:
-    """Path-escape, existence and decode checks for every file entry of ``split`` not in ``skip``."""
-    assert split.paths is not None and split.root is not None
-    todo, todo_idx = [], []
-    for i, rel in enumerate(split.paths):
-        if i in skip:
-            continue
-        if escapes_root(rel):
+def check_paths(split: Split, problems: Problems, skip: set[int] = frozenset()) -> None:
+    """Every file entry of ``split`` not in ``skip`` must name a path inside the dataset root."""
+    for i, rel in enumerate(split.paths or ()):
+        if i not in skip and escapes_root(rel):
             problems.add(
                 split.where[i],
                 f"path {rel!r} escapes the dataset root {split.root}",
@@ -265,17 +201,6 @@ def validate_files(split: Split, problems: Problems, workers: int, skip: set[int
                 entry=i,
                 source_id=split.source_ids[i],
             )
-        else:
-            todo.append(str(split.root / rel))
-            todo_idx.append(i)
-    results = check_files(todo, workers, desc=f"validating {split.name}")
-    split.sizes = np.zeros((len(split), 2), dtype=np.int64)
-    for i, path, (err, w, h) in zip(todo_idx, todo, results):
-        split.sizes[i] = (w, h)
-        if err is not None:
-            # Name the file unless the entry's location already is the file (ImageFolder).
-            what = err if split.where[i] == path else f"{path}: {err}"
-            problems.add(split.where[i], what, split=split.name, entry=i, source_id=split.source_ids[i])
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -291,34 +216,40 @@ def check_labels(split: Split, num_classes: int, problems: Problems, skip: set[i
         )
 
 
-def resolve(job: Job, *, workers: int = 1, skip_bad: bool = False) -> list[Split]:
-    """Validate ``job`` and return its splits with bad entries removed (only if ``skip_bad``).
+def bad_entries(job: Job) -> dict[str, set[int]]:
+    """Per split, the entries some problem is about."""
+    bad = {s.name: set() for s in job.splits}
+    for p in job.problems.items:
+        if p.entry is not None and p.split in bad:
+            bad[p.split].add(p.entry)
+    return bad
 
-    Raises :class:`ConversionError` listing the problems otherwise.
+
+def check_entries(job: Job) -> None:
+    """Step 1: raises :class:`ConversionError` for an unreadable source; records label and path problems.
+
+    An entry the converter already flagged (e.g. no annotation, so no label) is not checked again.
     """
-    problems = job.problems
-    problems.raise_if_fatal()
-    C = len(job.class_names)
-    if C == 0:
+    job.problems.raise_if_fatal()
+    if not job.class_names:
         raise ConversionError(f"{job.dataset}: no classes found in the source")
     names = [s.name for s in job.splits]
     if job.train_split not in names:
         raise ConversionError(f"{job.dataset}: no {job.train_split!r} split in the source (found {names})")
-
-    def bad_entries() -> dict[str, set[int]]:
-        bad = {s.name: set() for s in job.splits}
-        for p in problems.items:
-            if p.entry is not None and p.split in bad:
-                bad[p.split].add(p.entry)
-        return bad
-
-    # An entry the converter already flagged (e.g. no annotation, so no label) is not checked again.
-    known = bad_entries()
+    known = bad_entries(job)
     for split in job.splits:
-        check_labels(split, C, problems, skip=known[split.name])
-        if split.paths is not None:
-            validate_files(split, problems, workers, skip=known[split.name])
-    bad = bad_entries()
+        check_labels(split, len(job.class_names), job.problems, skip=known[split.name])
+        check_paths(split, job.problems, skip=known[split.name])
+
+
+def settle(job: Job, *, skip_bad: bool = False) -> list[Split]:
+    """Step 3: ``job``'s splits with bad entries removed (only if ``skip_bad``), in ``job.splits`` order.
+
+    Raises :class:`ConversionError` listing the problems otherwise.
+    """
+    problems = job.problems
+    C = len(job.class_names)
+    bad = bad_entries(job)
     # What would survive --skip-bad decides whether a class is left without training images; a class
     # that is empty either way cannot be fixed by skipping, so it is reported as a fatal problem.
     train = next(s for s in job.splits if s.name == job.train_split)
@@ -369,9 +300,13 @@ def is_int(v) -> bool:
 
 
 def read_source_text(path: Path, problems: Problems, what: str = "file") -> str | None:
-    """The text of a source file (split list, annotations, names), or None with a fatal problem recorded."""
+    """The text of a source file (split list, annotations, names), or None with a fatal problem recorded.
+
+    Read as UTF-8 whatever the locale, without the byte-order mark some editors put first: kept, it would
+    become an invisible first character of the first path (then "not found") or a JSON syntax error.
+    """
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         problems.fatal(str(path), f"{what} not found")
     except (OSError, UnicodeDecodeError) as e:

@@ -1,11 +1,11 @@
-"""``fastlt convert`` that signals itself when a writer process starts loading source image N:
+"""``fastlt convert`` that signals itself when a worker process starts converting source image N:
 
     python signal_at_image.py N SIGNAL {group,main} CONVERT-ARGS...
 
 SIGNAL is a name (SIGINT, SIGKILL). ``group`` signals the conversion's whole process group, as Ctrl-C in a
-terminal does; ``main`` only the converting process. The writer process that loads image N then waits to be
+terminal does; ``main`` only the converting process. The worker process that converts image N then waits to be
 stopped, so the conversion cannot finish first: the signal lands mid-write on every machine, with nothing
-added to fastlt for it. FFCV's writer processes are forked, so they inherit the wrapped ``load``.
+added to fastlt for it. The worker processes are forked, so they inherit the wrapped ``FileRows.row``.
 """
 
 from __future__ import annotations
@@ -15,23 +15,23 @@ import signal
 import sys
 
 from fastlt.convert import main
-from fastlt.datasets.engine import FileSource
+from fastlt.datasets.engine import FileRows
 
 
 def signal_at(image: int, signum: int, target: str) -> None:
     converter = os.getpid()
-    load = FileSource.load
+    row = FileRows.row
 
-    def load_or_signal(self, i: int):
+    def row_or_signal(self, i: int, rel: str, clock):
         if i == image:
             if target == "group":
                 os.killpg(os.getpgrp(), signum)
             else:
                 os.kill(converter, signum)
-            signal.pause()  # until the interrupted conversion stops this writer process
-        return load(self, i)
+            signal.pause()  # until the interrupted conversion stops this worker process
+        return row(self, i, rel, clock)
 
-    FileSource.load = load_or_signal
+    FileRows.row = row_or_signal
 
 
 if __name__ == "__main__":
