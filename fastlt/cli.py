@@ -14,6 +14,7 @@ COMMANDS = {
     "convert": ("fastlt.convert", "convert a dataset into class-indexed .beton shards"),
     "train": ("fastlt.train", "train a recipe (dataset × method) and evaluate it"),
     "eval": ("fastlt.evaluate", "evaluate a run directory's checkpoint on a shard"),
+    "verify": ("fastlt.verify", "check shards in full: re-hash every byte, index digest, label column"),
     "bench": ("fastlt.bench", "throughput benchmarks: convert, loader, sampler, kernels, step, eval"),
     "report": ("fastlt.report", "write a run's report.html, or compare runs side by side"),
     "demo": ("fastlt.demo", "convert the embedded digits-lt dataset and train it with bs and cpmix"),

@@ -131,7 +131,8 @@ def pick_device(recipe: Recipe, local_rank: int = 0) -> torch.device:
 
 
 def open_split(recipe: Recipe, split: str):
-    """Open ``<data_root>/<dataset>/<split>.beton``; a missing shard names the command that makes it."""
+    """Open ``<data_root>/<dataset>/<split>.beton``; a missing shard names the command that makes it. With the
+    recipe's ``full_verify`` the file is hashed in full (``fastlt.shards.open_shard``)."""
     from fastlt.datasets.registry import convert_command
     from fastlt.shards import ShardError, open_shard, shard_paths
 
@@ -140,7 +141,7 @@ def open_split(recipe: Recipe, split: str):
         cmd = convert_command(recipe.dataset, recipe.data_root)
         raise TrainingError(f"shard {beton} not found. Make it with:\n    {cmd}")
     try:
-        return open_shard(beton)
+        return open_shard(beton, full=recipe.full_verify, progress=recipe.progress)
     except ShardError as e:
         raise TrainingError(str(e)) from None
 

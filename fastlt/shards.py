@@ -8,7 +8,7 @@ Layout::
 
     <root>/<dataset>/<split>.beton         FFCV file: ``image`` (RGBImageField), ``label`` (IntField)
     <root>/<dataset>/<split>.index.json    the index described in DESIGN.md §3
-    <root>/<dataset>/<split>.verified      cache of the last full checksum (size, mtime_ns, sha256)
+    <root>/<dataset>/<split>.verified      cache of the last full checksum (see Verification below)
 
 Both outputs are written under temporary names in the destination folder and renamed only when every
 split of the conversion is complete (:class:`Staging`), so an interrupted conversion never leaves a
@@ -21,6 +21,27 @@ API: ``write_shard(root, dataset, split, source, class_names, ...)`` with an ``I
 are; converters go through :mod:`fastlt.datasets.engine` instead); ``open_shard(path)`` → ``Shard``
 with ``.index`` (``ShardIndex``), ``.reader()`` (FFCV's ``Reader``), and for tests and tools
 ``.stored_labels()``, ``.image_bytes(row)``, ``.decode(row)``.
+
+Verification. Every ``open_shard`` checks, cheaply:
+
+* the index against itself: ``index_sha256``, a digest of the rest of its content (written by ``to_json``),
+  and its internal consistency (offsets = cumulative counts, groups = those of the train counts, the train
+  split's train counts = its own counts), so an edit that keeps the index self-consistent — moving a row
+  between classes, reversing the train counts — is refused too;
+* the ``.beton`` against the index: its size, and its ``label`` column against the class offsets (FFCV's
+  metadata, read without decoding an image);
+* the ``.beton``'s sha256, hashed again unless ``<split>.verified`` vouches for it: that cache holds the
+  checksum with the size, mtime, inode change time (ctime), inode and device the file had when it was
+  hashed. No user-level tool sets ctime (``cp -p``, ``touch -r``, a restore, an edit that puts the mtime
+  back all change it), so every change made through the filesystem is hashed again.
+
+The fast check cannot see bytes that change without a write through the filesystem (bit rot on the medium,
+a faulty controller or cable, a block-level edit). ``fastlt verify PATH...`` and the recipe key
+``full_verify`` (at training start) hash in full whatever the cache says. :func:`check_same_conversion` adds
+the cross-split check: the train counts an evaluation split carries equal the train split's class counts.
+
+An index written before ``index_sha256`` existed still opens, with a warning on stderr (once per file and
+process): the other checks still apply, but an edit of it cannot be detected; re-converting adds the digest.
 """
 
 from __future__ import annotations
@@ -44,6 +65,7 @@ SHARD_FORMAT_VERSION = 1
 GROUPS = ("many", "medium", "few")
 IMAGE_FIELD = "image"
 LABEL_FIELD = "label"
+INDEX_DIGEST = "index_sha256"  # the index file's digest of the rest of its content
 
 
 class ShardError(ValueError):
@@ -115,7 +137,10 @@ class ShardIndex:
         return np.asarray([GROUPS.index(g) for g in self.class_groups], dtype=np.int64)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The index file's content: every field, and ``index_sha256`` over them."""
+        d = asdict(self)
+        d[INDEX_DIGEST] = index_digest(d)
+        return d
 
     @classmethod
     def from_json(cls, d: dict, path: str | os.PathLike = "<index>") -> ShardIndex:
@@ -124,7 +149,7 @@ class ShardIndex:
         missing = sorted(required - d.keys())
         if missing:
             raise ShardError(f"{path}: index is missing keys {missing}")
-        unknown = sorted(d.keys() - names)
+        unknown = sorted(d.keys() - names - {INDEX_DIGEST})
         if unknown:
             raise ShardError(f"{path}: index has unknown keys {unknown} (written by a newer fastlt?)")
         if d["version"] != SHARD_FORMAT_VERSION:
@@ -132,8 +157,20 @@ class ShardIndex:
                 f"{path}: index format version {d['version']}, this fastlt reads version "
                 f"{SHARD_FORMAT_VERSION}; re-run tools/convert"
             )
-        idx = cls(**d)
+        idx = cls(**{k: v for k, v in d.items() if k != INDEX_DIGEST})
         idx.check_consistent(path)
+        # Checked after consistency, whose messages are the more specific ones.
+        if INDEX_DIGEST not in d:
+            _warn_once(
+                path,
+                f"warning: {path} has no index_sha256 (written before fastlt protected its indexes): an edit "
+                "of it cannot be detected; re-run tools/convert to add one",
+            )
+        elif d[INDEX_DIGEST] != index_digest(d):
+            raise ShardError(
+                f"{path}: the index was changed after conversion (its content no longer matches its "
+                f"{INDEX_DIGEST}); re-run tools/convert"
+            )
         return idx
 
     def check_consistent(self, path: str | os.PathLike = "<index>") -> None:
@@ -153,6 +190,17 @@ class ShardIndex:
         bad = [g for g in self.class_groups if g not in GROUPS]
         if bad:
             raise ShardError(f"{path}: unknown class groups {sorted(set(bad))}, expected one of {GROUPS}")
+        if self.class_groups != class_groups(self.train_class_counts):
+            raise ShardError(f"{path}: class_groups are not the groups of train_class_counts")
+        # A conversion lists its splits train first (fastlt.datasets.engine).
+        splits = self.settings.get("splits")
+        is_train = isinstance(splits, list) and splits[:1] == [self.split]
+        if is_train and self.train_class_counts != self.class_counts:
+            c = next(c for c, (a, b) in enumerate(zip(self.train_class_counts, self.class_counts)) if a != b)
+            raise ShardError(
+                f"{path}: the train split's train_class_counts differ from its class_counts (class {c}: "
+                f"{self.train_class_counts[c]} vs {self.class_counts[c]})"
+            )
 
 
 @dataclass(frozen=True)
@@ -281,11 +329,15 @@ def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
     raise ShardError(f"{path}: expected a path ending in .beton or .index.json")
 
 
-def open_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
+def open_shard(
+    path: str | os.PathLike, verify: bool = True, full: bool = False, progress: bool = False
+) -> Shard:
     """Open ``<split>.beton`` (or its ``.index.json``), refusing a file that does not match its index.
 
-    Size is always checked. The full sha256 is checked when ``verify`` is true, and its result is cached
-    in ``<split>.verified`` keyed on (size, mtime_ns) so that opening a 40 GB shard twice costs one hash.
+    The index (digest, consistency), the file's size and its label column are always checked (see
+    Verification in the module docstring). The sha256 is checked when ``verify`` is true, hashing only when
+    ``<split>.verified`` does not vouch for the file, and always when ``full`` is true; ``progress`` shows
+    a bar while hashing.
     """
     beton, index_path = _resolve(path)
     if not index_path.exists():
@@ -308,27 +360,70 @@ def open_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
             f"{beton}: size {st.st_size} bytes does not match its index ({index.beton_size} bytes); "
             "the file was modified or truncated — re-run tools/convert"
         )
-    if verify:
-        stamp = beton.with_suffix(".verified")
-        key = _verified_key(st, index.beton_sha256)
-        cached = None
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            cached = json.loads(stamp.read_text())
-        if cached != key:
-            digest = sha256_file(beton)
-            if digest != index.beton_sha256:
-                raise ShardError(
-                    f"{beton}: sha256 {digest[:16]}… does not match its index ({index.beton_sha256[:16]}…); "
-                    "the file was modified — re-run tools/convert"
-                )
-            _record_verified(beton, digest)
-    return Shard(beton, index_path, index)
+    if verify or full:
+        _check_checksum(beton, st, index, full, progress)
+    shard = Shard(beton, index_path, index)
+    check_label_column(shard)
+    return shard
+
+
+def _check_checksum(beton: Path, st: os.stat_result, index: ShardIndex, full: bool, progress: bool) -> None:
+    stamp = beton.with_suffix(".verified")
+    if not full:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(stamp.read_text()) == _verified_key(st, index.beton_sha256):
+                return
+    digest = hash_file(beton, f"verifying {beton}" if progress else None)
+    if digest != index.beton_sha256:
+        with contextlib.suppress(OSError):
+            stamp.unlink()
+        raise ShardError(
+            f"{beton}: sha256 {digest[:16]}… does not match its index ({index.beton_sha256[:16]}…); "
+            "the file was modified — re-run tools/convert"
+        )
+    _record_verified(beton, digest)
+
+
+def check_label_column(shard: Shard) -> None:
+    """The ``.beton``'s own ``label`` column must put every row in the class its index's offsets give it.
+
+    The index's labels are derived from its offsets; the file's are written per row. A row moved between
+    classes in the index (counts and offsets edited together) disagrees here, whatever the index says.
+    """
+    try:
+        stored = shard.stored_labels()
+    except ShardError:
+        raise
+    except Exception as e:  # FFCV's parser on a file that is not (or no longer) an FFCV file
+        raise ShardError(
+            f"{shard.beton_path}: cannot read it as an FFCV file ({type(e).__name__}: {e}); check it with "
+            "fastlt verify, or re-run tools/convert"
+        ) from None
+    index = shard.index
+    if len(stored) != index.num_rows:
+        raise ShardError(
+            f"{shard.beton_path}: {len(stored)} rows, but its index describes {index.num_rows}; re-run "
+            "tools/convert"
+        )
+    wrong = np.flatnonzero(stored != index.labels)
+    if len(wrong):
+        row = int(wrong[0])
+        c = int(index.labels[row])
+        raise ShardError(
+            f"{shard.beton_path}: row {row} ({index.source_ids[row]}) is stored with label "
+            f"{int(stored[row])}, but its index puts it in class {c} ({index.class_names[c]!r}); "
+            f"{len(wrong)} rows disagree. "
+            "The index was changed or belongs to another file — re-run tools/convert"
+        )
 
 
 def check_same_conversion(*shards: Shard) -> None:
     """Refuse splits written by different conversions (e.g. a re-converted train beside an old test
     split, whose many/medium/few groups came from the old train counts). Shards written before
-    conversion ids existed, or by ``write_shard`` directly, carry none and are not compared."""
+    conversion ids existed, or by ``write_shard`` directly, carry none and are not compared.
+
+    The first shard is the train split: every other split must carry its class counts as its train counts
+    (they define the groups evaluation reports and, in the train split, the class priors)."""
     ids = {s.beton_path: s.index.settings.get("conversion_id") for s in shards}
     known = {p: i for p, i in ids.items() if i}
     if len(set(known.values())) > 1:
@@ -337,11 +432,63 @@ def check_same_conversion(*shards: Shard) -> None:
     names = {s.index.class_names == shards[0].index.class_names for s in shards}
     if names != {True}:
         raise ShardError(f"{shards[0].beton_path} and the other splits list different classes")
+    want = shards[0].index.class_counts
+    for s in shards[1:]:
+        have = s.index.train_class_counts
+        if have != want:
+            c = next(c for c, (a, b) in enumerate(zip(have, want)) if a != b)
+            raise ShardError(
+                f"{s.index_path}: its train counts disagree with the class counts of {shards[0].beton_path} "
+                f"(class {c}: {have[c]} vs {want[c]}); re-run tools/convert"
+            )
+
+
+def index_digest(doc: dict) -> str:
+    """sha256 of an index's content, every key but ``index_sha256``, as canonical JSON (sorted keys, no
+    whitespace): the digest survives re-formatting of the file, but no change to a value."""
+    body = {k: v for k, v in doc.items() if k != INDEX_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def hash_file(path: str | os.PathLike, desc: str | None = None, chunk: int = 8 << 20) -> str:
+    """sha256 of ``path``; with ``desc``, a progress bar over its bytes on stderr."""
+    if desc is None:
+        return sha256_file(path, chunk)
+    from tqdm import tqdm
+
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, tqdm(
+        total=size, desc=desc, unit="B", unit_scale=True, file=sys.stderr, mininterval=0.5, leave=False,
+        dynamic_ncols=True,
+    ) as bar:
+        while block := f.read(chunk):
+            h.update(block)
+            bar.update(len(block))
+    return h.hexdigest()
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(path: str | os.PathLike, message: str) -> None:
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        print(message, file=sys.stderr)
 
 
 def _verified_key(st: os.stat_result, sha256: str) -> dict:
-    """What ``<split>.verified`` caches: a checksum is trusted again only for the same size and mtime."""
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    """What ``<split>.verified`` caches: a checksum is trusted again only while the file has the size, mtime,
+    inode change time, inode and device it had when hashed. ctime is what a copy, a restore or an edit
+    cannot put back: the kernel sets it on every change of the file (content, metadata or name)."""
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+        "device": st.st_dev,
+        "sha256": sha256,
+    }
 
 
 def _record_verified(beton: Path, sha256: str) -> None:
