@@ -111,6 +111,7 @@ def read_split(
 
     labels = np.full(len(paths), -1, dtype=np.int64)
     annotated_at: dict[int, str] = {}
+    reported: set[int] = set()  # images whose annotation was reported: they have one, a bad one
     for k, ann in enumerate(doc["annotations"]):
         at = f"{path}: annotations[{k}]"
         if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
@@ -132,6 +133,7 @@ def read_split(
                 entry=e,
                 source_id=ids[e],
             )
+            reported.add(e)
             continue
         if e in annotated_at:
             problems.add(
@@ -145,7 +147,7 @@ def read_split(
         annotated_at[e] = at
         labels[e] = label_of[int(ann["category_id"])]
     for e in np.flatnonzero(labels < 0):
-        if e not in annotated_at:
+        if e not in annotated_at and e not in reported:
             problems.add(where[e], "image has no annotation", split=name, entry=int(e), source_id=ids[e])
     return Split(name, labels, ids, where, root=root, paths=paths)
 

@@ -13,8 +13,15 @@ Class names come from the train paths, through one policy per dataset:
   ``data_256/a/apartment_building/outdoor/x.jpg`` → ``apartment_building/outdoor``: the leading split
   folder and Places365's one-letter buckets are dropped) with ``/`` and ``_`` turned into spaces.
 
-A label whose train paths disagree on the class folder is reported, line by line. Val/test paths that
-carry a class folder are checked against the train classes too; flat ones (Places365 val) are not.
+Labels and class folders must agree one to one in the train split: a line whose label is not the label of
+the other train images in its class folder, or whose folder is not its label's folder, is reported by line
+(the majority of a folder's or a label's lines decides). So a typo'd label names its line instead of adding
+a class (a label equal to the class count) or merging two. Val/test paths that carry a class folder are
+checked against the train classes too; flat ones (Places365 val) are not.
+
+Without ``--num-classes`` the class count is inferred from the train labels that pass those checks: the
+labels 0, 1, 2, ... up to the first one no train line has. A train line above that gap is reported by line
+(a stray large label, or the images of the missing labels are not listed), never as a list of empty classes.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -79,6 +88,11 @@ def read_split_file(name: str, path: Path, root: Path, problems: Problems) -> Sp
         if rel in first:
             problems.add(at, f"duplicate entry {rel!r} (first at {first[rel]})", split=name, source_id=rel)
             continue
+        hidden = invisible(rel)
+        if hidden and not (root / rel).exists():
+            problems.add(at, f"path {rel!r} not found; it holds invisible characters: {hidden}", split=name,
+                         source_id=rel)
+            continue
         first[rel] = at
         paths.append(rel)
         labels.append(y)
@@ -87,6 +101,17 @@ def read_split_file(name: str, path: Path, root: Path, problems: Problems) -> Sp
         problems.fatal(str(path), "no entries")
         return None
     return Split(name, np.array(labels, dtype=np.int64), list(paths), where, root=root, paths=paths)
+
+
+def invisible(text: str) -> str:
+    """The characters of ``text`` a terminal does not show (control and format characters: a byte-order
+    mark, a zero-width space, a carriage return ...), named with their positions; "" when there are none."""
+    found = [
+        f"{unicodedata.name(ch, f'U+{ord(ch):04X}')} at character {i + 1}"
+        for i, ch in enumerate(text)
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
+    ]
+    return ", ".join(found)
 
 
 def read_names(path: Path, problems: Problems) -> dict[str, str]:
@@ -119,27 +144,69 @@ def read_names(path: Path, problems: Problems) -> dict[str, str]:
     return out
 
 
-def class_names(splits: list[Split], num_classes: int, key_of, name_of, problems: Problems) -> list[str]:
-    """One name per label from the train paths; disagreeing paths are reported per line."""
-    keys: dict[int, tuple[str, str]] = {}  # label -> (key, where first seen)
+def _majority(pairs: list[tuple], side: int) -> dict:
+    """For each value on ``side`` of the (label, folder) pairs, the most common value on the other side
+    (ties: the first seen)."""
+    votes: dict = {}
+    for pair in pairs:
+        votes.setdefault(pair[side], Counter())[pair[1 - side]] += 1
+    return {k: c.most_common(1)[0][0] for k, c in votes.items()}
+
+
+def check_class_folders(splits: list[Split], key_of, problems: Problems) -> dict[int, str]:
+    """label → class folder from the train paths; every line that breaks the one-to-one rule is reported."""
+    train = next(s for s in splits if s.name == "train")
+    keys = [key_of(rel) for rel in train.paths]
+    pairs = [(int(y), k) for y, k in zip(train.labels, keys) if k is not None]
+    folder_of, label_of, seen = _majority(pairs, 0), _majority(pairs, 1), Counter(pairs)
+    first = {}  # (label, folder) -> where first seen in train
+    for i, (y, k) in enumerate(zip(train.labels, keys)):
+        first.setdefault((int(y), k), train.where[i])
     for split in splits:
-        for i, (rel, y) in enumerate(zip(split.paths, split.labels)):
-            key = key_of(rel)
-            if key is None or not 0 <= y < num_classes:
+        for i, rel in enumerate(split.paths):
+            y, k = int(split.labels[i]), key_of(rel)
+            if k is None or (y not in folder_of and split.name != "train"):
                 continue
-            if y not in keys:
-                if split.name == "train":
-                    keys[int(y)] = (key, split.where[i])
-                continue
-            if keys[y][0] != key:
-                problems.add(
-                    split.where[i],
-                    f"label {y} is class {keys[y][0]!r} (at {keys[y][1]}) but this path is in {key!r}",
-                    split=split.name,
-                    entry=i,
-                    source_id=rel,
+            if folder_of[y] != k:
+                home = folder_of[y]
+                what = f"label {y} is class {home!r} (at {first[y, home]}) but this path is in {k!r}"
+                what += f", the folder of label {label_of[k]}" if k in label_of else ""
+            elif split.name == "train" and label_of[k] != y:
+                y_k = label_of[k]
+                what = (
+                    f"label {y}, but the {seen[y_k, k]} other train images in class folder {k!r} have label "
+                    f"{y_k} (first at {first[y_k, k]})"
                 )
-    return [name_of(keys[c][0]) if c in keys else f"class {c}" for c in range(num_classes)]
+            else:
+                continue
+            problems.add(split.where[i], what, split=split.name, entry=i, source_id=rel)
+    return folder_of
+
+
+def infer_num_classes(train: Split, problems: Problems) -> int:
+    """The labels 0, 1, 2, ... up to the first one no (unflagged) train line has; train lines above that gap
+    are reported by line."""
+    flagged = {p.entry for p in problems.items if p.split == train.name and p.entry is not None}
+    keep = np.ones(len(train), dtype=bool)
+    keep[list(flagged)] = False
+    used = set(train.labels[keep & (train.labels >= 0)].tolist())
+    C = next(c for c in range(len(used) + 1) if c not in used)
+    if C == 0 and used:
+        problems.fatal(str(train.where[0]).rsplit(":", 1)[0], f"no entry has label 0 (the smallest is "
+                       f"{min(used)}); labels count from 0")
+        return 0
+    for i in np.flatnonzero(keep & (train.labels > C)):
+        y = int(train.labels[i])
+        gap = f"label {C}" if y == C + 1 else f"labels {C}..{y - 1}"
+        problems.add(
+            train.where[i],
+            f"label {y} lies beyond the labels in use (0..{C - 1}): no train entry has {gap} (the class "
+            "count is inferred from the train labels; --num-classes sets it)",
+            split=train.name,
+            entry=int(i),
+            source_id=train.source_ids[i],
+        )
+    return C
 
 
 def add_arguments_for(command: str, p: argparse.ArgumentParser) -> None:
@@ -176,10 +243,12 @@ def build(args) -> Job:
     ]
     mapping = read_names(args.names, problems) if getattr(args, "names", None) else None
     problems.raise_if_fatal()
-    C = args.num_classes or int(max(0, splits[0].labels.max() + 1))
+    folder_of = check_class_folders(splits, key_of, problems)
+    C = args.num_classes or infer_num_classes(splits[0], problems)
+    problems.raise_if_fatal()
     if mapping is not None:
         name_of = lambda k: mapping.get(k, k)  # noqa: E731
-    names = class_names(splits, C, key_of, name_of, problems)
+    names = [name_of(folder_of[c]) if c in folder_of else f"class {c}" for c in range(C)]
     return Job(
         dataset=args.command,
         class_names=names,
