@@ -13,6 +13,7 @@ The many / medium / few groups always come from the *training* counts stored in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -20,12 +21,13 @@ from typing import NamedTuple
 import torch
 
 from fastlt import metrics as M
-from fastlt.checkpoint import CheckpointError, load_checkpoint
+from fastlt.checkpoint import EVAL_KEYS, CheckpointError, load_checkpoint, shard_mismatch
 from fastlt.distributed import Dist
 from fastlt.methods.base import get_method
 from fastlt.pipelines.plan import eval_plans
 from fastlt.recipes import Recipe, RecipeError, apply_overrides
 from fastlt.report import write_report
+from fastlt.runlock import RunLock, RunLockError
 from fastlt.runtime import Runtime, TrainingError, build_pipeline, choose_pipeline, open_split
 from fastlt.shards import ShardError, open_shard
 from fastlt.topk import topk_lowest_index
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: the recipe's)")
     p.add_argument("--out", default=None, help="where to write eval.json and the plots")
+    p.add_argument(
+        "--allow-foreign-shard",
+        action="store_true",
+        help="evaluate a shard whose classes (or train counts) are not the ones the checkpoint was trained "
+        "on; eval.json records that it was forced",
+    )
     p.add_argument("--no-plots", action="store_true")
     return p
 
@@ -161,9 +169,14 @@ def evaluate_run(
     out: str | None = None,
     plots: bool = True,
     say=print,
+    allow_foreign_shard: bool = False,
 ) -> dict:
     """Evaluate ``run``'s checkpoint, write eval.json, predictions.npz, the plots and report.html; ``say``
-    prints what it is doing (the command is never silent for more than a bar's update)."""
+    prints what it is doing (the command is never silent for more than a bar's update).
+
+    The shard must hold the classes the checkpoint was trained on, with the same train counts
+    (``checkpoint.shard_mismatch``), unless ``allow_foreign_shard``; eval.json then records why it did not.
+    The run directory is locked (``fastlt.runlock``) while the results are written into it."""
     run = Path(run)
     if not (run / "recipe.json").exists():
         raise TrainingError(f"{run}: no recipe.json (not a fastlt run directory)")
@@ -171,7 +184,7 @@ def evaluate_run(
     over = [(k, v) for k, v in (("pipeline", pipeline), ("device", device)) if v]
     recipe = apply_overrides(recipe, over) if over else recipe
     ckpt = _checkpoint_path(run, checkpoint)
-    state = load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt, require=EVAL_KEYS)
     if shard_path:
         try:
             shard = open_shard(shard_path)
@@ -180,24 +193,45 @@ def evaluate_run(
     else:
         shard = open_split(recipe, recipe.eval_split)
     index = shard.index
-    dev = torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
-    method, model = _load_model(recipe, index, state, ckpt, shard, dev)
-    runtime = Runtime.create(recipe, index.train_counts, dev)
-    pipe = build_pipeline(choose_pipeline(recipe, shard), shard, recipe, dev, train=False)
-    say(f"evaluating {ckpt} (epoch {int(state['epoch']) + 1}) on {shard.beton_path}: "
-        f"{index.num_rows:,} images, {index.num_classes:,} classes, device {dev}")
-    try:
-        ev = evaluate(model, method, pipe, index, runtime, recipe.eval_batch_size, progress=recipe.progress)
-    finally:
-        pipe.close()
+    foreign = shard_mismatch(state, recipe, index)
+    if foreign and not allow_foreign_shard:
+        raise TrainingError(
+            f"{shard.beton_path} does not fit {ckpt}: {foreign}. An accuracy there would mean nothing; "
+            "pass --allow-foreign-shard to evaluate it anyway (eval.json then records it)"
+        )
     own = shard_path is None
     out_dir = Path(out) if out else (run if own else run / f"eval-{index.dataset}-{index.split}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    extra = {"checkpoint": str(ckpt), "epoch": int(state["epoch"]), "shard": str(shard.beton_path)}
-    M.write_eval(out_dir, ev.summary, index, ev.predictions, plots=plots, extra=extra)
-    write_report(out_dir, run, log=say)
+    with _run_lock(run, out_dir, say):
+        dev = torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
+        method, model = _load_model(recipe, index, state, ckpt, shard, dev)
+        runtime = Runtime.create(recipe, index.train_counts, dev)
+        pipe = build_pipeline(choose_pipeline(recipe, shard), shard, recipe, dev, train=False)
+        say(f"evaluating {ckpt} (epoch {int(state['epoch']) + 1}) on {shard.beton_path}: "
+            f"{index.num_rows:,} images, {index.num_classes:,} classes, device {dev}")
+        try:
+            ev = evaluate(model, method, pipe, index, runtime, recipe.eval_batch_size,
+                          progress=recipe.progress)
+        finally:
+            pipe.close()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        extra = {"checkpoint": str(ckpt), "epoch": int(state["epoch"]), "shard": str(shard.beton_path)}
+        if foreign:
+            extra["foreign_shard"] = foreign  # evaluated with --allow-foreign-shard
+        M.write_eval(out_dir, ev.summary, index, ev.predictions, plots=plots, extra=extra)
+        write_report(out_dir, run, log=say)
     summary = dict(ev.summary, out_dir=str(out_dir), epoch=int(state["epoch"]))
     return summary
+
+
+def _run_lock(run: Path, out_dir: Path, say):
+    """The run's lock while results are written into it (a training writing it refuses this evaluation, and
+    the other way round); nothing when they go elsewhere (``--out`` outside the run)."""
+    if not out_dir.resolve().is_relative_to(run.resolve()):
+        return contextlib.nullcontext()
+    try:
+        return RunLock.acquire(run, "fastlt eval", say=say)
+    except RunLockError as e:
+        raise TrainingError(f"{e}; wait for it to finish, or evaluate into another --out folder") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.out,
             plots=not args.no_plots,
+            allow_foreign_shard=args.allow_foreign_shard,
         )
     except (TrainingError, CheckpointError, RecipeError) as e:
         print(f"fastlt eval: {e}", file=sys.stderr)

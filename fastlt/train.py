@@ -35,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -49,8 +50,11 @@ from fastlt import metrics as M
 from fastlt.board import stream as stream_to_tensorboard
 from fastlt.checkpoint import (
     CHECKPOINT_VERSION,
+    RESUME_KEYS,
     CheckpointError,
+    check_fits,
     check_recipe,
+    class_record,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -90,6 +94,7 @@ from fastlt.recipes import (
     split_overrides,
 )
 from fastlt.report import write_report
+from fastlt.runlock import RunLock, RunLockError
 from fastlt.runtime import Runtime, TrainingError, build_pipeline, choose_pipeline, open_split, pick_device
 from fastlt.schedule import lr_at, make_optimizer, set_lr
 from fastlt.shards import ShardError, check_same_conversion
@@ -118,14 +123,17 @@ class Run:
     step: int = 0  # global step
     best: float = -1.0  # best "all" so far
     resumed_optimizer: tuple[str, dict] | None = None  # (group, state) from last.pt, until that group starts
+    lock: RunLock | None = None  # run.dir/run.lock, held by rank 0 from start_run_dir / restore until close
 
     @property
     def total_epochs(self) -> int:
         return sum(s.epochs for s in self.stages)
 
-    def close(self) -> None:  # stop the loader threads, free the resident split
+    def close(self) -> None:  # stop the loader threads, free the resident split, let the run directory go
         self.train_pipe.close()
         self.eval_pipe.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> Run:
@@ -172,24 +180,44 @@ def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> R
 def start_run_dir(run: Run) -> None:
     if not run.dist.main:
         return
+    try:
+        run.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot make the run directory {run.dir}: {e.strerror} (see --runs)") from None
+    lock_run_dir(run)
     if (run.dir / "last.pt").exists():
         raise TrainingError(
-            f"{run.dir} already holds a run; pass --resume {run.dir} or choose another --name"
+            f"{run.dir} already holds a run; pass --resume {shlex.quote(str(run.dir))} or choose another "
+            "--name"
         )
-    run.dir.mkdir(parents=True, exist_ok=True)
     run.recipe.save(run.dir / "recipe.json")
+
+
+def lock_run_dir(run: Run) -> None:
+    """One writer per run directory (``fastlt.runlock``): a second training or an evaluation into it is
+    refused, naming this process; a lock left by a dead process is taken over."""
+    try:
+        run.lock = RunLock.acquire(run.dir, "fastlt train", say=run.log)
+    except RunLockError as e:
+        raise TrainingError(f"{e}; wait for it to finish, or train into another --name") from None
 
 
 def restore(run: Run) -> None:
     """Continue from ``last.pt``: weights, method state, global RNGs, position, best, optimiser state."""
     path = run.dir / "last.pt"
+    if run.dist.main:
+        lock_run_dir(run)
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, require=RESUME_KEYS)
         check_recipe(state, run.recipe, path)
+        check_fits(state, run.recipe, run.eval_index, path)
     except CheckpointError as e:
         raise TrainingError(str(e)) from None
-    run.model.load_state_dict(state["model"])
-    run.method.load_state_dict(state["method"])
+    try:
+        run.model.load_state_dict(state["model"])
+        run.method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise TrainingError(f"{path}: its model or method state does not fit this run ({e})") from None
     set_rng_state(state["rng"])
     run.epoch, run.step, run.best = state["epoch"] + 1, state["global_step"], state["best"]
     run.resumed_optimizer = (state["optimizer_group"], state["optimizer"])
@@ -323,10 +351,15 @@ def train_step(run: Run, st: StageRun, batch, epoch: int) -> StepOutput:
 def check_finite(run: Run, st: StageRun, epoch: int, i: int, tally: Tally) -> None:
     lv = tally.loss_sum.item() / (i + 1)
     if not math.isfinite(lv):
+        # last.pt holds the epoch before this one (0-based epoch - 1), from this run or the one resumed.
+        kept = (
+            f"The last good checkpoint is {run.dir / 'last.pt'} (epoch {epoch})"
+            if epoch > 0
+            else "No epoch had finished, so there is no checkpoint"
+        )
         raise TrainingError(
             f"loss is {lv} at epoch {epoch + 1} step {i + 1} ({run.recipe.method}, lr "
-            f"{st.optimizer.param_groups[0]['lr']:.3g}); stopping. The last good checkpoint "
-            f"is {run.dir / 'last.pt'} (epoch {epoch}); lower --lr or check the data."
+            f"{st.optimizer.param_groups[0]['lr']:.3g}); stopping. {kept}; lower --lr or check the data."
         )
 
 
@@ -375,6 +408,7 @@ def save_epoch(run: Run, st: StageRun, record: dict) -> None:
         "rng": rng_state(),
         "best": run.best,
         "metrics": record,
+        "classes": class_record(run.eval_index),  # fastlt eval refuses a shard of other classes
     }
     save_checkpoint(run.dir / "last.pt", state)
     if is_best:
@@ -453,6 +487,14 @@ def _f(v) -> str:
     return " n/a" if v is None else f"{v:4.1f}"
 
 
+def _resume_hint(run_dir: Path) -> str:
+    """What a Ctrl-C left: ``last.pt`` is written atomically, so the last finished epoch is always intact."""
+    if not (run_dir / "last.pt").exists():
+        return f"; no epoch had finished, so {run_dir} holds nothing to resume"
+    command = f"fastlt train --resume {shlex.quote(str(run_dir))}"
+    return f"; {run_dir / 'last.pt'} holds the last finished epoch; continue with: {command}"
+
+
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
     """Drop lines of epochs after the checkpoint (written by a run killed before its next checkpoint)."""
     if not path.exists():
@@ -506,6 +548,7 @@ def given_keys(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    recipe = None  # until resolved: a Ctrl-C before then has no run to name
     try:
         recipe, args = resolve_cli(argv)
         for key in unread_keys(recipe.method, given_keys(argv)):
@@ -518,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, TrainingError) as e:
         print(f"fastlt train: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = "" if recipe is None else _resume_hint(Path(args.runs) / recipe.run_name)
+        print(f"fastlt train: interrupted{hint}", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(M.TABLE_HEADER)
         print(M.format_row(f"{recipe.dataset}/{recipe.method}", summary))

@@ -11,6 +11,7 @@ Stdlib only: ``fastlt.recipes`` and ``fastlt.convert`` import it at startup, bef
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -168,12 +169,13 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
 
 
 def convert_command(name: str, root: str) -> str:
-    """The ``tools/convert`` command that writes dataset ``name``'s shards under ``root``."""
+    """The ``tools/convert`` command that writes dataset ``name``'s shards under ``root``, ready to paste
+    into a shell (``root`` quoted: a data root with spaces or quotes in it stays one argument)."""
     spec = DATASETS.get(name)
     if spec is None or spec.convert_template is None:
         with_command = [n for n, s in DATASETS.items() if s.convert_template is not None]
         raise ValueError(unknown_name("dataset", name, with_command))
-    return spec.convert_template.format(root=root)
+    return spec.convert_template.format(root=shlex.quote(str(root)))
 
 
 __all__ = ["DatasetSpec", "DATASETS", "convert_command", "CIFAR_MEAN", "CIFAR_STD"]
