@@ -292,9 +292,15 @@ class _RowTable:
         ):
             raise ShardError(f"{path}: a row's data pointer is missing from the allocation table")
         names = {v: k for k, v in IMAGE_MODES.items()}
+        codes = img["mode"].astype(np.int64)
+        unknown = sorted(set(np.unique(codes).tolist()) - names.keys())
+        if unknown:
+            raise ShardError(f"{path}: image modes {unknown} are none of FFCV's {sorted(names)}")
+        # Every shard is opened through this table (the label column check): one lookup, not a loop per row.
+        lookup = np.array([names.get(c, "") for c in range(int(codes.max(initial=0)) + 1)])
         return cls(
             mm=np.memmap(path, dtype=np.uint8, mode="r"),
-            mode=np.array([names[int(m)] for m in img["mode"]]),
+            mode=lookup[codes],
             height=img["height"].astype(np.int64),
             width=img["width"].astype(np.int64),
             ptr=img["data_ptr"].astype(np.int64),
