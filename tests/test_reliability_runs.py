@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from fastlt.convert import main as convert_main
@@ -135,7 +136,9 @@ def test_unusable_runs_folder_is_a_message(digits_data, tmp_path, capsys):
     assert train_main(train_args(digits_data, blocker)) == 2
     err = capsys.readouterr().err
     assert f"cannot make the run directory {blocker / 'run'}: Not a directory (see --runs)" in err
-    # sysfs takes no new folders, whoever asks (root included)
+    # sysfs takes no new folders, whoever asks (root included, where permission bits do not stop it)
+    if not os.path.ismount("/sys"):
+        pytest.skip("no sysfs at /sys to stand for a folder no one can write")
     assert train_main(train_args(digits_data, Path("/sys/fastlt-runs"))) == 2
     err = capsys.readouterr().err
     assert "cannot make the run directory /sys/fastlt-runs/run: " in err and "Traceback" not in err
