@@ -5,6 +5,12 @@ batch size) and applies the method's parameters. Each preset carries ``source``:
 from — a paper, a released code base, or "fastlt default" where no source gives them (CP-Mix's α, η, κ,
 batch sizes and stage lengths are not published in any text we could reach; see REFERENCE.md).
 
+Any other dataset converted under the data root (``tools/convert imagefolder|imagelist``) gets a preset too:
+its base is chosen from its shard — the median image side and the class count its train index records — in
+``fastlt.datasets.registry.GENERIC_BASES`` (small images → the CIFAR-LT schedule, larger ones → the
+ImageNet-LT one), its eval split is ``val`` (``test`` when it has no val), and ``source`` says which base was
+chosen and why.
+
 The CLI applies ``--key value`` overrides with :func:`apply_overrides`: values are parsed by the field's type
 (bool, int, float, str, tuples such as ``--milestones 160,180``); unknown keys fail with the nearest names.
 A run saves the resolved recipe as ``recipe.json`` and in every checkpoint; ``--resume`` refuses a checkpoint
@@ -22,8 +28,8 @@ from fastlt.datasets import registry
 from fastlt.methods import METHODS as _METHOD_TABLE
 from fastlt.names import did_you_mean, unknown_name
 
-# The datasets `fastlt train` accepts: the registry's entries with a preset, in registry order (their standard
-# schedules, _DATASET_BASE below, come from there too).
+# The datasets with a preset: the registry's entries with a base schedule, in registry order (_DATASET_BASE
+# below comes from there too). `fastlt train` also accepts any dataset converted under the data root.
 DATASETS = tuple(name for name, spec in registry.DATASETS.items() if spec.preset_base is not None)
 METHODS = tuple(_METHOD_TABLE)  # the method names, from the one table in fastlt.methods
 # The recipe's `pipeline` values: "auto" plus the names of the fastlt.pipelines registry (kept here as plain
@@ -143,7 +149,7 @@ class Recipe:
 
     # ----------------------------------------------------------------------------------------------------
     def __post_init__(self):
-        _check_choice("dataset", self.dataset, DATASETS)
+        _check_dataset_name(self.dataset)
         _check_choice("pipeline", self.pipeline, PIPELINE_CHOICES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -204,6 +210,20 @@ class Recipe:
 def _check_choice(key: str, value: str, choices) -> None:
     if value not in choices:
         raise RecipeError(unknown_name(key, value, choices, cutoff=0.5))
+
+
+def _check_dataset_name(name: str) -> None:
+    """A preset's name, or one a converted dataset can have (a folder name that is not a converter's)."""
+    if name in DATASETS:
+        return
+    if name in registry.DATASETS:
+        raise RecipeError(
+            f"unknown dataset {name!r}: that is a converter, and its shards are named after your folder "
+            f"(see tools/convert {name} --help)"
+        )
+    problem = registry.own_name_problem(name)
+    if problem:
+        raise RecipeError(f"unknown dataset {name!r}: {problem}")
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -487,25 +507,117 @@ _METHOD: dict[str, dict[str | None, dict]] = {
 }
 
 
-def preset(dataset: str, method: str) -> Recipe:
-    """The recipe for ``dataset`` × ``method`` with its source noted."""
-    _check_choice("dataset", dataset, DATASETS)
-    _check_choice("method", method, METHODS)
-    kw = dict(_DATASET_BASE[dataset])
+def _with_method(base: dict, method: str, like: str, extra_keys=None) -> tuple[dict, str]:
+    """(recipe keys, source) of ``base`` (a dataset schedule, ``source`` included) with ``method``'s
+    parameters for the preset dataset ``like`` applied, then ``extra_keys``."""
+    kw = dict(base)
     base_source = kw.pop("source")
     per = _METHOD[method]
-    m = {**per.get(None, {}), **per.get(dataset, {})}
-    extra = m.pop("source_extra", None)
+    m = {**per.get(None, {}), **per.get(like, {})}
+    extra = [m.pop("source_extra", None)]
+    if extra_keys:
+        m.update(extra_keys)
+        extra.append(m.pop("source_extra", None))
     kw.update(m)
-    src = kw.pop("source", base_source)
-    if extra:
-        src = f"{src}; {extra}"
+    src = "; ".join([kw.pop("source", base_source), *(e for e in extra if e)])
+    return kw, src
+
+
+def preset(dataset: str, method: str, data_root: str = "data") -> Recipe:
+    """The recipe for ``dataset`` × ``method`` with its source noted. A dataset without a preset is looked up
+    under ``data_root`` and gets the base its shard calls for (module docstring)."""
+    _check_choice("method", method, METHODS)
+    if dataset not in DATASETS:
+        return own_preset(dataset, method, data_root)
+    kw, src = _with_method(_DATASET_BASE[dataset], method, dataset)
     return Recipe(dataset=dataset, method=method, source=src, **kw)
 
 
 def resolve(dataset: str, method: str, overrides=()) -> Recipe:
-    """Preset + overrides (``--key value`` list or ``(key, text)`` pairs)."""
-    return apply_overrides(preset(dataset, method), list(overrides))
+    """Preset + overrides (``--key value`` list or ``(key, text)`` pairs); a ``--data-root`` among them is
+    where a dataset without a preset is looked up."""
+    pairs = list(overrides)
+    if pairs and isinstance(pairs[0], str):
+        pairs = split_overrides(pairs)
+    data_root = next((v for k, v in reversed(pairs) if k == "data_root"), "data")
+    return apply_overrides(preset(dataset, method, data_root), pairs)
+
+
+# ---------------------------------------------------------------------------- datasets of one's own
+EVAL_SPLITS = ("val", "test")  # a converted dataset is evaluated on the first of these it has
+
+
+def own_datasets(data_root: str | Path) -> list[str]:
+    """The datasets converted under ``data_root``: its folders that hold a train index."""
+    root = Path(data_root)
+    return sorted(p.parent.name for p in root.glob("*/train.index.json")) if root.is_dir() else []
+
+
+@dataclass(frozen=True)
+class OwnShard:
+    """What a converted dataset's base recipe is chosen from (its train index, and which splits exist)."""
+
+    name: str
+    num_classes: int
+    short_side: int  # median short image side, as stored
+    eval_split: str
+
+    @classmethod
+    def read(cls, data_root: str | Path, name: str) -> OwnShard:
+        folder = Path(data_root) / name
+        index_path = folder / "train.index.json"
+        try:
+            index = json.loads(index_path.read_text())
+            num_classes, settings = int(index["num_classes"]), index["settings"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RecipeError(f"{index_path}: not a readable shard index ({e}); re-run tools/convert") \
+                from None
+        present = [s for s in EVAL_SPLITS if (folder / f"{s}.index.json").exists()]
+        if not present:
+            raise RecipeError(
+                f"{folder} has a train split but no {' or '.join(EVAL_SPLITS)} split to evaluate on; "
+                "re-convert it (tools/convert imagefolder makes a held-out val split from a single folder)"
+            )
+        sides = settings.get("image_sides") or {}
+        short = int(sides["short"]) if sides.get("sampled") else _stored_short_side(folder / "train.beton")
+        return cls(name, num_classes, short, present[0])
+
+
+def _stored_short_side(beton: Path) -> int:
+    """Median short side of the images of a shard whose index records none (a converter other than
+    imagefolder/imagelist), from the .beton's own per-row metadata."""
+    import numpy as np
+
+    from fastlt.pipelines.beton import BetonImages
+
+    images = BetonImages(beton)
+    return int(np.median(np.minimum(images.heights, images.widths)))
+
+
+def own_preset(dataset: str, method: str, data_root: str = "data") -> Recipe:
+    """The recipe for a dataset converted under ``data_root`` that has no preset (module docstring)."""
+    _check_dataset_name(dataset)
+    present = own_datasets(data_root)
+    if dataset not in present:
+        hint = did_you_mean(dataset, [*DATASETS, *present], cutoff=0.5)
+        there = ", ".join(present) if present else "none yet"
+        raise RecipeError(
+            f"unknown dataset {dataset!r}{hint} (presets: {', '.join(DATASETS)}; converted under "
+            f"{data_root}: {there}). To train on your own images, convert them first:\n    "
+            f"{registry.own_convert_command(dataset, data_root)}"
+        )
+    shard = OwnShard.read(data_root, dataset)
+    base = registry.generic_base(shard.short_side, shard.num_classes)
+    kw, src = _with_method(base.preset_base, method, base.method_like, base.method_keys.get(method))
+    # ConCutMix's rectified label takes the top-k of the classes: never more than there are.
+    kw["ccm_topk"] = min(int(kw.get("ccm_topk", Recipe.ccm_topk)), shard.num_classes)
+    chosen = (
+        f"{dataset} has no preset: base '{base.name}' chosen from its shard ({shard.num_classes} classes, "
+        f"median short image side {shard.short_side} px), method parameters as for {base.method_like}, "
+        f"evaluated on its {shard.eval_split} split"
+    )
+    return Recipe(dataset=dataset, method=method, source=f"{chosen}; {src}", data_root=str(data_root),
+                  eval_split=shard.eval_split, **kw)
 
 
 __all__ = [
@@ -520,4 +632,7 @@ __all__ = [
     "DATASETS",
     "METHODS",
     "RUNTIME_KEYS",
+    "own_datasets",
+    "own_preset",
+    "OwnShard",
 ]

@@ -133,12 +133,13 @@ def pick_device(recipe: Recipe, local_rank: int = 0) -> torch.device:
 def open_split(recipe: Recipe, split: str):
     """Open ``<data_root>/<dataset>/<split>.beton``; a missing shard names the command that makes it. With the
     recipe's ``full_verify`` the file is hashed in full (``fastlt.shards.open_shard``)."""
-    from fastlt.datasets.registry import convert_command
+    from fastlt.datasets.registry import DATASETS, convert_command, own_convert_command
     from fastlt.shards import ShardError, open_shard, shard_paths
 
     beton, index = shard_paths(recipe.data_root, recipe.dataset, split)
     if not beton.exists() and not index.exists():
-        cmd = convert_command(recipe.dataset, recipe.data_root)
+        known = recipe.dataset in DATASETS  # else a dataset of one's own
+        cmd = (convert_command if known else own_convert_command)(recipe.dataset, recipe.data_root)
         raise TrainingError(f"shard {beton} not found. Make it with:\n    {cmd}")
     try:
         return open_shard(beton, full=recipe.full_verify, progress=recipe.progress)

@@ -72,13 +72,33 @@ class ShardError(ValueError):
     """A shard (or its index) is missing, malformed, or does not match its index."""
 
 
-def class_groups(train_counts: Sequence[int]) -> list[str]:
-    """many if n > 100, few if n < 20, medium otherwise (20..100 inclusive) — REFERENCE.md."""
+# (few below, many above): few if n < 20 training images, many if n > 100, medium in between — the
+# literature's split (REFERENCE.md). A conversion may set others; its index records them in its settings.
+DEFAULT_GROUP_THRESHOLDS = (20, 100)
+
+
+def class_groups(train_counts: Sequence[int], thresholds: Sequence[int] | None = None) -> list[str]:
+    """The group of each class: few if n < ``thresholds[0]``, many if n > ``thresholds[1]``, else medium
+    (default :data:`DEFAULT_GROUP_THRESHOLDS`, 20 and 100)."""
+    few_below, many_above = DEFAULT_GROUP_THRESHOLDS if thresholds is None else (int(t) for t in thresholds)
     out = []
     for n in train_counts:
         n = int(n)
-        out.append("many" if n > 100 else ("few" if n < 20 else "medium"))
+        out.append("many" if n > many_above else ("few" if n < few_below else "medium"))
     return out
+
+
+def single_group_note(index: ShardIndex) -> str | None:
+    """A sentence saying that every class falls into one group (the other two columns stay empty), or None."""
+    groups = set(index.class_groups)
+    if len(groups) != 1:
+        return None
+    few_below, many_above = index.settings.get("group_thresholds") or DEFAULT_GROUP_THRESHOLDS
+    return (
+        f"all {index.num_classes} classes of {index.dataset} are {groups.pop()} (few < {few_below} training "
+        f"images, many > {many_above}), so only that group's column is filled; re-convert with "
+        "--group-thresholds FEW,MANY to split them"
+    )
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
@@ -190,7 +210,7 @@ class ShardIndex:
         bad = [g for g in self.class_groups if g not in GROUPS]
         if bad:
             raise ShardError(f"{path}: unknown class groups {sorted(set(bad))}, expected one of {GROUPS}")
-        if self.class_groups != class_groups(self.train_class_counts):
+        if self.class_groups != class_groups(self.train_class_counts, self.settings.get("group_thresholds")):
             raise ShardError(f"{path}: class_groups are not the groups of train_class_counts")
         # A conversion lists its splits train first (fastlt.datasets.engine).
         splits = self.settings.get("splits")
@@ -657,7 +677,7 @@ def build_index(
         class_names=[str(n) for n in class_names],
         class_counts=counts.tolist(),
         class_offsets=[0, *np.cumsum(counts).tolist()],
-        class_groups=class_groups(train_counts),
+        class_groups=class_groups(train_counts, settings.get("group_thresholds")),
         train_class_counts=train_counts.tolist(),
         source_ids=list(source_ids),
         settings=settings,

@@ -90,14 +90,14 @@ from fastlt.recipes import (
     Recipe,
     RecipeError,
     apply_overrides,
-    preset,
+    resolve,
     split_overrides,
 )
 from fastlt.report import write_report
 from fastlt.runlock import RunLock, RunLockError
 from fastlt.runtime import Runtime, TrainingError, build_pipeline, choose_pipeline, open_split, pick_device
 from fastlt.schedule import lr_at, make_optimizer, set_lr
-from fastlt.shards import ShardError, check_same_conversion
+from fastlt.shards import ShardError, check_same_conversion, single_group_note
 
 LOSS_CHECK_EVERY = 10  # steps between host reads of the running loss (each read is a device sync)
 
@@ -174,6 +174,9 @@ def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> R
         + (f", {d.world} ranks" if d.world > 1 else "")
         + f" → {run.dir}"
     )
+    note = single_group_note(index)
+    if note:
+        run.log(note)
     return run
 
 
@@ -514,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp false. "
         "See fastlt/recipes.py for the keys and presets.",
     )
-    p.add_argument("--dataset", default=None, help=f"one of {', '.join(DATASETS)} (default digits-lt)")
+    p.add_argument("--dataset", default=None, help=f"one of {', '.join(DATASETS)}, or any dataset converted "
+                   "under --data-root, e.g. with tools/convert imagefolder (default digits-lt)")
     p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default bs)")
     p.add_argument("--runs", default="runs", help="folder of run directories (default runs)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue runs/X from its last.pt")
@@ -536,7 +540,7 @@ def resolve_cli(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
         if recipe.run_name != run.name:
             recipe = apply_overrides(recipe, [("name", run.name)])
     else:
-        recipe = apply_overrides(preset(args.dataset or "digits-lt", args.method or "bs"), rest)
+        recipe = resolve(args.dataset or "digits-lt", args.method or "bs", rest)
     return recipe, args
 
 

@@ -61,11 +61,15 @@ def test_flat_tree_with_imbalance_factor(tmp_path):
         )
         == 0
     )
+    # The held-out split comes first (each class of 8 gives floor(0.2 · 8) = 1), the long tail from the rest.
     shard = open_shard(tmp_path / "out" / "flat-lt" / "train.beton")
-    assert shard.index.class_counts == longtail_counts(8, 3, 4).tolist() == [8, 4, 2]
+    val = open_shard(tmp_path / "out" / "flat-lt" / "val.beton")
+    assert val.index.class_counts == [1, 1, 1]
+    assert shard.index.class_counts == longtail_counts(7, 3, 4).tolist() == [7, 3, 1]
     everything = labels_by_path(root, "", classes)
     kept = {s: everything[s] for s in shard.index.source_ids}
-    assert_shard_matches(shard, kept, classes, [8, 4, 2])
+    assert_shard_matches(shard, kept, classes, [7, 3, 1])
+    assert not set(shard.index.source_ids) & set(val.index.source_ids)
 
 
 def test_keep_jpeg_stores_source_bytes_and_reencodes_the_rest(tmp_path):
@@ -93,6 +97,8 @@ def test_keep_jpeg_stores_source_bytes_and_reencodes_the_rest(tmp_path):
         "64",
         "--workers",
         "1",
+        "--val-per-class",
+        "0",  # two images a class: everything trains
     ]
     assert convert_main(argv) == 0
     shard = open_shard(out / "kept" / "train.beton")

@@ -1,10 +1,18 @@
-"""``imagefolder``: ``root/<class>/<image>`` trees, as torchvision's ``ImageFolder`` reads them.
+"""``imagefolder``: your own images in class folders, as torchvision's ``ImageFolder`` reads them.
 
-If ``root`` has ``train/`` (and optionally ``val/``, ``test/``) folders of class folders, each is a split;
-otherwise ``root`` itself is the train split. Classes are the train split's folder names, sorted (label =
-position), which is torchvision's rule. Files are taken by extension (torchvision's list, any case);
-hidden files are ignored. ``--imbalance-factor`` keeps a long-tailed subset of train with the CIFAR-LT
-rule (``n_max`` = the largest class; a class smaller than its quota keeps all it has).
+Two layouts, told apart automatically:
+
+* ``ROOT/<class>/*`` — one folder: the converter makes the held-out ``val`` split itself, stratified and
+  seeded (``--val-per-class N``, ``--val-fraction F``: each class gives min(N, floor(F·n)) images; a class
+  too small to give one stays whole in train and the index records it — see :mod:`fastlt.datasets.own`);
+* ``ROOT/train/<class>/*`` with ``ROOT/val/<class>/*`` and/or ``ROOT/test/<class>/*`` — the torchvision /
+  timm convention: each folder is a split.
+
+Classes are the train split's folder names, sorted (label = position), which is torchvision's rule; a
+class folder in val/test that train does not have is an error. Files are taken by extension (torchvision's
+list, any case) from anywhere below a class folder; hidden files and folders are ignored. The dataset is
+named after ROOT (``--name`` to choose). ``--imbalance-factor`` keeps a long-tailed subset of train with the
+CIFAR-LT rule (``n_max`` = the largest class; a class smaller than its quota keeps all it has).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastlt.datasets.longtail import cifar_lt_indices
+from fastlt.datasets.own import add_own_arguments, dataset_name, own_job
 from fastlt.datasets.validate import Job, Problems, Split
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -32,7 +40,9 @@ def list_split(name: str, folder: Path, root: Path, classes: list[str], problems
         files = sorted(
             p
             for p in (folder / cdir).rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS
+            if p.is_file()
+            and p.suffix.lower() in IMG_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(folder / cdir).parts)
         )
         if cdir not in index:
             for f in files:
@@ -58,14 +68,8 @@ def list_split(name: str, folder: Path, root: Path, classes: list[str], problems
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", type=Path, help="root/<class>/*.jpg, or root/{train,val,test}/<class>/*.jpg")
-    p.add_argument(
-        "--imbalance-factor",
-        type=float,
-        default=None,
-        help="keep a long-tailed train subset with this n_max / n_min (default: keep all)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the long-tailed draw (default 0)")
+    p.add_argument("root", type=Path, help="ROOT/<class>/*.jpg, or ROOT/{train,val,test}/<class>/*.jpg")
+    add_own_arguments(p)
 
 
 def build(args) -> Job:
@@ -85,19 +89,6 @@ def build(args) -> Job:
         problems.fatal(str(split_dirs["train"]), "no class folders")
         problems.raise_if_fatal()
     splits = [list_split(s, d, root, classes, problems) for s, d in split_dirs.items()]
-    if args.imbalance_factor is not None:
-        train = splits[0]
-        keep = cifar_lt_indices(
-            train.labels, args.imbalance_factor, args.seed, num_classes=len(classes), clip=True
-        )
-        mask = np.zeros(len(train), dtype=bool)
-        mask[keep] = True
-        splits[0] = train.keep(mask)
-    return Job(
-        dataset=root.name,
-        class_names=classes,
-        splits=splits,
-        problems=problems,
-        settings={"source": str(root), "imbalance_factor": args.imbalance_factor, "seed": args.seed},
-        default_write_mode="jpg",
-    )
+    layout = "split folders" if len(split_dirs) > 1 else "class folders"
+    settings = {"source": str(root), "layout": layout}
+    return own_job(args, dataset_name(args, root), classes, splits, problems, settings)

@@ -1,10 +1,14 @@
 """Every dataset fastlt knows, in one table: its converter, its standard schedule and how to make its shard.
 
 ``DATASETS[name]`` is a :class:`DatasetSpec`. ``name`` is both the ``tools/convert`` subcommand and the
-shard folder under the data root. A spec with a ``preset_base`` is a dataset ``fastlt train`` accepts
-(``fastlt.recipes.DATASETS`` lists those, in this table's order); one without (``imagefolder``: any
-``root/<class>/*.jpg`` tree) is a converter only. Subcommands that write something other than a shard
-(``synth-inat``) are tools, not datasets, and stay in ``fastlt.convert.HELPERS``.
+shard folder under the data root. A spec with a ``preset_base`` is a dataset with a preset
+(``fastlt.recipes.DATASETS`` lists those, in this table's order); one without (``imagefolder``: a folder of
+class folders; ``imagelist``: list or CSV files) converts a user's own images, into a folder named after
+them. Subcommands that write something other than a shard (``synth-inat``) are tools, not datasets, and stay
+in ``fastlt.convert.HELPERS``.
+
+Any other shard under the data root trains too: ``GENERIC_BASES`` is the table its base recipe is chosen
+from, by the shard's image size and class count (:func:`generic_base`).
 
 Stdlib only: ``fastlt.recipes`` and ``fastlt.convert`` import it at startup, before torch or any converter.
 """
@@ -161,7 +165,12 @@ _SPECS = (
     DatasetSpec(
         "imagefolder",
         "fastlt.datasets.imagefolder",
-        "root/<class>/*.jpg (optionally root/{train,val,test}/...)",
+        "your own images: root/<class>/* (held-out split made here) or root/{train,val,test}/<class>/*",
+    ),
+    DatasetSpec(
+        "imagelist",
+        "fastlt.datasets.imagelist",
+        "your own images: a list or CSV file per split ('path,label' or 'path label'; label index or name)",
     ),
 )
 
@@ -178,4 +187,96 @@ def convert_command(name: str, root: str) -> str:
     return spec.convert_template.format(root=shlex.quote(str(root)))
 
 
-__all__ = ["DatasetSpec", "DATASETS", "convert_command", "CIFAR_MEAN", "CIFAR_STD"]
+# ------------------------------------------------------------------------- datasets of one's own
+@dataclass(frozen=True)
+class GenericBase:
+    """The base recipe of a converted dataset that has no preset, chosen from its shard.
+
+    The first entry of ``GENERIC_BASES`` whose limits the shard meets is chosen: its median short image
+    side (as stored) at most ``max_side`` and its class count at most ``max_classes`` (None: no limit).
+    The methods' parameters are those of the preset dataset ``method_like`` (e.g. ConCutMix's top-k and
+    τ_LA of CIFAR-10-LT for ten classes or fewer), then ``method_keys[method]`` on top.
+    """
+
+    name: str
+    max_side: int | None
+    max_classes: int | None
+    method_like: str
+    preset_base: Mapping[str, object]
+    method_keys: Mapping[str, Mapping[str, object]]
+
+    def fits(self, short_side: int, num_classes: int) -> bool:
+        return (self.max_side is None or short_side <= self.max_side) and (
+            self.max_classes is None or num_classes <= self.max_classes
+        )
+
+
+_SMALL_IMAGES_BASE = _frozen(
+    **{k: v for k, v in _CIFAR_LT_BASE.items() if k != "source"},
+    source="small images: the CIFAR-LT schedule of LDAM-DRW (Cao et al. 2019: ResNet-32, 32 px, 200 epochs, "
+    "×0.01 at 160/180)",
+)
+_PHOTOS_BASE = _frozen(
+    **{k: v for k, v in DATASETS["imagenet-lt"].preset_base.items() if k != "source"},
+    source="photos: the ImageNet-LT schedule (ResNet-50, 224 px, 90 epochs, cosine; ImageNet mean/std)",
+)
+
+
+def _lfm_from_scratch(epochs: tuple[int, int]) -> Mapping[str, object]:
+    """LFM without a CLIP checkpoint trains its backbone from scratch: the released settings' learning rates
+    (made for fine-tuning CLIP) would leave it untrained, so these are digits-lt's from-scratch values."""
+    return _frozen(
+        lfm_epochs=epochs,
+        lfm_lrs=(3e-3, 1e-4),
+        lfm_tau=0.05,
+        lfm_mms_T=0.05,
+        lfm_clip_model="",
+        source="LFM from scratch (no CLIP checkpoint): Adam 3e-3, then W_I at 1e-4, T 0.05 — fastlt default, "
+        "as on digits-lt; with --clip-checkpoint use the released values (e.g. --lfm-lrs 5e-6,1e-2)",
+    )
+
+
+GENERIC_BASES = (
+    GenericBase(
+        "small images, up to 10 classes", 64, 10, "cifar10-lt", _SMALL_IMAGES_BASE,
+        _frozen(lfm=_lfm_from_scratch((180, 20))),
+    ),
+    GenericBase(
+        "small images", 64, None, "cifar100-lt", _SMALL_IMAGES_BASE, _frozen(lfm=_lfm_from_scratch((180, 20)))
+    ),
+    GenericBase("photos", None, None, "imagenet-lt", _PHOTOS_BASE, _frozen(lfm=_lfm_from_scratch((80, 10)))),
+)
+
+
+def generic_base(short_side: int, num_classes: int) -> GenericBase:
+    """The :data:`GENERIC_BASES` entry for a shard of ``num_classes`` classes whose images have this median
+    short side (in stored pixels)."""
+    return next(b for b in GENERIC_BASES if b.fits(short_side, num_classes))
+
+
+def own_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a dataset (a folder under the data root), or None when it can."""
+    if not name or name in (".", "..") or name.startswith("."):
+        return f"dataset name {name!r} is empty or hidden; name it with --name"
+    if "/" in name or "\\" in name or "\0" in name:
+        return f"dataset name {name!r} is not a single folder name; name it with --name"
+    return None
+
+
+def own_convert_command(name: str, root: str) -> str:
+    """The command that makes the shards of a dataset of one's own called ``name`` under ``root``."""
+    return f"tools/convert imagefolder /path/to/{shlex.quote(name)} --out {shlex.quote(str(root))}"
+
+
+__all__ = [
+    "DatasetSpec",
+    "DATASETS",
+    "convert_command",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "GenericBase",
+    "GENERIC_BASES",
+    "generic_base",
+    "own_name_problem",
+    "own_convert_command",
+]
