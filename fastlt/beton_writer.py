@@ -49,7 +49,8 @@ class BetonWriter:
         from ffcv.types import CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType, HeaderType, get_metadata_type
 
         fields = {IMAGE_FIELD: RGBImageField(), LABEL_FIELD: IntField()}
-        self._modes = IMAGE_MODES
+        # FFCV's IMAGE_MODES is a numba typed dict, slow to read from Python once per row.
+        self._modes = {mode: int(IMAGE_MODES[mode]) for mode in ("jpg", "raw")}
         self.metadata_type = get_metadata_type(list(fields.values()))
         self.header = np.zeros(1, dtype=HeaderType)[0]
         self.header["version"] = CURRENT_VERSION

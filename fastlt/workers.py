@@ -9,7 +9,10 @@
   instead of a hang (``concurrent.futures`` notices dead workers; ``multiprocessing.Pool`` does not).
 * Workers ignore SIGINT — Ctrl-C reaches the whole process group, and the parent alone decides what an
   interrupt cleans up — and ask the kernel to SIGKILL them when the parent dies (``PR_SET_PDEATHSIG``), so
-  a SIGKILLed conversion leaves no worker behind. On any exception the parent terminates them itself.
+  a SIGKILLed conversion leaves no worker behind. On any exception the parent kills them itself.
+* Workers keep freed memory for reuse (glibc ``mallopt``): a decoded photograph is a few MB, above glibc's
+  mmap threshold, so each image would otherwise map fresh pages and fault on every one of them — a third of
+  the cost of shrinking a 700 px photograph to 512 px. Buffers above ``KEEP_BELOW`` are still returned.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 PR_SET_PDEATHSIG = 1
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BELOW = 64 << 20  # bytes: allocations smaller than this are recycled within a worker
 _INHERITED: dict[int, object] = {}
 
 
@@ -53,10 +58,13 @@ def forget(key: int) -> None:
     _INHERITED.pop(key, None)
 
 
-def _die_with_parent(parent: int) -> None:
+def _init_worker(parent: int) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if hasattr(libc, "mallopt"):  # glibc
+            libc.mallopt(M_MMAP_THRESHOLD, KEEP_BELOW)
+            libc.mallopt(M_TRIM_THRESHOLD, 4 * KEEP_BELOW)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -78,7 +86,7 @@ class WorkerPool:
             self.executor = ProcessPoolExecutor(
                 self.workers,
                 mp_context=mp.get_context("fork"),
-                initializer=_die_with_parent,
+                initializer=_init_worker,
                 initargs=(os.getpid(),),
             )
         return self

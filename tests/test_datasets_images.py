@@ -36,7 +36,9 @@ def test_dct_factor_is_the_largest_reduction_that_still_covers_the_target():
     assert images.dct_factor(800, 600, 256, 192) == 2  # 400x300; 1/4 would give 200x150
     assert images.dct_factor(800, 600, 200, 150) == 4
     assert images.dct_factor(800, 600, 100, 75) == 8
-    assert images.dct_factor(801, 601, 101, 76) == 8  # ceil(801/8) = 101, ceil(601/8) = 76
+    assert images.dct_factor(808, 608, 101, 76) == 8
+    # 807/8 = 100.9: libjpeg would return 101 pixels, the last of them partly made up, so 1/4 it is.
+    assert images.dct_factor(807, 608, 101, 76) == 4
 
 
 @pytest.mark.parametrize("size", [(300, 200), (160, 225), (37, 28), (299, 224)])
@@ -46,6 +48,15 @@ def test_area_resize_is_opencvs_inter_area_within_one_level(size):
     got = area_resize(rgbx, *size)
     ref = cv2.resize(rgbx, size, interpolation=cv2.INTER_AREA)
     assert got.shape == ref.shape and np.abs(got.astype(int) - ref).max() <= 1
+
+
+def test_area_resize_over_a_partial_last_pixel_averages_only_the_picture():
+    # A side of 10 scaled by 1/4 decodes to 3 pixels, the last standing for half a pixel's worth (2.5).
+    rgbx = np.zeros((1, 3, 4), np.uint8)
+    rgbx[0, :, 0] = [40, 80, 250]
+    got = area_resize(rgbx, 2, 1, extent=(2.5, 1))[0, :, 0]
+    # Output pixels cover [0, 1.25) and [1.25, 2.5): (40 + 80/4) / 1.25 and (80*3/4 + 250/2) / 1.25.
+    np.testing.assert_array_equal(got, [48, 148])
 
 
 def test_check_refuses_truncation_garbage_and_a_zero_filled_scan(jpeg_bytes):

@@ -82,9 +82,9 @@ def target_size(width: int, height: int, max_resolution: int | None) -> tuple[in
 
 
 def dct_factor(width: int, height: int, target_width: int, target_height: int) -> int:
-    """The largest of 8, 4, 2 whose 1/f-scaled decode (``ceil(side / f)``) still covers the target, else 1."""
+    """The largest of 8, 4, 2 by which the image can be reduced and still cover the target, else 1."""
     for f in (8, 4, 2):
-        if -(-width // f) >= target_width and -(-height // f) >= target_height:
+        if width >= target_width * f and height >= target_height * f:
             return f
     return 1
 
@@ -205,7 +205,8 @@ def _jpeg_row(data: bytes, spec: RowSpec, clock: Clock) -> Row:
     else:
         pixels = _decode_scaled(data, width, height, f, "RGBX")
     clock.decode_s += time.process_time() - t0
-    return _finish(pixels, tw, th, spec, clock)
+    # libjpeg rounds a scaled side up: its last pixel may stand for fewer than f source pixels.
+    return _finish(pixels, tw, th, spec, clock, extent=(width / f, height / f))
 
 
 # ------------------------------------------------------------------------------------------- other formats
@@ -219,16 +220,18 @@ def _pil_decode(data: bytes) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------------- rows
-def _finish(pixels: np.ndarray, width: int, height: int, spec: RowSpec, clock: Clock) -> Row:
-    """Area-shrink ``pixels`` (uint8[H, W, 3 or 4], at least the target size) to ``width`` x ``height`` and
-    encode them as the row."""
+def _finish(
+    pixels: np.ndarray, width: int, height: int, spec: RowSpec, clock: Clock, extent: tuple | None = None
+) -> Row:
+    """Area-shrink ``pixels`` (uint8[H, W, 3 or 4], whose ``extent`` covers the target) to ``width`` x
+    ``height`` and encode them as the row."""
     import cv2
 
     t0 = time.process_time()
     if pixels.shape[:2] != (height, width):
         if pixels.shape[2] == 3:
             pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA)
-        pixels = area_resize(pixels, width, height)
+        pixels = area_resize(pixels, width, height, extent)
     if spec.write_mode == "jpg":
         colorspace = "RGBX" if pixels.shape[2] == 4 else "RGB"
         data = _simplejpeg().encode_jpeg(

@@ -23,11 +23,13 @@ MID_BITS = 8  # fractional bits of the intermediate (uint16 holds 255 << 8)
 
 
 @numba.njit(cache=True, nogil=True)
-def area_weights(n_in: int, n_out: int):
+def area_weights(n_in: int, extent: float, n_out: int):
     """Per output ``o``: the first input ``first[o]``, the number of inputs ``count[o]`` and their integer
-    weights ``weights[o, :count[o]]`` — the overlap of ``[o*s, (o+1)*s)`` (``s = n_in / n_out``) with each
-    input pixel, summing to ``1 << WEIGHT_BITS`` (rounding error goes to the largest weight)."""
-    s = n_in / n_out
+    weights ``weights[o, :count[o]]`` — the overlap of ``[o*s, (o+1)*s)`` (``s = extent / n_out``) with each
+    input pixel, summing to ``1 << WEIGHT_BITS`` (rounding error goes to the largest weight). ``extent``
+    (at most ``n_in``) is how much of the input is image: a 1/f-scaled decode of a side that f does not
+    divide ends in a partial pixel."""
+    s = extent / n_out
     width = min(int(np.ceil(s)) + 1, n_in)
     first = np.zeros(n_out, np.int64)
     count = np.zeros(n_out, np.int64)
@@ -51,9 +53,9 @@ def area_weights(n_in: int, n_out: int):
 
 
 @numba.njit(cache=True, nogil=True)
-def _shrink_rows(src, n_out: int, out, shift: int):
+def _shrink_rows(src, extent: float, n_out: int, out, shift: int):
     """``out[o] = (sum_t w[o, t] * src[first[o] + t] + half) >> shift`` for every output row ``o``."""
-    first, count, weights = area_weights(src.shape[0], n_out)
+    first, count, weights = area_weights(src.shape[0], extent, n_out)
     m = src.shape[1]
     acc = np.empty(m, np.int32)
     half = np.int32(1 << (shift - 1))
@@ -69,22 +71,26 @@ def _shrink_rows(src, n_out: int, out, shift: int):
             out[o, j] = (acc[j] + half) >> shift
 
 
-def area_resize(rgbx: np.ndarray, width: int, height: int) -> np.ndarray:
-    """uint8[height, width, 4]: ``rgbx`` (uint8[H, W, 4], H >= height, W >= width) shrunk by area means."""
+def area_resize(
+    rgbx: np.ndarray, width: int, height: int, extent: tuple[float, float] | None = None
+) -> np.ndarray:
+    """uint8[height, width, 4]: ``rgbx`` (uint8[H, W, 4]) shrunk by area means. ``extent`` = (x, y) is the
+    part of it that is image (default: all of it, W x H); it must cover the output size."""
     h, w, c = rgbx.shape
+    ex, ey = (w, h) if extent is None else extent
     if c != 4 or rgbx.dtype != np.uint8:
         raise ValueError(f"expected uint8[H, W, 4], got {rgbx.dtype}{list(rgbx.shape)}")
-    if width > w or height > h or width < 1 or height < 1:
-        raise ValueError(f"area_resize shrinks: {w}x{h} cannot become {width}x{height}")
+    if not (width <= ex <= w and height <= ey <= h and width >= 1 and height >= 1):
+        raise ValueError(f"area_resize shrinks: {ex}x{ey} of {w}x{h} cannot become {width}x{height}")
     if (width, height) == (w, h):
         return rgbx
     # Along the width first: rows of the transposed image are the source's columns.
     cols = cv2.transpose(np.ascontiguousarray(rgbx))  # uint8[w, h, 4]
     mid = np.empty((width, h * 4), np.uint16)
-    _shrink_rows(cols.reshape(w, h * 4), width, mid, WEIGHT_BITS - MID_BITS)
+    _shrink_rows(cols.reshape(w, h * 4), float(ex), width, mid, WEIGHT_BITS - MID_BITS)
     rows = cv2.transpose(mid.reshape(width, h, 4))  # uint16[h, width, 4]
     out = np.empty((height, width * 4), np.uint8)
-    _shrink_rows(rows.reshape(h, width * 4), height, out, WEIGHT_BITS + MID_BITS)
+    _shrink_rows(rows.reshape(h, width * 4), float(ey), height, out, WEIGHT_BITS + MID_BITS)
     return out.reshape(height, width, 4)
 
 
