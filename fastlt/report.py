@@ -142,7 +142,8 @@ ERROR_HOOK = """window.addEventListener("error", function (e) {
 
 def build_page(d: RunData) -> str:
     ev = d.ev
-    title = f"{d.recipe.get('dataset', ev['dataset'])} × {d.recipe.get('method', '?')} — {d.name}"
+    what = f"{d.recipe['dataset']} × {d.recipe['method']}" if d.recipe else ev["dataset"]
+    title = f"{what} — {d.name}"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>fastlt report: {escape(title)}</title><style>{CSS}</style>",

@@ -50,13 +50,13 @@ def _fmt(v: float) -> str:
     if v == 0:
         return "0"
     if abs(v) >= 1000:
-        return f"{v:,.0f}"
+        return f"{v:,.0f}" if v == int(v) else f"{v:,.1f}"
     return f"{v:g}"
 
 
 def render(chart: Chart) -> str:
     """The chart as an ``<svg>`` element (with a ``<title>`` for screen readers)."""
-    W, H, L, R, T, B = chart.width, chart.height, 56, 12, 26, 40
+    W, H, L, R, T, B = chart.width, chart.height, 56, 12, 40, 40
     pts = [(x, y) for s in chart.series for x, y in zip(s.xs, s.ys) if y is not None and x is not None]
     bands = [v for s in chart.series if s.band for part in s.band for v in part if v is not None]
     if not pts:
@@ -68,8 +68,9 @@ def render(chart: Chart) -> str:
         x0, x1 = x0 - 0.5, x1 + 0.5
     ys = [y for _, y in pts] + bands
     y0, y1 = chart.y_range or (min(ys), max(ys))
-    if y1 == y0:
-        y0, y1 = y0 - 1, y1 + 1
+    if y1 == y0:  # a flat line: a band around it wide enough for distinct round ticks
+        pad = max(1.0, abs(y0) * 0.05)
+        y0, y1 = y0 - pad, y1 + pad
 
     def px(x):
         return L + (fx(x) - x0) / (x1 - x0) * (W - L - R)
@@ -138,7 +139,7 @@ def _legend(chart: Chart, right: float) -> list[str]:
     out, x = [], right
     for i, s in reversed(list(enumerate(chart.series))):
         color = s.color or PALETTE[i % len(PALETTE)]
-        x -= 14 + 7 * len(s.name)
-        out.append(f'<rect x="{x:.0f}" y="8" width="10" height="10" fill="{color}"/>'
-                   f'<text x="{x + 13:.0f}" y="17" class="tl">{escape(s.name)}</text>')
+        x -= 20 + 7 * len(s.name)  # ~7 px a character at 11 px, box and gap
+        out.append(f'<rect x="{x:.0f}" y="22" width="10" height="10" fill="{color}"/>'
+                   f'<text x="{x + 13:.0f}" y="31" class="tl">{escape(s.name)}</text>')
     return out
