@@ -5,9 +5,9 @@ the same filter as OpenCV's ``INTER_AREA`` when shrinking (outputs agree within 
 runs that filter for non-integer ratios through a generic path that costs ~3 ms for a 700 px photo
 shrunk to 512 px, as much as the JPEG decode; this one costs ~0.6 ms:
 
-* the filter is separable, and each pass runs along rows of a contiguous ``(n, m)`` array, so its inner
+* the filter is separable, and each pass runs down the rows of a contiguous ``(n, m)`` array, so its inner
   loop is a vectorised multiply-add over ``m`` bytes; the other axis is reached by transposing
-  (``cv2.transpose`` of 4- and 8-byte pixels — why the images are RGBX, not RGB);
+  (``cv2.transpose`` of 8- and 4-byte pixels — why the images are RGBX, not RGB);
 * weights are 14-bit integers that sum exactly to 1.0 per output, accumulated in int32; the pass between
   the two keeps 8 fractional bits (uint16), so the result is rounded once.
 """
@@ -84,14 +84,14 @@ def area_resize(
         raise ValueError(f"area_resize shrinks: {ex}x{ey} of {w}x{h} cannot become {width}x{height}")
     if (width, height) == (w, h):
         return rgbx
-    # Along the width first: rows of the transposed image are the source's columns.
-    cols = cv2.transpose(np.ascontiguousarray(rgbx))  # uint8[w, h, 4]
-    mid = np.empty((width, h * 4), np.uint16)
-    _shrink_rows(cols.reshape(w, h * 4), float(ex), width, mid, WEIGHT_BITS - MID_BITS)
-    rows = cv2.transpose(mid.reshape(width, h, 4))  # uint16[h, width, 4]
-    out = np.empty((height, width * 4), np.uint8)
-    _shrink_rows(rows.reshape(h, width * 4), float(ey), height, out, WEIGHT_BITS + MID_BITS)
-    return out.reshape(height, width, 4)
+    # Along the height first, in place; then along the width, whose columns are the rows of the transposed
+    # (already shorter) image; then back. The transposes move the two smallest of the four arrays.
+    mid = np.empty((height, w * 4), np.uint16)
+    _shrink_rows(np.ascontiguousarray(rgbx).reshape(h, w * 4), float(ey), height, mid, WEIGHT_BITS - MID_BITS)
+    cols = cv2.transpose(mid.reshape(height, w, 4))  # uint16[w, height, 4]
+    out = np.empty((width, height * 4), np.uint8)
+    _shrink_rows(cols.reshape(w, height * 4), float(ex), width, out, WEIGHT_BITS + MID_BITS)
+    return cv2.transpose(out.reshape(width, height, 4))  # uint8[height, width, 4]
 
 
 def warm_up() -> None:
