@@ -132,5 +132,5 @@ def _page(runs: list[RunData], changes, names) -> str:
             parts.append(f"<h3>pairs {word}</h3><table class='pairs-{word}'><tr><th class='l'>true class</th>"
                          "<th class='l'>predicted as</th><th>baseline</th><th>this run</th><th>change</th>"
                          f"</tr>{body}</table>")
-    parts.append("<script>document.body.setAttribute('data-rendered', '1');</script></body></html>")
+    parts.append("</body></html>")
     return "\n".join(parts)

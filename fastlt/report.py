@@ -129,7 +129,6 @@ PAGE_SCRIPT = """
     });
   });
   draw();
-  document.body.setAttribute("data-rendered", "1");
 })();
 """
 
