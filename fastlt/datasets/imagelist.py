@@ -9,12 +9,15 @@ file is read as CSV (quoted fields, an optional header row such as ``path,label`
 starting with ``#`` are skipped. Paths are relative to ``--root`` (default: the train list's folder);
 absolute ones must lie inside it.
 
-Labels are class indices when every label of the train list is an integer, class names otherwise:
+The classes are the lines of ``--classes FILE`` (line i names class i), or else come from the train list:
 
-* names: the classes are the train list's names, sorted (as ImageFolder sorts folders), or the lines of
-  ``--classes FILE`` in that order; a val/test name that is not a class is an error;
-* indices: 0..C-1 without gaps (an index that no train line uses is an error, since its class would have
-  no training image), named by ``--classes FILE`` (line i names class i) or by the index itself.
+* its labels are all integers: classes 0..C-1 without gaps (an index that no train line uses is an error,
+  since its class would have no training image), named by the index itself;
+* otherwise its labels are class names: the classes are its names, sorted (as ImageFolder sorts folders).
+
+A label is a class name; where the classes are known by index (``--classes``, or integer train labels) an
+integer label that is no class's name is the class's index, so one list may use names and another indices.
+A name that is not a class is an error, with the nearest names.
 
 Without ``--val``/``--test`` the held-out ``val`` split is made from the train list (see
 :mod:`fastlt.datasets.own`). The dataset is named after the root folder (``--name`` to choose). An entry
@@ -146,9 +149,10 @@ def class_names(train_rows, given: list[str] | None, by_index: bool, where: Path
 
 
 def labelled_split(
-    name: str, rows, classes: list[str], named_by: str, by_index: bool, root: Path, problems: Problems
+    name: str, rows, classes: list[str], named_by: str, indices: bool, root: Path, problems: Problems
 ) -> Split:
-    """A :class:`Split` of ``rows``; an unknown class name, a non-integer index or a repeat is a problem."""
+    """A :class:`Split` of ``rows``: a label is a class name, or with ``indices`` an integer that is none is
+    a class index; an unknown class name or a repeated path is a problem."""
     index = {c: i for i, c in enumerate(classes)}
     labels, paths, where = [], [], []
     first: dict[str, str] = {}
@@ -158,14 +162,10 @@ def labelled_split(
             problems.add(at, f"{rel} is listed again (first at {first[rel]})", source_id=rel, split=name)
             continue
         first[rel] = at
-        if by_index:
-            if not _is_int(label):
-                problems.add(at, f"label {label!r} is not a class index (the train list's labels are "
-                             "integers)", source_id=rel, split=name)
-                continue
-            c = int(label)
-        elif label in index:
+        if label in index:
             c = index[label]
+        elif indices and _is_int(label):
+            c = int(label)  # one outside 0..C-1 is named by the engine's label check
         else:
             hint = did_you_mean(label, classes)
             problems.add(at, f"unknown class {label!r}{hint} (not one of the {len(classes)} classes of "
@@ -190,6 +190,7 @@ def build(args) -> Job:
     classes = class_names(rows["train"], given, by_index, lists["train"], problems)
     problems.raise_if_fatal()
     named_by = str(args.classes) if args.classes else str(lists["train"])
-    splits = [labelled_split(s, r, classes, named_by, by_index, root, problems) for s, r in rows.items()]
+    indices = by_index or given is not None
+    splits = [labelled_split(s, r, classes, named_by, indices, root, problems) for s, r in rows.items()]
     settings = {"source": str(root), "layout": "lists", "lists": {s: str(p) for s, p in lists.items()}}
     return own_job(args, dataset_name(args, root), classes, splits, problems, settings)
