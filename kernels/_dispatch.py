@@ -5,8 +5,8 @@ and (where the CPU path matters for speed) a numba kernel. The choice, in order 
 
 1. the op's ``backend=`` argument, when given;
 2. the environment variable ``FASTLT_KERNELS`` = ``auto`` (default) | ``triton`` | ``numba`` | ``torch``;
-3. ``auto``: Triton for CUDA tensors, the op's CPU fast path (numba) for CPU tensors where it has one, else
-   the torch reference.
+3. ``auto``: Triton for CUDA tensors; for CPU tensors whichever of the op's numba kernel and its torch
+   reference ``tools/bench kernels`` measures faster there (each op states its choice: ``cpu_auto``).
 
 ``triton`` on CPU tensors runs the Triton interpreter and therefore needs ``TRITON_INTERPRET=1`` (the tests
 set it in their own process). ``numba`` forced on an op without a numba kernel, or on CUDA tensors, runs the
@@ -58,14 +58,18 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def pick(device: torch.device, backend: str | None = None, *, has_numba: bool = False) -> str:
-    """Resolve the implementation for tensors on ``device``: ``'triton'``, ``'numba'`` or ``'torch'``."""
+def pick(device: torch.device, backend: str | None = None, *, has_numba: bool = False,
+         cpu_auto: str = "numba") -> str:
+    """Resolve the implementation for tensors on ``device``: ``'triton'``, ``'numba'`` or ``'torch'``.
+
+    ``has_numba``: the op has a numba kernel for these inputs; ``cpu_auto``: what ``auto`` runs on CPU
+    tensors ('numba' or 'torch', the faster one in ``tools/bench kernels``)."""
     choice = requested(backend)
     cuda = device.type == "cuda"
     if choice == "auto":
         if cuda:
             return "triton"
-        return "numba" if has_numba else "torch"
+        return "numba" if has_numba and cpu_auto == "numba" else "torch"
     if choice == "numba":
         return "numba" if has_numba and not cuda else "torch"
     if choice == "triton" and not cuda and not interpreting():
