@@ -63,3 +63,19 @@ def tiny_recipe(data: Path, dataset: str, method: str, *over: str):
     from fastlt.recipes import resolve
 
     return resolve(dataset, method, ["--data-root", str(data), *TINY, *over])
+
+
+def trained_run(base: Path, method: str = "bs") -> tuple[Path, Path, Path]:
+    """(run directory, data root, image folder): the digits folder converted as ``digits`` and trained with
+    ``method`` for a few steps (its last.pt and eval.json are what predict and export read)."""
+    from fastlt.convert import main as convert_main
+    from fastlt.train import train
+    from helpers import quiet
+
+    folder = base / "digits"
+    write_digit_folder(folder, n_max=N_MAX)
+    data = base / "data"
+    assert convert_main(["imagefolder", str(folder), "--out", str(data), "--workers", "1"]) == 0
+    recipe = tiny_recipe(data, "digits", method, "--epochs", "3", "--steps-per-epoch", "6")
+    train(recipe, base / "runs", log=quiet)
+    return base / "runs" / recipe.run_name, data, folder
