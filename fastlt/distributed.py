@@ -58,26 +58,45 @@ def all_reduce_grads(params, world: int) -> None:
         pos += n
 
 
-def gather_pairs(y: torch.Tensor, yhat: torch.Tensor, d: Dist) -> tuple[np.ndarray, np.ndarray]:
-    """Mispredicted (y, ŷ) of this step from every rank, in rank order (identical on all ranks)."""
-    wrong = y != yhat
-    y, yhat = y[wrong], yhat[wrong]
-    if d.world > 1:
-        import torch.distributed as dist
+class Feedback:
+    """One step's (y, ŷ) from every rank, on its way to the host without stalling the step.
 
+    :meth:`capture` runs in the training loop and never waits for the device: every rank pads its (y, ŷ) to
+    the same fixed width (``pad_to`` ≥ any rank's slice of the batch, known from the recipe, so no sizes are
+    exchanged), all-gathers on the device, and copies the result into pinned host memory with
+    ``non_blocking=True``, recording a CUDA event after the copy. :meth:`resolve` runs on the plan producer's
+    thread, right before the pairs are folded into the counts: it waits for that event and keeps the
+    mispredicted pairs, in rank order (identical on every rank).
+    """
+
+    def __init__(self, pairs: torch.Tensor, event=None):
+        self.pairs, self.event = pairs, event  # int64[2, world·pad_to] on the host; -1 marks padding
+
+    @classmethod
+    def capture(cls, y: torch.Tensor, yhat: torch.Tensor, d: Dist, pad_to: int) -> Feedback:
         local = torch.stack([y, yhat]).to(torch.int64)
-        n = torch.tensor([local.shape[1]], device=local.device)
-        sizes = [torch.zeros_like(n) for _ in range(d.world)]
-        dist.all_gather(sizes, n)
-        top = int(max(s.item() for s in sizes))
-        padded = torch.zeros(2, top, dtype=torch.int64, device=local.device)
-        padded[:, : local.shape[1]] = local
-        bufs = [torch.zeros_like(padded) for _ in range(d.world)]
-        dist.all_gather(bufs, padded)
-        parts = [b[:, : int(s.item())] for b, s in zip(bufs, sizes)]
-        cat = torch.cat(parts, dim=1)
-        y, yhat = cat[0], cat[1]
-    return y.cpu().numpy().astype(np.int64), yhat.cpu().numpy().astype(np.int64)
+        if d.world > 1:
+            import torch.distributed as dist
+
+            padded = torch.full((2, pad_to), -1, dtype=torch.int64, device=local.device)
+            padded[:, : local.shape[1]] = local
+            bufs = [torch.empty_like(padded) for _ in range(d.world)]
+            dist.all_gather(bufs, padded)
+            local = torch.cat(bufs, dim=1)
+        if not local.is_cuda:
+            return cls(local)
+        host = torch.empty(local.shape, dtype=torch.int64, pin_memory=True)
+        host.copy_(local, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(host, event)
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()  # the copy above (producer thread: the training loop does not wait)
+        y, yhat = self.pairs.numpy()
+        wrong = (y >= 0) & (y != yhat)
+        return y[wrong], yhat[wrong]
 
 
 def average_buffers(model: nn.Module, d: Dist) -> None:

@@ -62,10 +62,10 @@ from fastlt.checkpoint import (
 )
 from fastlt.distributed import (
     Dist,
+    Feedback,
     all_reduce_grads,
     average_buffers,
     check_same_state,
-    gather_pairs,
     init_distributed,
     reduce_tally,
 )
@@ -302,8 +302,10 @@ def train_epoch(run: Run, st: StageRun, epoch: int) -> tuple[Tally, int, float]:
     """All steps of one epoch; returns (tally, steps, seconds)."""
     r, d = run.recipe, run.dist
     steps = st.producer.steps_per_epoch
+    # feedback is resolved on the producer thread, where its host copy is waited for (see Feedback)
     queue = PlanQueue(st.producer.make_plan, steps=range(run.step, run.step + steps), lookahead=r.lookahead,
-                      apply=st.producer.apply, rank=d.rank, world_size=d.world)
+                      apply=lambda fb: st.producer.apply(fb.resolve()), rank=d.rank, world_size=d.world)
+    pad_to = -(-st.producer.batch_size // d.world)  # any rank's share of a main batch
     run.method.set_train_mode(run.model, st.stage)
     bar = Progress(r.progress and d.main, steps, f"epoch {epoch + 1}/{run.total_epochs} {st.stage.name}")
     tally = Tally(run.runtime.device)
@@ -316,10 +318,9 @@ def train_epoch(run: Run, st: StageRun, epoch: int) -> tuple[Tally, int, float]:
             set_lr(st.optimizer, st.lr(r, epoch + i / steps))
             out = train_step(run, st, batch, epoch)
             pred = out.logits.detach().argmax(1) if out.logits is not None else None
-            # feedback: mispredicted pairs of the un-mixed samples (gathered over ranks), only when asked
+            # feedback: (y, ŷ) of the un-mixed samples (gathered over ranks), only for a method that asks
             wants = run.method.consumes_feedback and pred is not None
-            pairs = gather_pairs(out.labels, pred, d) if wants else None
-            queue.done(run.step, pairs)
+            queue.done(run.step, Feedback.capture(out.labels, pred, d, pad_to) if wants else None)
             tally.add(out, pred, len(batch))
             run.step += 1
             if i % LOSS_CHECK_EVERY == LOSS_CHECK_EVERY - 1 or i == steps - 1:
