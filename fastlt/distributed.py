@@ -41,21 +41,73 @@ def init_distributed(use_cuda: bool) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def all_reduce_grads(params, world: int) -> None:
-    """Average gradients over ranks with one flat all_reduce."""
-    import torch.distributed as dist
+BUCKET_BYTES = 25 << 20  # torch DDP's default bucket size
 
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    pos = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[pos : pos + n].view_as(g))
-        pos += n
+
+class GradientAverager:
+    """Average gradients over ranks while backward is still running, with no model wrapper.
+
+    The trainable parameters are cut into buckets of about ``BUCKET_BYTES`` in reverse order (backward
+    produces the last layers' gradients first). A post-accumulate-grad hook marks each parameter ready; when
+    a bucket's last gradient lands, its gradients are flattened and an asynchronous ``all_reduce`` starts, so
+    communication overlaps the rest of backward. :meth:`wait` (before the optimiser step) waits for them,
+    reduces any bucket that did not complete (a parameter without a gradient this step) in bucket order, and
+    writes the averages back. The buckets and their order are the same on every rank (same parameters, same
+    graph), so every rank issues the same collectives in the same order.
+    """
+
+    def __init__(self, params, world: int):
+        self.world = world
+        self.buckets: list[list[nn.Parameter]] = []
+        size = BUCKET_BYTES
+        for p in reversed(list(params)):
+            if size >= BUCKET_BYTES:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self.bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b}
+        self.hooks = [p.register_post_accumulate_grad_hook(self._ready) for b in self.buckets for p in b]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.pending = [len(b) for b in self.buckets]
+        self.launched: dict[int, tuple] = {}  # bucket → (async work, flat gradients)
+
+    def _ready(self, p: nn.Parameter) -> None:
+        i = self.bucket_of[id(p)]
+        self.pending[i] -= 1
+        if self.pending[i] == 0:
+            self._launch(i)
+
+    def _launch(self, i: int) -> None:
+        import torch.distributed as dist
+
+        grads = [p.grad for p in self.buckets[i] if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads]) if grads else None
+        work = dist.all_reduce(flat, async_op=True) if flat is not None else None
+        self.launched[i] = (work, flat)
+
+    def wait(self) -> None:
+        for i in range(len(self.buckets)):
+            if i not in self.launched:
+                self._launch(i)
+            work, flat = self.launched[i]
+            if work is None:
+                continue
+            work.wait()
+            flat /= self.world
+            pos = 0
+            for p in self.buckets[i]:
+                if p.grad is not None:
+                    n = p.grad.numel()
+                    p.grad.copy_(flat[pos : pos + n].view_as(p.grad))
+                    pos += n
+        self._reset()
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
 
 
 class Feedback:

@@ -63,7 +63,7 @@ from fastlt.checkpoint import (
 from fastlt.distributed import (
     Dist,
     Feedback,
-    all_reduce_grads,
+    GradientAverager,
     average_buffers,
     check_same_state,
     init_distributed,
@@ -239,8 +239,8 @@ class StageRun:
     group_start: int  # first epoch of the stage's group (the LR schedule spans the group)
     group_epochs: int
     optimizer: torch.optim.Optimizer
-    trainable: list[nn.Parameter]
     producer: object
+    averager: GradientAverager | None  # DDP: averages gradients during backward
 
     def lr(self, recipe: Recipe, epoch: float) -> float:
         return lr_at(recipe, self.stage, self.group_epochs, epoch - self.group_start)
@@ -269,8 +269,11 @@ def enter_stage(run: Run, index: int, prev: StageRun | None) -> StageRun:
         f"stage {stage.name} (epochs {first + 1}–{first + stage.epochs}): plans {stage.plan!r}, "
         f"training {stage.trainable}, optimiser group {stage.group!r}"
     )
+    if prev is not None and prev.averager is not None:
+        prev.averager.remove()
     trainable = [p for p in run.model.parameters() if p.requires_grad]
-    return StageRun(index, stage, g_start, g_epochs, optimizer, trainable, producer)
+    averager = GradientAverager(trainable, run.dist.world) if run.dist.world > 1 else None
+    return StageRun(index, stage, g_start, g_epochs, optimizer, producer, averager)
 
 
 # ------------------------------------------------------------------------------------------ one epoch
@@ -345,9 +348,9 @@ def train_step(run: Run, st: StageRun, batch, epoch: int) -> StepOutput:
     with run.runtime.autocast():
         out = run.method.loss(run.model, batch, ctx)
     st.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    if run.dist.world > 1:
-        all_reduce_grads(st.trainable, run.dist.world)
+    out.loss.backward()  # under DDP, buckets of gradients are all-reduced while backward runs
+    if st.averager is not None:
+        st.averager.wait()
     st.optimizer.step()
     return out
 
