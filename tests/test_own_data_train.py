@@ -63,6 +63,15 @@ def test_the_base_recipe_is_chosen_from_the_shard(data, tmp_path, capsys):
     assert printed["ccm_topk"] == 2  # never more than there are classes
 
 
+def test_a_benchmark_converted_under_another_name_trains_as_its_own(tmp_path):
+    """Its index records no image sizes (the digits-lt converter): they are read from the .beton; it has a
+    test split and no val, so the recipe evaluates on test."""
+    assert convert_main(["digits-lt", "--name", "mydigits", "--out", str(tmp_path), "--workers", "1"]) == 0
+    r = preset("mydigits", "ce", str(tmp_path))
+    assert (r.model, r.image_size, r.eval_split) == ("resnet32", 32, "test")
+    assert "(10 classes, median short image side 32 px)" in r.source
+
+
 def test_an_unknown_dataset_names_what_is_there_and_how_to_make_it(data, capsys):
     assert train_main(["--dataset", "digits-foldr", "--data-root", str(data)]) == 2
     err = capsys.readouterr().err
