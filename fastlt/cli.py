@@ -16,7 +16,7 @@ COMMANDS = {
     "eval": ("fastlt.evaluate", "evaluate a run directory's checkpoint on a shard"),
     "verify": ("fastlt.verify", "check shards in full: re-hash every byte, index digest, label column"),
     "bench": ("fastlt.bench", "throughput benchmarks: convert, loader, sampler, kernels, step, eval"),
-    "report": ("fastlt.report", "write a run's report.html, or compare runs side by side"),
+    "report": ("fastlt.compare", "write a run's report.html, or compare runs side by side"),
     "predict": ("fastlt.predict", "top-k classes and probabilities of images, folders or lists (CSV + JSON)"),
     "export": ("fastlt.export", "a run's model as a torch.export program that loads without fastlt"),
     "demo": ("fastlt.demo", "convert the embedded digits-lt dataset and train it with bs and cpmix"),

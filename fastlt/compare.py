@@ -1,4 +1,5 @@
-"""``fastlt report RUN_A RUN_B [...]``: runs side by side against the first (the baseline).
+"""``fastlt report RUN [RUN ...]``: one run → its ``report.html`` (:mod:`fastlt.report`); several → the runs
+side by side against the first (the baseline), written here.
 
 Printed and written as a page: top-1 per group and top-5 with deltas to the baseline, and per run the
 confused pairs it *fixed* (fewer errors than the baseline on that (true, predicted) pair) and *created*
@@ -8,7 +9,9 @@ The runs must have been evaluated on the same split (same dataset, split, classe
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import time
 from html import escape
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fastlt.metrics import GROUPS, Predictions, pair_counts
-from fastlt.report import CSS, ERROR_HOOK, ReportError, RunData, load_run
+from fastlt.report import CSS, ERROR_HOOK, ReportError, RunData, load_run, write_report
 
 COLUMNS = (*GROUPS, "all")
 
@@ -134,3 +137,27 @@ def _page(runs: list[RunData], changes, names) -> str:
                          f"</tr>{body}</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastlt report",
+                                description="Write a run's report.html, or compare runs side by side.")
+    p.add_argument("runs", nargs="+", help="run directories (each holds eval.json); several: compare them, "
+                   "the first is the baseline")
+    p.add_argument("--out", default=None, help="comparison page (default: compare.html beside the first run)")
+    p.add_argument("--pairs", type=int, default=10, help="pairs fixed / created to list per run (default 10)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if len(args.runs) == 1:
+            write_report(args.runs[0], log=print)
+            return 0
+        compare_runs(args.runs, args.out, args.pairs, log=print)
+    except ReportError as e:
+        print(f"fastlt report: {e}", file=sys.stderr)
+        return 2
+    return 0

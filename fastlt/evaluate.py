@@ -25,6 +25,7 @@ from fastlt.checkpoint import EVAL_KEYS, CheckpointError, load_checkpoint, shard
 from fastlt.distributed import Dist
 from fastlt.methods.base import get_method
 from fastlt.pipelines.plan import eval_plans
+from fastlt.plots import write_plots
 from fastlt.recipes import Recipe, RecipeError, apply_overrides
 from fastlt.report import write_report
 from fastlt.runlock import RunLock, RunLockError
@@ -217,7 +218,9 @@ def evaluate_run(
         extra = {"checkpoint": str(ckpt), "epoch": int(state["epoch"]), "shard": str(shard.beton_path)}
         if foreign:
             extra["foreign_shard"] = foreign  # evaluated with --allow-foreign-shard
-        M.write_eval(out_dir, ev.summary, index, ev.predictions, plots=plots, extra=extra)
+        M.write_eval(out_dir, ev.summary, index, ev.predictions, extra=extra)
+        if plots:
+            write_plots(out_dir, ev.summary, index, ev.predictions)
         write_report(out_dir, run, log=say)
     summary = dict(ev.summary, out_dir=str(out_dir), epoch=int(state["epoch"]))
     return summary

@@ -32,7 +32,6 @@ GROUPS = ("many", "medium", "few")
 TOP_K = 5  # the second accuracy reported beside top-1
 TOP_PAIRS = 20  # confused pairs kept in eval.json (predictions.npz holds every prediction)
 TRAIN_PAIRS = 10  # training confusion pairs per metrics line
-CONFUSION_PNG_MAX_CLASSES = 60  # confusion.png is drawn only where every row is readable
 
 # Collapse: one class takes at least COLLAPSE_SHARE of all predictions *and* COLLAPSE_RATIO times its share of
 # the labels, or fewer than COLLAPSE_COVERAGE of the classes present in the split are ever predicted. A
@@ -297,23 +296,14 @@ def write_eval(
     index,
     preds: Predictions,
     extra: dict | None = None,
-    plots: bool = True,
 ) -> Path:
-    """``eval.json`` (atomic) and ``predictions.npz`` in ``run_dir``, + ``per_class_accuracy.png`` and, up to
-    CONFUSION_PNG_MAX_CLASSES classes, ``confusion.png``."""
+    """``eval.json`` (atomic) and ``predictions.npz`` in ``run_dir`` (plots: ``fastlt.plots.write_plots``)."""
     run_dir = Path(run_dir)
     path = run_dir / "eval.json"
     tmp = path.with_name(f".eval.json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(eval_record(summary, index, extra), indent=1) + "\n")
     os.replace(tmp, path)
     preds.save(run_dir / "predictions.npz")
-    if plots:
-        from fastlt.plots import plot_confusion, plot_per_class
-
-        if index.num_classes <= CONFUSION_PNG_MAX_CLASSES:
-            plot_confusion(run_dir / "confusion.png", preds, index.class_names)
-        plot_per_class(run_dir / "per_class_accuracy.png", summary["per_class"], index.train_class_counts,
-                       index.class_groups)
     return path
 
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from fastlt.metrics import GROUPS, Predictions
 
+CONFUSION_PNG_MAX_CLASSES = 60  # confusion.png is drawn only where every row is readable
+
 
 def _pyplot():
     import matplotlib
@@ -21,7 +23,7 @@ def _pyplot():
 
 def plot_confusion(path: str | os.PathLike, preds: Predictions, class_names) -> None:
     """Row-normalised confusion matrix (rows: true class), names on both axes. For tens of classes only
-    (``metrics.CONFUSION_PNG_MAX_CLASSES``): past that a pixel per class pair is unreadable, and the report's
+    (``CONFUSION_PNG_MAX_CLASSES``): past that a pixel per class pair is unreadable, and the report's
     confused-pair table says more."""
     plt = _pyplot()
     C = len(class_names)
@@ -65,3 +67,14 @@ def plot_per_class(path: str | os.PathLike, per_class, train_counts, groups) -> 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_plots(run_dir: str | os.PathLike, summary: dict, index, preds: Predictions) -> None:
+    """``per_class_accuracy.png`` and, up to CONFUSION_PNG_MAX_CLASSES classes, ``confusion.png``."""
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    if index.num_classes <= CONFUSION_PNG_MAX_CLASSES:
+        plot_confusion(run_dir / "confusion.png", preds, index.class_names)
+    plot_per_class(run_dir / "per_class_accuracy.png", summary["per_class"], index.train_class_counts,
+                   index.class_groups)

@@ -15,11 +15,9 @@ per-class table (the only part that needs JavaScript). Charts are inline SVG (:m
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from html import escape
@@ -372,28 +370,3 @@ def _class_table(ev: dict) -> str:
             "</p>"
             f"<table id='class-table'><thead><tr>{head}</tr></thead><tbody id='class-rows'></tbody></table>"
             f"<script type='application/json' id='class-data'>{blob}</script>")
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastlt report", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="run directories (each holds eval.json); several: compare them, "
-                   "the first is the baseline")
-    p.add_argument("--out", default=None, help="comparison page (default: compare.html beside the first run)")
-    p.add_argument("--pairs", type=int, default=10, help="pairs fixed / created to list per run (default 10)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if len(args.runs) == 1:
-            write_report(args.runs[0], log=print)
-            return 0
-        from fastlt.compare import compare_runs
-
-        compare_runs(args.runs, args.out, args.pairs, log=print)
-    except ReportError as e:
-        print(f"fastlt report: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -82,6 +82,7 @@ from fastlt.methods.base import (
     unread_keys,
 )
 from fastlt.pipelines.plan import PlanQueue, step_seed
+from fastlt.plots import write_plots
 from fastlt.producers import OFFSET_LOSS
 from fastlt.recipes import (
     ALIASES,
@@ -443,6 +444,7 @@ def finish(run: Run, last: tuple | None) -> dict | None:
     if run.dist.main:
         extra = {"checkpoint": "last.pt", "epochs": run.total_epochs}
         M.write_eval(run.dir, summary, run.eval_index, predictions, extra=extra)
+        write_plots(run.dir, summary, run.eval_index, predictions)
         write_report(run.dir, log=run.log)
     return summary
 

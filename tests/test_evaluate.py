@@ -118,7 +118,7 @@ def test_inat_taxonomy_goes_from_the_converter_to_eval_json(tmp_path):
         ev = evaluate(model, method, pipe, shard.index, runtime, 4)
     finally:
         pipe.close()
-    M.write_eval(tmp_path, ev.summary, shard.index, ev.predictions, plots=False)
+    M.write_eval(tmp_path, ev.summary, shard.index, ev.predictions)
     got = json.loads((tmp_path / "eval.json").read_text())["taxonomy"]
     assert [v["name"] for v in got["supercategory"]] == ["Aves", "Plantae"]
     assert [(v["classes"], v["images"]) for v in got["supercategory"]] == [(2, 4), (2, 4)]

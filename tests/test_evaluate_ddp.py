@@ -39,7 +39,7 @@ def _evaluate(data, out, rank: int, world: int, port: int) -> None:
         finally:
             pipe.close()
         if rank == 0:
-            M.write_eval(out, ev.summary, shard.index, ev.predictions, plots=False)
+            M.write_eval(out, ev.summary, shard.index, ev.predictions)
         else:  # every rank holds the whole evaluation (best.pt is chosen on all of them)
             (out / f"rank{rank}.json").write_text(json.dumps(ev.summary))
     finally:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastlt import metrics as M
+from fastlt.plots import CONFUSION_PNG_MAX_CLASSES, write_plots
 from fastlt.sampling import ConfusionCounts
 from helpers import train_index
 
@@ -216,6 +217,7 @@ def test_write_eval_files(tmp_path):
     p = _random_predictions(2, index.num_classes)
     s = M.summarize(p, index)
     M.write_eval(tmp_path, s, index, p, extra={"checkpoint": "last.pt"})
+    write_plots(tmp_path, s, index, p)
     rec = json.loads((tmp_path / "eval.json").read_text())
     assert rec["per_class_accuracy"] == s["per_class"] and rec["train_class_counts"] == TRAIN_COUNTS
     for key in ("top5", "per_class_top5", "per_class_support", "per_class_predicted", "group_flow",
@@ -232,11 +234,11 @@ def test_write_eval_files(tmp_path):
 
 
 def test_confusion_png_only_for_tens_of_classes(tmp_path):
-    C = M.CONFUSION_PNG_MAX_CLASSES + 1
+    C = CONFUSION_PNG_MAX_CLASSES + 1
     index = replace(train_index([30] * C), settings={})
     labels = np.arange(C)
     p = M.Predictions(labels, labels, np.stack([labels, (labels + 1) % C], 1))
-    M.write_eval(tmp_path, M.summarize(p, index), index, p)
+    write_plots(tmp_path, M.summarize(p, index), index, p)
     assert (tmp_path / "per_class_accuracy.png").exists() and not (tmp_path / "confusion.png").exists()
 
 

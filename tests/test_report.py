@@ -77,7 +77,7 @@ def test_collapse_warning_shows_on_the_page(two_runs, digits_data, tmp_path):
     top1 = np.where(np.arange(400) % 3 == 0, labels, 7)  # two thirds of all predictions on class 7
     p = M.Predictions(np.arange(400), labels, np.stack([top1, (top1 + 1) % 10], 1))
     index = open_shard(digits_data / "digits-lt" / "test.beton").index
-    M.write_eval(run, M.summarize(p, index), index, p, plots=False)
+    M.write_eval(run, M.summarize(p, index), index, p)
     write_report(run)
     dom, log = render(run / "report.html", tmp_path)
     assert_clean(dom, log)

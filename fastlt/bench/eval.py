@@ -126,7 +126,7 @@ def fastlt_path(stream, index, lines, out: Path) -> dict:
     with ph.timed("accumulate"):
         preds = M.Predictions(np.arange(len(index.labels)), torch.cat(ys).numpy(), torch.cat(tops).numpy())
     summary = ph.run("summary", lambda: M.summarize(preds, index))
-    ph.run("eval.json + predictions", lambda: M.write_eval(out, summary, index, preds, plots=False))
+    ph.run("eval.json + predictions", lambda: M.write_eval(out, summary, index, preds))
     (out / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines(summary)))
     ph.run("report.html", lambda: write_report(out))
     peak = ph.peak()
