@@ -22,7 +22,8 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(APT_STAMP):
+# Re-checked whenever this Makefile (and so the package list) changes.
+$(APT_STAMP): Makefile
 	@if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null || ! command -v chromium >/dev/null; then \
 	  echo "fastlt: installing Debian packages FFCV and the report test need: $(APT_PACKAGES)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
