@@ -4,7 +4,7 @@ Two layouts, told apart automatically:
 
 * ``ROOT/<class>/*`` — one folder: the converter makes the held-out ``val`` split itself, stratified and
   seeded (``--val-per-class N``, ``--val-fraction F``: each class gives min(N, floor(F·n)) images; a class
-  too small to give one stays whole in train and the index records it — see :mod:`fastlt.datasets.own`);
+  too small to give one stays whole in train and the index lists it in held_out.classes_without_val);
 * ``ROOT/train/<class>/*`` with ``ROOT/val/<class>/*`` and/or ``ROOT/test/<class>/*`` — the torchvision /
   timm convention: each folder is a split.
 

@@ -19,10 +19,10 @@ A label is a class name; where the classes are known by index (``--classes``, or
 integer label that is no class's name is the class's index, so one list may use names and another indices.
 A name that is not a class is an error, with the nearest names.
 
-Without ``--val``/``--test`` the held-out ``val`` split is made from the train list (see
-:mod:`fastlt.datasets.own`). The dataset is named after the root folder (``--name`` to choose). An entry
-listed twice in one split, or an image in two splits, is a problem of the later entry (``--skip-bad``
-drops it).
+Without ``--val``/``--test`` the held-out ``val`` split is made from the train list, by the rule of
+``imagefolder`` (each class gives min(N, floor(F·n)) images; see the options below). The dataset is named
+after the root folder (``--name`` to choose). An entry listed twice in one split, or an image in two splits,
+is a problem of the later entry (``--skip-bad`` drops it).
 """
 
 from __future__ import annotations
