@@ -99,8 +99,8 @@ class Runtime:
 
         if boxes is None and rule == "cutmix":
             raise ValueError("rule 'cutmix' needs boxes (see kernels.mix.cutmix_boxes)")
-        mode = torch.full((lam.numel(),), MIXUP if boxes is None else CUTMIX, dtype=torch.int32,
-                          device=self.device)
+        # one mode for the whole batch, given as a number: the kernel knows it on the host (no device read)
+        mode = MIXUP if boxes is None else CUTMIX
         return mix_images(
             a,
             b,
@@ -169,4 +169,5 @@ def build_pipeline(name: str, shard, recipe: Recipe, device: torch.device, train
         # train and eval loaders of one run draw from different streams
         seed=recipe.seed + (0 if train else 1),
         workers=recipe.workers,
+        augment=recipe.augment if train else None,  # each plan segment's policy (eval: centre crops)
     )

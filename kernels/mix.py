@@ -192,6 +192,16 @@ def _per_sample(x, batch: int, dtype, name: str, device, default) -> torch.Tenso
     return x.to(dtype).contiguous()
 
 
+def _uses(mode, mode_t: torch.Tensor, code: int, default: int, check: bool) -> bool:
+    """Does any sample use mode ``code``? Answered on the host when the caller gave ``mode`` as None (the
+    default) or a Python number; a mode *tensor* is read (a device sync on CUDA) only when checking."""
+    if mode is None:
+        return default == code
+    if isinstance(mode, (int, float)):
+        return int(mode) == code
+    return bool(check) and bool((mode_t == code).any())
+
+
 def _boxes(boxes, batch: int, device) -> torch.Tensor:
     if boxes is None:
         return torch.zeros((batch, 4), dtype=torch.int32, device=device)
@@ -575,9 +585,9 @@ def mix_images(
                 f"mode must be {NONE} (none), {MIXUP} (mixup) or {CUTMIX} (cutmix) per sample",
             )
             _check((lam_t >= 0) & (lam_t <= 1), "lam must lie in [0, 1]")
-        if lam is None and bool((mode_t == MIXUP).any()):
+        if lam is None and _uses(mode, mode_t, MIXUP, default_mode, check):
             raise ValueError("mixup samples need lam (λ_x per sample)")
-        if boxes is None and bool((mode_t == CUTMIX).any()):
+        if boxes is None and _uses(mode, mode_t, CUTMIX, default_mode, check):
             raise ValueError("cutmix samples need boxes (int32 [B, 4]); see cutmix_boxes()")
         boxes_t = _boxes(boxes, batch, device)
         counts = ya = yb = None
@@ -621,23 +631,24 @@ def mix_labels(
     lam_x = torch.as_tensor(lam_x, dtype=torch.float32)
     lam_x = lam_x.reshape(-1) if lam_x.dim() else lam_x.reshape(1)
     batch, device = lam_x.numel(), lam_x.device
-    mode = _per_sample(mode, batch, torch.int32, "mode", device, CUTMIX if rule == "cutmix" else MIXUP)
-    if bool((mode == CUTMIX).any()):
-        if boxes is None or size is None:
-            raise ValueError(
-                "cutmix label weights come from the pasted box: pass boxes (int32 [B, 4]) and size=(H, W)"
-            )
+    default = CUTMIX if rule == "cutmix" else MIXUP
+    mode_t = _per_sample(mode, batch, torch.int32, "mode", device, default)
+    if boxes is not None and size is not None:
         height, width = size
+    elif _uses(mode, mode_t, CUTMIX, default, check=True):
+        raise ValueError(
+            "cutmix label weights come from the pasted box: pass boxes (int32 [B, 4]) and size=(H, W)"
+        )
     else:
         height = width = 1
-    lam_pix = pixel_lambda(lam_x, mode, _boxes(boxes, batch, device), height, width)
+    lam_pix = pixel_lambda(lam_x, mode_t, _boxes(boxes, batch, device), height, width)
     if code != RULE_PIXEL:
         if n_a is None or n_b is None:
             raise ValueError(f"rule {rule!r} needs the class counts n_a and n_b of each pair")
         n_a = _per_sample(n_a, batch, torch.float32, "n_a", device, 0.0)
         n_b = _per_sample(n_b, batch, torch.float32, "n_b", device, 0.0)
         _check((n_a >= 0) & (n_b >= 0), "class counts n_a, n_b must be non-negative")
-    return label_rule_reference(code, lam_pix, mode, n_a, n_b, kappa, tau, alpha)
+    return label_rule_reference(code, lam_pix, mode_t, n_a, n_b, kappa, tau, alpha)
 
 
 def cutmix_boxes(lam, height: int, width: int, generator: torch.Generator | None = None):
