@@ -1,26 +1,32 @@
-"""``tools/bench convert``: images/s converting iNat-sized JPEGs into a shard, beside plain PIL loops.
+"""``tools/bench convert``: images/s converting iNat-sized JPEGs into a shard, beside plain PIL loops and the
+decode-only ceiling of the same files.
 
     tools/bench convert                                  # 2,000 synthetic JPEGs, 500–800 px, --workers 2
-    tools/bench convert --images 4000 --max-resolution 256 512 --out bench-results
+    tools/bench convert --repeats 3 --out bench-results  # the README's figures
+    tools/bench convert --images 4000 --max-resolution 256 512
 
 The data: ``tools/convert synth-inat`` photographs (iNat 2018 layout, long side 500–800 px, quality 90),
 made once per command in a temporary folder (or read from ``--data DIR``, which is kept). Not timed.
 
-Measured, on the same files, each a full pass (median of ``--repeats``):
+Measured on the same files, every row once per pass, passes repeated ``--repeats`` times (rows interleaved,
+so that a change of load on a shared machine falls on all of them), median reported:
 
 * **PIL, 1 process** — ``Image.open → convert('RGB') → save(JPEG, q90)`` in a loop: the script people write.
 * **PIL, N processes** — the same loop over a ``multiprocessing.Pool(--workers)``, at each resolution
-  (``Image.draft`` + ``resize`` to the bound for the bounded rows): the same work with the same cores,
-  nothing else — the fair yardstick.
-* **fastlt convert** — ``tools/convert inat2018 --splits train`` end to end: JSON parse, decode-validation of
-  every file, FFCV's writer (decode, OpenCV resize + re-encode at q90), checksum, index. The validation
-  and write phases are also reported on their own. At full size also with ``--keep-jpeg`` (source JPEGs
-  stored byte for byte: validation, a file read and a copy per image).
+  (``Image.draft`` + a box-filter ``resize`` to the bound for the bounded rows): the same work with the same
+  cores — the baseline every ratio is taken against.
+* **decode only** — libjpeg-turbo (simplejpeg, strict) decoding each file at the scale the converter decodes
+  it at, and nothing else, over N processes: the ceiling of any converter that decodes every image once. At
+  full size two: the full decode (the ceiling of ``--reencode``) and the 1/8-scale validation decode (that of
+  the default, which stores the source JPEGs).
+* **fastlt convert** — ``tools/convert inat2018 --splits train --workers N`` end to end: JSON parse, one
+  strict decode per image, resize + encode (or the source bytes), layout, checksum, index. At full size also
+  with ``--reencode`` (every image decoded and re-encoded at q90: the same work as the PIL loop).
 
-Ratios: against PIL N-process at the same resolution, and against the 1-process loop at full resolution.
 ``CPU ms/img`` is the CPU time of the command and all its worker processes per image: on a shared machine
-wall-clock rates move with other people's load, CPU per image much less so.
-FFCV is imported (and its numba kernels compiled) before anything is timed.
+wall-clock rates move with other people's load, CPU per image much less so. For the converter it is split
+into the workers' decoding (the validation), their resizing + encoding (the writing) and the parent's share
+(layout, checksum, index). FFCV is imported before anything is timed.
 """
 
 from __future__ import annotations
@@ -57,6 +63,23 @@ def _pil_reencode(task) -> int:
     return buf.tell()
 
 
+def _decode_only(task) -> int:
+    """The converter's decode of one file and nothing else: at the DCT scale it would use for ``max_res``,
+    or (``max_res`` = 'validate') the 1/8-scale validation decode of a JPEG it stores as it is."""
+    import simplejpeg
+
+    from fastlt.datasets import images
+
+    path, max_res = task
+    with open(path, "rb") as f:
+        data = f.read()
+    if max_res == "validate":
+        return sum(images.check_jpeg(data))
+    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    f = images.dct_factor(w, h, *images.target_size(w, h, max_res))
+    return simplejpeg.decode_jpeg(data, "RGBX", min_height=-(-h // f), min_width=-(-w // f), strict=True).size
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of every child it has reaped (user + system)."""
     total = 0.0
@@ -67,34 +90,34 @@ def cpu_seconds() -> float:
 
 
 def reap_children(timeout: float = 10.0) -> None:
-    """Wait for worker processes to exit so their CPU time is counted (FFCV never joins its writers)."""
+    """Wait for worker processes to exit so that their CPU time is counted."""
     t0 = time.perf_counter()
     while mp.active_children() and time.perf_counter() - t0 < timeout:
         time.sleep(0.01)
 
 
-def measured(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process and its workers) of ``fn()``."""
+def measured(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process and its workers, result) of ``fn()``."""
     reap_children()
     c0, t0 = cpu_seconds(), time.perf_counter()
-    fn()
+    result = fn()
     wall = time.perf_counter() - t0
     reap_children()
-    return wall, cpu_seconds() - c0
+    return wall, cpu_seconds() - c0, result
 
 
-def pil_loop(files: list[str], max_res: int | None, workers: int) -> None:
-    tasks = [(f, max_res) for f in files]
+def pool_loop(fn, files: list[str], arg, workers: int) -> None:
+    tasks = [(f, arg) for f in files]
     if workers <= 1:
         for t in tasks:
-            _pil_reencode(t)
-    else:
-        with mp.get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_pil_reencode, tasks, chunksize=16):
-                pass
+            fn(t)
+        return
+    with mp.get_context("fork").Pool(workers) as pool:
+        for _ in pool.imap_unordered(fn, tasks, chunksize=16):
+            pass
 
 
-def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int, keep_jpeg: bool = False) -> dict:
+def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int, reencode: bool = False) -> dict:
     import contextlib
     import os
 
@@ -105,15 +128,13 @@ def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int, kee
     argv = ["inat2018", str(root), "--splits", "train", "--out", str(out), "--workers", str(workers)]
     args = build_parser().parse_args(argv)
     timings: dict = {}
-    t0 = time.perf_counter()
     # The engine's progress bars go to stderr; a benchmark table should not be buried in them.
     with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
         shards = run(
             inat.build(args),
-            WriteOptions(out=out, workers=workers, max_resolution=max_res, keep_jpeg=keep_jpeg, name="bench"),
+            WriteOptions(out=out, workers=workers, max_resolution=max_res, reencode=reencode, name="bench"),
             timings,
         )
-    timings["total_s"] = time.perf_counter() - t0
     timings["bytes"] = shards["train"].beton_path.stat().st_size
     return timings
 
@@ -132,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[256, 512],
         help="bounded resolutions to measure besides full size (default 256 512)",
     )
-    p.add_argument("--repeats", type=int, default=1, help="passes per row, median reported (default 1)")
+    p.add_argument("--repeats", type=int, default=1, help="passes over all rows, median reported (default 1)")
     p.add_argument(
         "--data",
         type=Path,
@@ -143,12 +164,96 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def plan(files: list[str], root: Path, out: Path, resolutions: list, workers: int) -> list[dict]:
+    """Every row of the table: its labels and what to run (``kind`` says how its ratios are taken)."""
+    W = workers
+    rows = [
+        dict(
+            res=None,
+            kind="pil1",
+            method="PIL decode+re-encode, 1 process",
+            run=lambda: pool_loop(_pil_reencode, files, None, 1),
+        ),
+    ]
+    for res in [None, *sorted(resolutions)]:
+        rows.append(
+            dict(
+                res=res,
+                kind="pil",
+                method=f"PIL decode+re-encode, {W} processes (baseline)",
+                run=lambda res=res: pool_loop(_pil_reencode, files, res, W),
+            )
+        )
+        if res is None:
+            rows.append(
+                dict(
+                    res=res,
+                    kind="ceiling",
+                    ceiling="validate",
+                    method=f"decode only at 1/8 (validation), {W} processes",
+                    run=lambda: pool_loop(_decode_only, files, "validate", W),
+                )
+            )
+        rows.append(
+            dict(
+                res=res,
+                kind="ceiling",
+                ceiling="decode",
+                method=f"decode only, as the converter decodes, {W} processes",
+                run=lambda res=res: pool_loop(_decode_only, files, res, W),
+            )
+        )
+        for reencode in (False, True) if res is None else (False,):
+            rows.append(
+                dict(
+                    res=res,
+                    kind="fastlt",
+                    ceiling="decode" if reencode or res else "validate",
+                    method=f"tools/convert --workers {W}" + (" --reencode" if reencode else ""),
+                    run=lambda res=res, reencode=reencode: fastlt_convert(root, out, res, W, reencode),
+                )
+            )
+    return rows
+
+
+def summarise(rows: list[dict], n: int) -> list[dict]:
+    """Table rows: medians, ratios against the PIL baselines, the share of the decode ceiling."""
+    label = {r["res"]: "full" if r["res"] is None else f"max {r['res']}" for r in rows}
+    single = next(r["wall"] for r in rows if r["kind"] == "pil1")
+    pil = {r["res"]: r["wall"] for r in rows if r["kind"] == "pil"}
+    ceilings = {(r["res"], r["ceiling"]): r["wall"] for r in rows if r["kind"] == "ceiling"}
+    table = []
+    for r in rows:
+        t = {
+            "resolution": label[r["res"]],
+            "method": r["method"],
+            "img/s": n / r["wall"],
+            "x PIL N-proc": pil[r["res"]] / r["wall"] if r["kind"] != "pil1" else "",
+            "x PIL 1-proc": single / r["wall"],
+            "CPU ms/img": r["cpu"] / n * 1e3,
+        }
+        if r["kind"] in ("fastlt", "ceiling"):
+            t["% of ceiling"] = 100 * ceilings[r["res"], r["ceiling"]] / r["wall"]
+        if r["kind"] == "fastlt":
+            t["decode ms/img"] = r["timings"]["decode_cpu_s"] / n * 1e3
+            t["resize+encode ms/img"] = r["timings"]["encode_cpu_s"] / n * 1e3
+            t["parent ms/img"] = r["timings"]["parent_cpu_s"] / n * 1e3
+            t["shard MB"] = r["timings"]["bytes"] / 2**20
+        table.append(t)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Importing FFCV compiles its numba kernels (seconds): a one-time cost per process, not throughput.
+    # Importing FFCV compiles its numba kernels (seconds), and the resize kernel compiles on first use:
+    # one-time costs per process, not throughput.
     import ffcv.fields  # noqa: F401
-    import ffcv.writer  # noqa: F401
+    import ffcv.types  # noqa: F401
 
+    import fastlt.convert  # noqa: F401 - and the converter's own imports, before anything is timed
+    from fastlt.datasets import engine, inat, resize  # noqa: F401
+
+    resize.warm_up()
     with tempfile.TemporaryDirectory(prefix="fastlt-bench-convert-") as tmp:
         tmp = Path(tmp)
         root = args.data
@@ -165,76 +270,47 @@ def main(argv: list[str] | None = None) -> int:
         n = len(files)
         mb = sum(Path(f).stat().st_size for f in files) / 2**20
         print(f"{n} JPEGs, {mb / n * 1024:.0f} KB mean, under {root}", flush=True)
-
-        def med(fn):
-            """Median (wall, CPU) seconds over --repeats passes."""
-            runs = [measured(fn) for _ in range(max(1, args.repeats))]
-            return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-
-        W = args.workers
-        rows = []
-        single, single_cpu = med(lambda: pil_loop(files, None, 1))
-        rows.append(
-            {
-                "resolution": "full",
-                "method": "PIL decode+re-encode, 1 process",
-                "img/s": n / single,
-                "vs PIL N-proc": "",
-                "vs PIL 1-proc": 1.0,
-                "CPU ms/img": single_cpu / n * 1e3,
-            }
-        )
-        for res in [None, *sorted(args.max_resolution)]:
-            label = "full" if res is None else f"max {res}"
-            pil, pil_cpu = med(lambda res=res: pil_loop(files, res, W))
-            rows.append(
-                {
-                    "resolution": label,
-                    "method": f"PIL decode+re-encode, {W} processes",
-                    "img/s": n / pil,
-                    "vs PIL N-proc": 1.0,
-                    "vs PIL 1-proc": single / pil,
-                    "CPU ms/img": pil_cpu / n * 1e3,
-                }
-            )
-            # --keep-jpeg only changes anything where source JPEGs need no shrinking: at full size.
-            for keep in (False, True) if res is None else (False,):
-                phases: dict = {}
-                t, cpu = med(
-                    lambda res=res, keep=keep, phases=phases: phases.update(
-                        fastlt_convert(root, tmp / "out", res, W, keep)
-                    )
-                )
-                rows.append(
-                    {
-                        "resolution": label,
-                        "method": f"fastlt convert --workers {W}" + (" --keep-jpeg" if keep else ""),
-                        "img/s": n / t,
-                        "vs PIL N-proc": pil / t,
-                        "vs PIL 1-proc": single / t,
-                        "CPU ms/img": cpu / n * 1e3,
-                        "validate img/s": n / phases["validate_s"],
-                        "write img/s": n / phases["write_s"],
-                        "shard MB": phases["bytes"] / 2**20,
-                    }
-                )
+        rows = plan(files, root, tmp / "out", args.max_resolution, args.workers)
+        runs: list[list] = [[] for _ in rows]
+        for p in range(max(1, args.repeats)):
+            for r, out in zip(rows, runs):
+                out.append(measured(r["run"]))
+            print(f"pass {p + 1} of {max(1, args.repeats)} done", flush=True)
+        for r, out in zip(rows, runs):
+            r["wall"] = statistics.median(w for w, _, _ in out)
+            r["cpu"] = statistics.median(c for _, c, _ in out)
+            if r["kind"] == "fastlt":  # the timings of the pass whose wall time is the median
+                r["timings"] = sorted(out, key=lambda m: m[0])[len(out) // 2][2]
+        table = summarise(rows, n)
         cols = [
             "resolution",
             "method",
             "img/s",
-            "vs PIL N-proc",
-            "vs PIL 1-proc",
+            "x PIL N-proc",
+            "x PIL 1-proc",
+            "% of ceiling",
             "CPU ms/img",
-            "validate img/s",
-            "write img/s",
+            "decode ms/img",
+            "resize+encode ms/img",
+            "parent ms/img",
             "shard MB",
         ]
         print()
         print_table(
             f"tools/bench convert: {n} JPEGs ({mb / n * 1024:.0f} KB mean, long side 500-800 px), "
-            f"{W} workers",
-            rows,
+            f"{args.workers} workers, median of {max(1, args.repeats)} passes",
+            table,
             cols,
         )
-        write_json(args.out, "convert", {"images": n, "workers": W, "mean_kb": mb / n * 1024, "rows": rows})
+        write_json(
+            args.out,
+            "convert",
+            {
+                "images": n,
+                "workers": args.workers,
+                "mean_kb": mb / n * 1024,
+                "repeats": args.repeats,
+                "rows": table,
+            },
+        )
     return 0
