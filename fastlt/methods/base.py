@@ -326,11 +326,13 @@ def pair_cross_entropy(
     """Mean over the batch of −λ_y·log p(y_a) − (1−λ_y)·log p(y_b), p = softmax(z + logit_adjust).
 
     The mixed label has two non-zero entries, so it goes to the sparse soft-label kernel as
-    ``idx [B, 2] = (y_a, y_b)``, ``w [B, 2] = (λ_y, 1 − λ_y)``: no dense ``[B, C]`` target is built.
+    ``idx [B, 2] = (y_a, y_b)``, ``w [B, 2] = (λ_y, 1 − λ_y)``: no dense ``[B, C]`` target is built. The
+    logits go in as they are (bf16 under CUDA autocast: the kernel reads bf16 and accumulates in fp32, so no
+    fp32 copy of the [B, C] logits is made).
     """
     from fastlt.kernels.soft_ce import soft_cross_entropy
 
     lam_y = lam_y.to(torch.float32)
     idx = torch.stack([y_a, y_b], 1)
     w = torch.stack([lam_y, 1.0 - lam_y], 1)
-    return soft_cross_entropy(logits.float(), idx, w, logit_adjust=logit_adjust)
+    return soft_cross_entropy(logits, idx, w, logit_adjust=logit_adjust)
