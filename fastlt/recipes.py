@@ -37,6 +37,13 @@ METHODS = tuple(_METHOD_TABLE)  # the method names, from the one table in fastlt
 PIPELINE_CHOICES = ("auto", "resident", "ffcv", "dali", "torch")
 SCHEDULES = ("multistep", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+# The recipe's `augment` policy names (fastlt.pipelines.augment.POLICIES, kept here as plain names like
+# PIPELINE_CHOICES) and the plan segments they can be given for (fastlt.producers; a test checks both).
+AUGMENT_POLICIES = (
+    "crop-flip", "crop-flip-jitter", "simclr", "simclr-cifar", "autoaugment-cifar", "randaugment",
+    "clip-center",
+)
+PLAN_SEGMENTS = ("main", "b", "cp_a", "cp_b", "view1", "view2", "fg", "partner")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,6 +105,9 @@ class Recipe:
     # Hash every shard in full at start, whatever its <split>.verified cache says (catches what the cache
     # cannot: bytes changed without a write through the filesystem, e.g. bit rot). Same as `fastlt verify`.
     full_verify: bool = False
+    # Training augmentation per plan segment: SEGMENT=POLICY entries and one bare POLICY for the other
+    # segments, e.g. main=randaugment,view1=simclr,view2=simclr,randaugment (fastlt.pipelines.augment).
+    augment: tuple[str, ...] = ("crop-flip",)
     # -- runtime ------------------------------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
@@ -158,6 +168,7 @@ class Recipe:
         _check_choice("lfm_lambda_per", self.lfm_lambda_per, ("batch", "sample"))
         _check_choice("lfm_loss", self.lfm_loss, ("ce", "mms"))
         _check_choice("cpmix_fallback", self.cpmix_fallback, ("instance", "redraw"))
+        split_augment(self.augment)
         for k in ("epochs", "batch_size", "eval_batch_size", "image_size"):
             if getattr(self, k) <= 0:
                 raise RecipeError(f"recipe key {k!r} must be > 0, got {getattr(self, k)}")
@@ -210,6 +221,25 @@ class Recipe:
 def _check_choice(key: str, value: str, choices) -> None:
     if value not in choices:
         raise RecipeError(unknown_name(key, value, choices, cutoff=0.5))
+
+
+def split_augment(spec: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``augment`` entries → (policy of the unnamed segments, {segment: policy}); a bad entry is a
+    RecipeError naming it."""
+    default, named = None, {}
+    for entry in spec:
+        segment, _, name = entry.rpartition("=")
+        _check_choice("augment policy", name, AUGMENT_POLICIES)
+        if not segment:
+            if default is not None:
+                raise RecipeError(f"--augment: two policies for the unnamed segments ({default}, {name})")
+            default = name
+            continue
+        _check_choice("augment segment", segment, PLAN_SEGMENTS)
+        if segment in named:
+            raise RecipeError(f"--augment: segment {segment!r} is given twice")
+        named[segment] = name
+    return default or "crop-flip", named
 
 
 def _check_dataset_name(name: str) -> None:
@@ -345,7 +375,10 @@ _CCM_CIFAR100 = dict(
     ccm_topk=30,
     ccm_omega=20 / 255,
     ccm_l_d_warm=100,
-    source="ConCutMix released code (CIFAR-100-LT IF100)",
+    augment=("main=autoaugment-cifar", "fg=autoaugment-cifar", "view1=simclr-cifar", "view2=simclr-cifar"),
+    source="ConCutMix released code (CIFAR-100-LT IF100), its CIFAR augmentations included; one prototype "
+    "per class as in its ImageNet-LT / iNat runs (its CIFAR runs, without --use_norm, build one per feature "
+    "column)",
 )
 _CCM_LARGE = dict(
     classifier="cosine",
@@ -364,8 +397,18 @@ _CCM_LARGE = dict(
     ccm_topk=30,
     ccm_omega=200 / 255,
     ccm_l_d_warm=70,
-    source="ConCutMix released code (ImageNet-LT)",
+    augment=("main=randaugment", "fg=randaugment", "view1=simclr", "view2=simclr"),
+    source="ConCutMix released code (ImageNet-LT), its augmentations included",
 )
+
+_CPMIX_SOURCE = (
+    "CP-Mix paper: SGD lr 0.1 (Places-LT 0.01), the models, the schedule shapes and the 2/3 stage split "
+    "(prose); fastlt defaults (the paper's tables are unavailable): α 1, η 0.5, κ 0.5, B_m = B, the "
+    "fine-tune length and lr, batch sizes, milestones and epochs — the paper trains CIFAR-LT and ImageNet-LT "
+    "longer than previous works, by an amount not recoverable, and the presets keep the standard 200 / 90"
+)
+_LFM_AUGMENT = dict(augment=("clip-center",))  # released code: flip + CLIP's resize + centre crop
+_LFM_AUGMENT_SOURCE = "augmentation: the released code's flip + CLIP resize and centre crop"
 
 # Method parameters per dataset (on top of the dataset base). `None` key: every dataset.
 _METHOD: dict[str, dict[str | None, dict]] = {
@@ -394,13 +437,16 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             cpmix_kappa=0.5,
             finetune_epochs=10,
             finetune_lr=0.01,
-            source_extra="CP-Mix: stage split 2/3 (paper prose); α 1, η 0.5, κ 0.5, B_m = B and "
-            "fine-tune length/lr are fastlt defaults (the paper's tables are unavailable)",
+            source_extra=_CPMIX_SOURCE,
         ),
         "digits-lt": dict(finetune_epochs=3, finetune_lr=0.01),
         "places-lt": dict(finetune_epochs=0),  # the paper does not fine-tune on Places-LT
         "imagenet-lt": dict(finetune_lr=0.01),
-        "inat2018": dict(finetune_lr=0.01),
+        "inat2018": dict(
+            lr=0.1,
+            finetune_lr=0.01,
+            source_extra=f"{_CPMIX_SOURCE}; lr 0.1 is the paper's (the LDAM-DRW schedule above has 0.2)",
+        ),
     },
     "concutmix": {
         None: dict(ccm_cutmix_prob=0.5),
@@ -410,7 +456,9 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             ccm_tau_la=0.85,
             ccm_topk=3,
             ccm_omega=2 / 255,
-            source="ConCutMix released code (CIFAR-10-LT IF100)",
+            source="ConCutMix released code (CIFAR-10-LT IF100), its CIFAR augmentations included; one "
+            "prototype per class as in its ImageNet-LT / iNat runs (its CIFAR runs build one per feature "
+            "column)",
         ),
         "imagenet-lt": _CCM_LARGE,
         "inat2018": dict(
@@ -420,11 +468,12 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             ccm_omega=1628 / 255,
             ccm_l_d_warm=80,
             batch_size=256,
-            source="ConCutMix released code (iNat2018)",
+            source="ConCutMix released code (iNat2018), its augmentations included",
         ),
         "places-lt": dict(
             _CCM_LARGE,
-            source="fastlt default (ConCutMix has no released Places-LT settings; ImageNet-LT values)",
+            source="fastlt default (ConCutMix has no released Places-LT settings; ImageNet-LT values and "
+            "augmentations)",
         ),
         "digits-lt": dict(
             ccm_feat_dim=32,
@@ -452,7 +501,8 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             lfm_alpha=(1.0, 1.0),
             lfm_tau=0.05,
             lfm_clip_model="ViT-B-32",
-            source="LFM released code (CIFAR-100-LT, ViT-B/32)",
+            **_LFM_AUGMENT,
+            source=f"LFM released code (CIFAR-100-LT, ViT-B/32); {_LFM_AUGMENT_SOURCE}",
         ),
         "cifar10-lt": dict(
             batch_size=32,
@@ -461,7 +511,8 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             lfm_alpha=(1.0, 1.0),
             lfm_tau=0.05,
             lfm_clip_model="ViT-B-32",
-            source="LFM released code (CIFAR-10-LT, ViT-B/32)",
+            **_LFM_AUGMENT,
+            source=f"LFM released code (CIFAR-10-LT, ViT-B/32); {_LFM_AUGMENT_SOURCE}",
         ),
         "imagenet-lt": dict(
             batch_size=96,
@@ -470,7 +521,8 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             lfm_alpha=(1.0, 1.0),
             lfm_tau=0.05,
             lfm_clip_model="ViT-B-16",
-            source="LFM released code (ImageNet-LT, ViT-B/16)",
+            **_LFM_AUGMENT,
+            source=f"LFM released code (ImageNet-LT, ViT-B/16); {_LFM_AUGMENT_SOURCE}",
         ),
         "places-lt": dict(
             batch_size=96,
@@ -479,7 +531,10 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             lfm_alpha=(1.25, 1.5),
             lfm_tau=1.0,
             lfm_clip_model="ViT-B-16",
-            source="LFM released code (Places-LT, ViT-B/16)",
+            **_LFM_AUGMENT,
+            source="LFM released code (Places-LT: epochs, learning rates, batch, α 1.25 / 1.5, τ 1.0); "
+            "ViT-B/16 from the paper's Table 4 (the released Places command resolves to ViT-B/32); "
+            f"{_LFM_AUGMENT_SOURCE}",
         ),
         "inat2018": dict(
             batch_size=96,
@@ -488,7 +543,9 @@ _METHOD: dict[str, dict[str | None, dict]] = {
             lfm_alpha=(1.0, 1.0),
             lfm_tau=0.05,
             lfm_clip_model="ViT-B-16",
-            source="fastlt default (LFM reports no iNat2018 setting; ImageNet-LT values)",
+            **_LFM_AUGMENT,
+            source="fastlt default (LFM reports no iNat2018 setting; ImageNet-LT values); "
+            f"{_LFM_AUGMENT_SOURCE}",
         ),
         # fastlt default. A backbone trained from scratch does poorly with CLIPood's T = 0.01 (a logit scale
         # of 100, made for pretrained CLIP features): T = 0.05 with Adam 3e-3 was the best of the settings

@@ -8,8 +8,10 @@
 
 Every pipeline returns ``Batch(plan, rows int64[R], images uint8[R, S, S, 3] NHWC, labels int64[R])`` on
 ``device``, with ``S = image_size``, rows exactly as planned (repeats included) and labels from the shard
-index. Train mode: random-resized-crop + flip (resident 32 px data: pad-4 crop + flip), seeded by the plan.
-Eval mode: deterministic centre crop (shorter side → image_size/0.875), identity for data already S × S.
+index. Train mode: each plan segment's augmentation policy (``augment``, default crop-flip: random resized
+crop + flip, pad-4 crop + flip for data stored at S ≤ 64 px; ``fastlt.pipelines.augment``), seeded by the
+plan — the same crops and augmentation in all four pipelines. Eval mode: deterministic centre crop (shorter
+side → image_size/0.875), identity for data already S × S.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ def make_pipeline(
     seed: int = 0,
     workers: int = 2,
     prefetch: int = 2,
+    augment: tuple[str, ...] | None = None,
     **options,
 ) -> Pipeline:
     """Build the pipeline called ``name`` (resident | ffcv | dali | torch) over an opened shard.
 
     ``workers`` is the pipeline's CPU parallelism (numba threads for ffcv, DALI threads, DataLoader worker
-    processes for torch; unused by resident). ``prefetch`` is the depth of ``batches()``'s queue. ``options``
-    go to the pipeline class (ffcv: ``dct_scaling``; dali: ``capacity``; resident: ``pad``).
+    processes for torch; unused by resident). ``prefetch`` is the depth of ``batches()``'s queue. ``augment``:
+    the training policies per plan segment, as the recipe key (None: crop-flip everywhere; unused in eval
+    mode). ``options`` go to the pipeline class (ffcv: ``dct_scaling``; dali: ``capacity``).
     """
     import importlib
 
@@ -65,6 +69,7 @@ def make_pipeline(
         seed=seed,
         workers=workers,
         prefetch=prefetch,
+        augment=augment,
         **options,
     )
 

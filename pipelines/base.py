@@ -1,7 +1,10 @@
 """The engine every pipeline shares: plan → Batch (``load``), prefetching in plan order (``batches``), close.
 
-A pipeline only implements ``_load(plan, seed) -> images uint8[R, S, S, 3]`` on the target device; this class
-checks the plan, derives the augmentation seed, attaches rows and labels, and runs the prefetch thread.
+A pipeline only implements ``_load(plan, crops) -> images uint8[R, S, S, 3]`` on the target device: it cuts
+each row's crop box out of the decoded image and resizes it to S (mirroring the rows the crops say). The base
+checks the plan, derives the augmentation seed, decides the crops (``fastlt.pipelines.transforms``: one
+geometry for all four pipelines), runs the training augmentation of each plan segment on the loaded batch
+(``fastlt.pipelines.augment``), attaches rows and labels, and runs the prefetch thread.
 
 Prefetch without lookahead (the deadlock rule). The plans iterable is usually a ``PlanQueue``, which only
 makes plan ``s + k`` after the trainer has finished step ``s``. So ``batches()`` runs one loader thread that
@@ -13,9 +16,11 @@ plan.
 Labels come from the shard index (``shard.index.labels[rows]``): rows are class-sorted, so a label is an
 offset lookup and nothing is decoded for it.
 
-Augmentation seed of a plan: ``step_seed(pipeline seed, plan.epoch, plan.step, plan.seed)``. It depends only
-on the plan and the pipeline's seed, so loading a plan twice gives the same pixels, while plans that a sampler
-left at the default ``seed=0`` still get different crops at every step.
+Augmentation seed of a plan: ``step_seed(pipeline seed, plan.epoch, plan.step, seed of the global plan)``. It
+depends only on the plan and the pipeline's seed, so loading a plan twice gives the same pixels, while plans
+that a sampler left at the default ``seed=0`` still get different crops at every step. A DDP rank's part of a
+plan uses the global plan's seed and its rows' global positions, so every row is cropped and augmented as in a
+single process.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from __future__ import annotations
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 
+from fastlt.pipelines.augment import DEFAULT, Augmentation
+from fastlt.pipelines.beton import BetonImages
 from fastlt.pipelines.plan import Batch, StepPlan, step_seed
+from fastlt.pipelines.transforms import Crops, eval_crops
 
 _END = object()
 
@@ -38,7 +45,17 @@ class Pipeline(ABC):
 
     name = "pipeline"
 
-    def __init__(self, shard, *, train: bool, image_size: int, device, seed: int = 0, prefetch: int = 2):
+    def __init__(
+        self,
+        shard,
+        *,
+        train: bool,
+        image_size: int,
+        device,
+        seed: int = 0,
+        prefetch: int = 2,
+        augment: Sequence[str] | None = None,
+    ):
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size}")
         if prefetch < 1:
@@ -49,6 +66,9 @@ class Pipeline(ABC):
         self.device = torch.device(device)
         self.seed = int(seed)
         self.prefetch = int(prefetch)
+        self.images = BetonImages(shard.beton_path)  # per-row sizes (and payloads) of the stored images
+        # Training: each plan segment's crop + augmentation policy (recipe key `augment`); eval: centre crops.
+        self.augmentation = Augmentation(DEFAULT if augment is None else augment) if self.train else None
         self._labels = torch.from_numpy(shard.index.labels)
         self._num_rows = int(shard.index.num_rows)
         self._threads: list[threading.Thread] = []
@@ -58,15 +78,23 @@ class Pipeline(ABC):
 
     # ------------------------------------------------------------------ what a pipeline implements
     @abstractmethod
-    def _load(self, plan: StepPlan, seed: int) -> torch.Tensor:
-        """uint8[R, S, S, 3] images of ``plan.rows`` on ``self.device``, owned by the caller."""
+    def _load(self, plan: StepPlan, crops: Crops) -> torch.Tensor:
+        """uint8[R, S, S, 3] images of ``plan.rows`` on ``self.device``, owned by the caller: row k is
+        ``crops.boxes[k]`` of its image resized to S, mirrored when ``crops.flips[k]``."""
 
     def _close(self) -> None:  # noqa: B027 - optional hook, most pipelines hold nothing to release
         """Release pipeline-specific resources."""
 
     # ------------------------------------------------------------------ the shared engine
     def augmentation_seed(self, plan: StepPlan) -> int:
-        return step_seed(self.seed, plan.epoch, plan.step, plan.seed)
+        return step_seed(self.seed, plan.epoch, plan.step, plan.whole.seed)
+
+    def crops(self, plan: StepPlan, seed: int) -> Crops:
+        """Where each row of ``plan`` is cut: its segment's policy (training) or the centre (evaluation)."""
+        sizes = self.images.heights, self.images.widths
+        if self.augmentation is None:
+            return eval_crops(sizes[0][plan.rows], sizes[1][plan.rows], self.image_size)
+        return self.augmentation.crops(plan, *sizes, seed, self.image_size)
 
     def check_plan(self, plan: StepPlan) -> None:
         rows = plan.rows
@@ -83,14 +111,18 @@ class Pipeline(ABC):
     def load(self, plan: StepPlan) -> Batch:
         """Load one plan synchronously."""
         self.check_plan(plan)
+        seed = self.augmentation_seed(plan)
+        crops = self.crops(plan, seed)
         with self._load_lock:
-            images = self._load(plan, self.augmentation_seed(plan))
+            images = self._load(plan, crops)
         R, S = len(plan.rows), self.image_size
         if tuple(images.shape) != (R, S, S, 3) or images.dtype != torch.uint8:
             raise RuntimeError(
                 f"{self.name} pipeline returned {images.dtype}{list(images.shape)}, "
                 f"expected uint8{[R, S, S, 3]}"
             )
+        if self.augmentation is not None:
+            images = self.augmentation.apply(images, plan, seed, crops)
         rows = torch.from_numpy(plan.rows)
         labels = self._labels[rows]
         if self.device.type != "cpu":
@@ -157,12 +189,3 @@ class Pipeline(ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def boxes_and_flips(
-    heights: np.ndarray, widths: np.ndarray, plan: StepPlan, seed: int, *, train: bool, size: int
-):
-    """Per-row (boxes int32[R,4], flips bool[R]) of a plan from the shared transforms module."""
-    from fastlt.pipelines.transforms import crop_params
-
-    rows = plan.rows
-    return crop_params(heights[rows], widths[rows], train=train, seed=seed, image_size=size)

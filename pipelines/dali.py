@@ -3,7 +3,7 @@
 Graph (one per pipeline, built once)::
 
     external_source "data"   JPEG bytes of the plan's rows (raw-mode shards: the pixels themselves)
-    external_source "anchor" (x, y) of each row's crop box      ┐ from the shared transforms module,
+    external_source "anchor" (x, y) of each row's crop box      ┐ from the plan's shared Crops,
     external_source "shape"  (w, h) of each row's crop box      │ seeded by the plan
     external_source "flip"   0/1 per row                        ┘
       → decoders.image_slice(data, anchor, shape)   decodes only the box (libjpeg-turbo on CPU, nvJPEG "mixed"
@@ -33,8 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastlt.pipelines.base import Pipeline, boxes_and_flips
-from fastlt.pipelines.beton import BetonImages
+from fastlt.pipelines.base import Pipeline
 from fastlt.shards import ShardError
 
 
@@ -51,12 +50,13 @@ class DALIPipeline(Pipeline):
         seed: int = 0,
         workers: int = 2,
         prefetch: int = 2,
+        augment=None,
         capacity: int = 256,
     ):
         super().__init__(
-            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch
+            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch,
+            augment=augment,
         )
-        self.images = BetonImages(shard.beton_path)
         jpeg = self.images.modes == 0
         if jpeg.any() and not jpeg.all():
             raise ShardError(
@@ -127,15 +127,13 @@ class DALIPipeline(Pipeline):
             self._capacity = max(R, 2 * self._capacity)
             self._pipe = self._build(self._capacity)
 
-    def _load(self, plan, seed):
+    def _load(self, plan, crops):
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         rows = plan.rows
         R = len(rows)
         self._ensure_capacity(R)
-        boxes, flip = boxes_and_flips(
-            self.images.heights, self.images.widths, plan, seed, train=self.train, size=self.image_size
-        )
+        boxes, flip = crops.boxes, crops.flips
         if self.jpeg:
             data = [np.asarray(self.images.payload(int(r))) for r in rows]
         else:

@@ -14,8 +14,8 @@ thread.
 Seeded crops. FFCV's ``RandomResizedCropRGBImageDecoder`` draws crops from numba's global RNG inside compiled
 code, which cannot be tied to a plan. ``PlanCropDecoder`` below is an FFCV ``Operation`` with the same job
 (decode + crop + resize, in a numba ``prange`` over the rows) that reads each row's crop box and flip from a
-third memory buffer it declares through FFCV's ``AllocationQuery``; fastlt fills that buffer from the shared
-transforms module (seeded by the plan) before running the stages. So the crop is a pure function of the plan.
+third memory buffer it declares through FFCV's ``AllocationQuery``; fastlt fills that buffer from the plan's
+shared ``Crops`` (seeded by the plan) before running the stages. So the crop is a pure function of the plan.
 
 Speed levers inside the decoder (FFCV's own ``imdecode`` from ``libffcv``, i.e. libjpeg-turbo):
 
@@ -42,8 +42,7 @@ import numba
 import numpy as np
 import torch
 
-from fastlt.pipelines.base import Pipeline, boxes_and_flips
-from fastlt.pipelines.beton import BetonImages
+from fastlt.pipelines.base import Pipeline
 from fastlt.pipelines.transforms import dct_scale_denominators
 
 # numba's default (workqueue) threading layer aborts when two threads launch parallel kernels at once
@@ -181,14 +180,15 @@ class FFCVPipeline(Pipeline):
         seed: int = 0,
         workers: int = 2,
         prefetch: int = 2,
+        augment=None,
         dct_scaling: bool = True,
     ):
         super().__init__(
-            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch
+            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch,
+            augment=augment,
         )
         self.workers = max(1, int(workers))
         self.dct_scaling = bool(dct_scaling)
-        self.images = BetonImages(shard.beton_path)
         self.loader, self.decoder = _graph(shard.beton_path, self.image_size, self.workers, self.device)
         self._code, self._outputs = self.loader.code
         self._decoder_node = next(
@@ -209,13 +209,11 @@ class FFCVPipeline(Pipeline):
             self._capacity = max(R, 2 * self._capacity)
             self._memory = self.loader.graph.allocate_memory(self._capacity, 1)
 
-    def _params(self, plan, seed) -> np.ndarray:
-        boxes, flip = boxes_and_flips(
-            self.images.heights, self.images.widths, plan, seed, train=self.train, size=self.image_size
-        )
+    def _params(self, crops) -> np.ndarray:
+        boxes = crops.boxes
         params = np.empty((len(boxes), N_PARAMS), dtype=np.int32)
         params[:, :4] = boxes
-        params[:, 4] = flip
+        params[:, 4] = crops.flips
         if self.dct_scaling:
             params[:, 5] = dct_scale_denominators(boxes[:, 2], boxes[:, 3], self.image_size)
         else:
@@ -229,10 +227,10 @@ class FFCVPipeline(Pipeline):
             return tuple(self._select(b, R) for b in buffer)
         return buffer[0][:R]
 
-    def _load(self, plan, seed):
+    def _load(self, plan, crops):
         R = len(plan.rows)
         self._ensure_capacity(R)
-        self._memory["operation"][self._decoder_node][2][0][:R] = self._params(plan, seed)
+        self._memory["operation"][self._decoder_node][2][0][:R] = self._params(crops)
         args = {
             "batch_indices": plan.rows.astype(np.uint64),
             "storage_state": self._storage_state,

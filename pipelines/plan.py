@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -48,10 +48,20 @@ class StepPlan:
     segments: tuple[tuple[str, int, int], ...]  # (name, start, stop), contiguous, in order, covering rows
     seed: int = 0  # augmentation seed of this step (pipelines derive per-row randomness from it)
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)  # small per-segment arrays (e.g. λ)
+    # Set by shard(): the global plan this rank's part was cut from and where its rows sit in it. Pipelines
+    # draw per-row randomness over the global plan (its seed, its rows) and pick this part's rows by
+    # position, so a row gets the same crop and augmentation on any number of ranks.
+    origin: StepPlan | None = None
+    positions: np.ndarray | None = None  # int64[R]
 
     def __post_init__(self):
         rows = np.ascontiguousarray(self.rows, dtype=np.int64)
         object.__setattr__(self, "rows", rows)
+        if self.positions is not None:
+            positions = np.ascontiguousarray(self.positions, dtype=np.int64)
+            if positions.shape != rows.shape:
+                raise ValueError(f"{len(positions)} positions for {len(rows)} rows")
+            object.__setattr__(self, "positions", positions)
         pos = 0
         for name, start, stop in self.segments:
             if start != pos or stop < start:
@@ -85,6 +95,16 @@ class StepPlan:
     def rows_of(self, name: str) -> np.ndarray:
         return self.rows[self.segment(name)]
 
+    @property
+    def whole(self) -> StepPlan:
+        """The global plan (this plan itself unless it is a rank's part of one)."""
+        return self if self.origin is None else self.origin
+
+    @property
+    def global_positions(self) -> np.ndarray:
+        """int64[R]: the position of each row in :attr:`whole`'s rows."""
+        return np.arange(len(self.rows), dtype=np.int64) if self.positions is None else self.positions
+
     def shard(self, rank: int, world_size: int) -> StepPlan:
         """This rank's part: each segment cut into ``world_size`` near-equal contiguous pieces.
 
@@ -95,14 +115,15 @@ class StepPlan:
             return self
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
-        parts = {}
+        parts, positions = {}, []
         for name, start, stop in self.segments:
             n = stop - start
             lo = start + (n * rank) // world_size
             hi = start + (n * (rank + 1)) // world_size
             parts[name] = self.rows[lo:hi]
+            positions.append(self.global_positions[lo:hi])
         out = StepPlan.from_segments(self.epoch, self.step, self.seed * RANK_SEED_STRIDE + rank, **parts)
-        return out
+        return replace(out, origin=self.whole, positions=np.concatenate(positions))
 
 
 @dataclass

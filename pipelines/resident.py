@@ -4,18 +4,14 @@ For small datasets (CIFAR-LT, digits-lt) decoding is paid once: every row of the
 one ``uint8[N, H, W, 3]`` tensor on the training device (50,000 CIFAR images are 150 MB). Loading a plan is
 then an index gather plus batched augmentation, with no per-image Python and no host round trip.
 
-Augmentation policies (parameters from the shared transforms module, so they are seeded by the plan):
+Crops (the shared ``Crops`` of each plan, so the same rows as every other pipeline):
 
-* **pad-crop + flip** — data stored at the training resolution and at most 64 px (CIFAR at 32): zero-pad
-  by 4, take a random ``S × S`` window, mirror half the rows. Done as *one* ``index_select`` straight from the
-  resident pixels: output pixel ``(i, j)`` of row k reads source pixel ``(dy_k − 4 + i, x_k(j))`` with
-  ``x_k(j) = dx_k − 4 + j`` (``x_k(W − 1 − j)`` for mirrored rows), and reads a zero pixel kept after the
-  data where that falls outside the image. The padded image is never materialised.
-* **random-resized-crop + flip** — anything else: the box of each row is resampled to ``S × S`` by
-  ``torchvision.ops.roi_align`` (``aligned=True``: box edges are pixel edges, and with ``sampling_ratio=-1``
-  each output pixel averages ``ceil(box/S)²`` bilinear samples, an area filter when shrinking).
-* **eval** — identity when the data is already ``S × S``; otherwise the shared centre-crop box through
-  roi_align.
+* **whole image at the training size** (crop-flip's pad-crop rows, eval of data stored at S × S, CLIP's centre
+  square of square data): a gather of the resident rows, mirrored where asked; the pad-crop itself follows in
+  the shared augmentation stage.
+* **any other box**: resampled to ``S × S`` by ``torchvision.ops.roi_align`` (``aligned=True``: box edges are
+  pixel edges, and with ``sampling_ratio=-1`` each output pixel averages ``ceil(box/S)²`` bilinear samples, an
+  area filter when shrinking), mirrored where asked.
 """
 
 from __future__ import annotations
@@ -25,10 +21,7 @@ import torch
 
 from fastlt.pipelines.base import Pipeline
 from fastlt.pipelines.beton import BetonImages
-from fastlt.pipelines.transforms import crop_params, pad_crop_params
 from fastlt.shards import ShardError
-
-PAD_CROP_MAX_SIZE = 64
 
 
 def decode_all(images: BetonImages) -> np.ndarray:
@@ -70,33 +63,6 @@ def resized_crops(images: torch.Tensor, boxes: np.ndarray, flip: np.ndarray, siz
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def pad_crops(
-    pixels: torch.Tensor,
-    shape: tuple[int, int, int],
-    rows: torch.Tensor,
-    offsets: np.ndarray,
-    flip: np.ndarray,
-    pad: int,
-) -> torch.Tensor:
-    """uint8[R, H, W, 3] pad-crop + flip of rows of the resident data as one gather (see the module
-    docstring).
-
-    ``pixels`` is the resident data flattened to ``[N·H·W + 1, 3]`` whose last entry is a zero pixel: every
-    output pixel is one index into it, and those that fall in the padding point at the zero pixel, so the
-    crop, the padding and the flip are a single ``index_select`` with no mask pass.
-    """
-    N, H, W = shape
-    dev = pixels.device
-    off = torch.as_tensor(offsets, device=dev)
-    iy = off[:, :1] - pad + torch.arange(H, device=dev)  # [R, H] source row of each output row
-    ix = off[:, 1:] - pad + torch.arange(W, device=dev)  # [R, W] source column of each output column
-    ix = torch.where(torch.as_tensor(flip, device=dev)[:, None], ix.flip(1), ix)
-    inside = ((iy >= 0) & (iy < H))[:, :, None] & ((ix >= 0) & (ix < W))[:, None, :]
-    flat = rows[:, None, None] * (H * W) + iy.clamp(0, H - 1)[:, :, None] * W + ix.clamp(0, W - 1)[:, None, :]
-    flat = torch.where(inside, flat, N * H * W)  # the zero pixel
-    return pixels.index_select(0, flat.reshape(-1)).view(len(rows), H, W, 3)
-
-
 class ResidentPipeline(Pipeline):
     name = "resident"
 
@@ -110,39 +76,34 @@ class ResidentPipeline(Pipeline):
         seed: int = 0,
         workers: int = 0,
         prefetch: int = 2,
-        pad: int = 4,
+        augment=None,
     ):
         super().__init__(
-            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch
+            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch,
+            augment=augment,
         )
-        host = decode_all(BetonImages(shard.beton_path))
+        host = decode_all(self.images)
         N, self.height, self.width, _ = host.shape
-        # One trailing zero pixel serves as the padding of pad-crop (see pad_crops).
-        self.pixels = torch.zeros(
-            (N * self.height * self.width + 1, 3), dtype=torch.uint8, device=self.device
-        )
-        self.pixels[:-1] = torch.from_numpy(host.reshape(-1, 3)).to(self.device)
-        self.data = self.pixels[:-1].view(N, self.height, self.width, 3)
-        self.pad = int(pad)
-        square_at_size = self.height == self.width == self.image_size
-        self.policy = (
-            ("pad_crop" if square_at_size and self.height <= PAD_CROP_MAX_SIZE else "resized_crop")
-            if self.train
-            else ("identity" if square_at_size else "center_crop")
-        )
+        self.data = torch.from_numpy(host).to(self.device)
 
-    def _load(self, plan, seed):
+    def _load(self, plan, crops):
         rows = torch.from_numpy(plan.rows).to(self.device)
-        R = len(plan.rows)
-        if self.policy == "identity":
-            return self.data[rows]
-        if self.policy == "pad_crop":
-            offsets, flip = pad_crop_params(R, seed, self.pad)
-            return pad_crops(self.pixels, self.data.shape[:3], rows, offsets, flip, self.pad)
-        heights = np.full(R, self.height)
-        widths = np.full(R, self.width)
-        boxes, flip = crop_params(heights, widths, train=self.train, seed=seed, image_size=self.image_size)
-        return resized_crops(self.data[rows], boxes, flip, self.image_size)
+        S = self.image_size
+        at_size = self.height == self.width == S
+        whole = np.all(crops.boxes == (0, 0, self.height, self.width), axis=1) & at_size
+        if whole.all():
+            return self._mirror(self.data[rows], crops.flips)
+        out = resized_crops(self.data[rows], crops.boxes, crops.flips, S)
+        if whole.any():
+            idx = torch.from_numpy(np.flatnonzero(whole)).to(self.device)
+            out[idx] = self._mirror(self.data[rows[idx]], crops.flips[whole])
+        return out
+
+    def _mirror(self, images: torch.Tensor, flips: np.ndarray) -> torch.Tensor:
+        if not flips.any():
+            return images
+        f = torch.from_numpy(flips).to(self.device)[:, None, None, None]
+        return torch.where(f, images.flip(2), images)
 
     def _close(self):
-        self.data = self.pixels = None
+        self.data = None

@@ -1,7 +1,7 @@
 """torch pipeline: ``torch.utils.data.DataLoader`` + PIL — the portable correctness reference.
 
-Every row of a plan becomes one dataset item ``(row, y, x, h, w, flip)``: the crop box and flip come from the
-shared transforms module, so this pipeline cuts exactly the boxes the others cut. A worker reads the row's
+Every row of a plan becomes one dataset item ``(row, y, x, h, w, flip)``: the crop box and flip are the plan's
+shared ``Crops``, so this pipeline cuts exactly the boxes the others cut. A worker reads the row's
 bytes from the ``.beton`` through a memory map (``BetonImages``), decodes them with PIL, and resizes the box
 to ``image_size`` with PIL's antialiased bilinear filter (``Image.resize(box=...)``), then mirrors if asked.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastlt.pipelines.base import Pipeline, boxes_and_flips
+from fastlt.pipelines.base import Pipeline
 from fastlt.pipelines.beton import BetonImages
 
 
@@ -76,11 +76,12 @@ class TorchPipeline(Pipeline):
         seed: int = 0,
         workers: int = 2,
         prefetch: int = 2,
+        augment=None,
     ):
         super().__init__(
-            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch
+            shard, train=train, image_size=image_size, device=device, seed=seed, prefetch=prefetch,
+            augment=augment,
         )
-        self.images = BetonImages(shard.beton_path)
         self.workers = max(0, int(workers))
         self._sampler = _CurrentPlan()
         self._loader = DataLoader(
@@ -95,11 +96,8 @@ class TorchPipeline(Pipeline):
             # thread would copy a process whose numba/TBB thread pool is mid-use.
             iter(self._loader)
 
-    def _load(self, plan, seed):
-        boxes, flip = boxes_and_flips(
-            self.images.heights, self.images.widths, plan, seed, train=self.train, size=self.image_size
-        )
-        items = [(int(r), *map(int, b), bool(f)) for r, b, f in zip(plan.rows, boxes, flip)]
+    def _load(self, plan, crops):
+        items = [(int(r), *map(int, b), bool(f)) for r, b, f in zip(plan.rows, crops.boxes, crops.flips)]
         # Two chunks per worker keep both busy while the other's result is collated.
         n_chunks = max(1, 2 * self.workers)
         step = math.ceil(len(items) / n_chunks)

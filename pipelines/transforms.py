@@ -28,6 +28,7 @@ training resolution (CIFAR's 32 px at image_size 32) are not cropped: their box 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,17 +47,18 @@ def random_resized_crop_boxes(
     heights: np.ndarray,
     widths: np.ndarray,
     rng: np.random.Generator,
-    scale: tuple[float, float] = SCALE,
+    scale: tuple = SCALE,
     ratio: tuple[float, float] = RATIO,
     attempts: int = 10,
 ) -> np.ndarray:
     """int32[R, 4] (y, x, h, w) RandomResizedCrop boxes for images of the given sizes (see module
-    docstring)."""
+    docstring). ``scale``: (low, high), each a number or one value per row."""
     H = np.asarray(heights, dtype=np.float64)
     W = np.asarray(widths, dtype=np.float64)
     R = len(H)
     area = (H * W)[:, None]
-    target = area * rng.uniform(scale[0], scale[1], size=(R, attempts))
+    lo, hi = (np.asarray(s, dtype=np.float64)[..., None] for s in scale)
+    target = area * rng.uniform(lo, hi, size=(R, attempts))
     aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(R, attempts)))
     cw = np.rint(np.sqrt(target * aspect))
     ch = np.rint(np.sqrt(target / aspect))
@@ -145,3 +147,78 @@ def pad_crop_params(R: int, seed: int, pad: int = PAD) -> tuple[np.ndarray, np.n
     rng = plan_rng(seed)
     offsets = pad_crop_offsets(R, rng, pad)
     return offsets, flips(R, rng)
+
+
+# ---------------------------------------------------------------------------------------------- per-row crops
+# The crop a training row takes (its policy's, fastlt.pipelines.augment): a random resized crop, the whole
+# image for a pad-crop done after decoding, or the centred square (CLIP's resize + centre crop).
+RESIZED, PAD_CROP, CENTER = 0, 1, 2
+PAD_CROP_MAX_SIZE = 64  # crop-flip pad-crops images stored at the training size up to this size (CIFAR)
+
+
+def auto_kinds(heights: np.ndarray, widths: np.ndarray, image_size: int) -> np.ndarray:
+    """int8[R], the crop of policy crop-flip: pad-crop for images stored at ``image_size`` × ``image_size``
+    (at most 64 px: CIFAR, digits-lt), a random resized crop for anything else."""
+    at_size = (np.asarray(heights) == image_size) & (np.asarray(widths) == image_size)
+    return np.where(at_size & (image_size <= PAD_CROP_MAX_SIZE), PAD_CROP, RESIZED).astype(np.int8)
+
+
+@dataclass(frozen=True)
+class Crops:
+    """The crop stage's decisions for the rows of a plan (row k of every array is row k of the plan).
+
+    A pipeline cuts ``boxes`` (y, x, h, w, source pixels) and resizes them to image_size, mirroring the rows
+    in ``flips``. Rows in ``pad`` get their whole image (as stored) and are pad-cropped afterwards at the
+    ``offsets`` corners, then mirrored where ``pad_flips`` says (crop before flip, as torchvision's
+    ``RandomCrop(padding=4)`` then ``RandomHorizontalFlip``).
+    """
+
+    boxes: np.ndarray  # int32[R, 4]
+    flips: np.ndarray  # bool[R]
+    pad: np.ndarray  # bool[R]
+    offsets: np.ndarray  # int64[R, 2] (dy, dx) in [0, 2·PAD]
+    pad_flips: np.ndarray  # bool[R]
+
+    def take(self, positions: np.ndarray) -> Crops:
+        """The crops of the rows at ``positions`` (a rank's rows of a global plan)."""
+        parts = (self.boxes, self.flips, self.pad, self.offsets, self.pad_flips)
+        return Crops(*(a[positions] for a in parts))
+
+
+def train_crops(
+    heights: np.ndarray,
+    widths: np.ndarray,
+    kinds: np.ndarray,
+    scale: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    image_size: int,
+    pad: int = PAD,
+) -> Crops:
+    """The crops of one training plan whose rows have these stored sizes, crop ``kinds`` and RandomResizedCrop
+    ``scale`` (low, high per row).
+
+    Draws from ``plan_rng(seed)``, each over every row: the pad-crop corners (when some row pad-crops), the
+    RandomResizedCrop tries (when some row takes one), then one flip per row. With every row of one kind
+    this is exactly :func:`pad_crop_params` or :func:`train_params`, so crop-flip draws what it always drew.
+    """
+    rng = plan_rng(seed)
+    H, W = np.asarray(heights), np.asarray(widths)
+    R = len(kinds)
+    on_pad = kinds == PAD_CROP
+    offsets = pad_crop_offsets(R, rng, pad) if on_pad.any() else np.zeros((R, 2), np.int64)
+    boxes = np.stack([np.zeros(R), np.zeros(R), H, W], axis=1).astype(np.int32)  # the whole image
+    resized = kinds == RESIZED
+    if resized.any():
+        boxes[resized] = random_resized_crop_boxes(H, W, rng, scale)[resized]
+    centred = kinds == CENTER
+    if centred.any():
+        boxes[centred] = center_crop_boxes(H, W, image_size, crop_fraction=1.0)[centred]
+    flip = flips(R, rng)
+    return Crops(boxes, flip & ~on_pad, on_pad, offsets, flip & on_pad)
+
+
+def eval_crops(heights: np.ndarray, widths: np.ndarray, image_size: int) -> Crops:
+    """The deterministic crops of evaluation: :func:`eval_params`, nothing padded or mirrored."""
+    boxes, flip = eval_params(heights, widths, image_size)
+    R = len(boxes)
+    return Crops(boxes, flip, np.zeros(R, bool), np.zeros((R, 2), np.int64), np.zeros(R, bool))

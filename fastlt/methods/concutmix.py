@@ -2,9 +2,12 @@
 
 REFERENCE.md §ConCutMix. One step loads four segments of the same length B (``fastlt.sampling`` policy
 ``concutmix``): ``main`` (background images A, instance-uniform), ``view1`` and ``view2`` (the same rows as
-``main``: the pipelines give every repeat of a row its own random crop, which is what makes them two
-contrastive views) and ``fg`` (foreground images B, class-balanced: class uniform, then an image uniform in
-the class).
+``main``: the pipelines give every repeat of a row its own random crop and augmentation, which is what makes
+them two contrastive views) and ``fg`` (foreground images B, class-balanced: class uniform, then an image
+uniform in the class). Each segment arrives augmented by its own policy (recipe key ``augment``, run by the
+pipeline for every method alike): the presets give ``main`` and ``fg`` the released classification transform
+and the views the released contrastive one (CIFAR: ``autoaugment-cifar`` / ``simclr-cifar``; ImageNet-LT,
+iNat, Places-LT: ``randaugment`` / ``simclr``), digits-lt keeps ``crop-flip``.
 
 Per step:
 
@@ -25,10 +28,12 @@ Released code vs paper vs fastlt:
   from the *unnormalised* projection of the CutMix image and the unnormalised prototypes; rectification starts
   at 0-based epoch ``> l_d_warm``; one λ and one box per batch; a single forward over the three image sets.
 - fastlt's own: exactly k classes at the top-k threshold (:func:`semantic_label`) and γ clamped to [0, 1]
-  (:func:`label_confidence`) — both identical to the released behaviour at its settings. The two views differ
-  by their independent random crops and flips only (fastlt's pipelines crop and flip; the released code adds
-  SimCLR colour jitter / grayscale (/ blur on CIFAR) to the views and RandAugment (ImageNet-style data) or
-  AutoAugment (CIFAR) to the classification image).
+  (:func:`label_confidence`) — both identical to the released behaviour at its settings. One prototype per
+  class on every dataset, as the released ImageNet-LT / iNat runs build them: the released CIFAR runs omit
+  ``--use_norm``, so their prototype head maps the columns of a linear classifier's weight (one "prototype"
+  per feature dimension, and CIFAR-100's contrastive loss fails there with a size mismatch). CutMix boxes of
+  side ``round(H·√(1 − λ))`` (the released ``rand_bbox`` truncates the side and cuts ``2·⌊side/2⌋`` around the
+  centre: even sides only) and the learning rate set every step (the released code sets it once per epoch).
 - Places-LT has no released settings: its preset reuses the ImageNet-LT values and says so in its source.
 """
 

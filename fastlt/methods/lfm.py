@@ -32,7 +32,12 @@ Where fastlt follows the released code over the paper (and the reverse) — all 
 - ``lfm_lambda_per`` ``batch`` (released code: one λ per batch) vs ``sample``;
 - CE variant on raw cosines (released code: no logit scale), MMS with λ_m = 0.3, T = 0.01 (CLIPood);
 - the cosine schedule decays to 0 (fastlt's schedule) where the released code stops at lr/1000 or 1e-7 —
-  at these learning rates the difference is below one part in a thousand of the initial lr.
+  at these learning rates the difference is below one part in a thousand of the initial lr;
+- augmentation (recipe key ``augment``, run by the pipeline): the presets use ``clip-center``, the released
+  code's horizontal flip + CLIP's resize and centre crop, for both the anchor and the partner image
+  (digits-lt, trained from scratch, keeps ``crop-flip``);
+- partners: each partner image is drawn uniformly in its class, independently per sample, where the released
+  code cycles through a shuffled list of the class's images.
 """
 
 from __future__ import annotations
