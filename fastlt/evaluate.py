@@ -150,8 +150,10 @@ def _checkpoint_path(run: Path, checkpoint: str) -> Path:
 def _load_model(recipe, index, state, ckpt: Path, shard, device):
     method = get_method(recipe.method)(recipe, index, cache_dir=Path(shard.beton_path).parent)
     model = method.build_model()
+    # a --model-ema run is evaluated (and predicts) with the average it reported, like timm
+    weights = state["model_ema"] if "model_ema" in state else state["model"]
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise TrainingError(
             f"{ckpt}: its model does not fit {index.num_classes} classes of {shard.beton_path} "

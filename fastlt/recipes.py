@@ -96,6 +96,12 @@ class Recipe:
     # false: keep an epoch's last, partial batch, as the papers' loaders do (torch DataLoader's default); a
     # remainder under 2 images per rank is dropped (a 1-image batch breaks BatchNorm in train mode).
     drop_last: bool = False
+    # fine-tuning conventions of timm (same names and meanings; fastlt.optim): 0 / 1 / false turn each off
+    clip_grad: float = 0.0  # clip the global L2 norm of the gradients to this (timm --clip-grad, mode norm)
+    layer_decay: float = 1.0  # layer-wise lr decay: the head at lr, depth i of L at lr·decay^(L−1−i)
+    model_ema: bool = False  # evaluate (and checkpoint) an exponential moving average of the weights
+    model_ema_decay: float = 0.9998
+    model_ema_warmup: bool = False  # timm ModelEmaV3 warmup: decay 1 − (1 + t)^(−2/3), capped at the decay
     eval_every: int = 1  # evaluate every N epochs and after the last one (0: never — benchmarks)
     # -- data path ----------------------------------------------------------------------------------------
     pipeline: str = "auto"  # auto: resident when the decoded split fits memory_budget_gb, else ffcv
@@ -174,6 +180,11 @@ class Recipe:
                 raise RecipeError(f"recipe key {k!r} must be > 0, got {getattr(self, k)}")
         if self.lr <= 0:
             raise RecipeError(f"recipe key 'lr' must be > 0, got {self.lr}")
+        if not 0 < self.layer_decay <= 1 or not 0 <= self.model_ema_decay <= 1 or self.clip_grad < 0:
+            raise RecipeError(
+                f"recipe keys 'layer_decay' (0, 1], 'model_ema_decay' [0, 1] and 'clip_grad' ≥ 0: got "
+                f"{self.layer_decay}, {self.model_ema_decay}, {self.clip_grad}"
+            )
         if not 0 <= self.cpmix_kappa <= 1:
             raise RecipeError(f"recipe key 'cpmix_kappa' must lie in [0, 1], got {self.cpmix_kappa}")
         if list(self.milestones) != sorted(self.milestones):

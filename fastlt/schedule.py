@@ -33,8 +33,17 @@ def lr_at(recipe: Recipe, stage: Stage, group_epochs: int, t: float) -> float:
     return base
 
 
-def make_optimizer(recipe: Recipe, params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, params, lr: float, model=None) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the trainable ``params``; with ``layer_decay`` < 1, one group per depth of
+    ``model`` (:func:`fastlt.optim.layer_decay_groups`, each with its ``lr_scale``)."""
     params = [p for p in params if p.requires_grad]
+    if recipe.layer_decay < 1:
+        from fastlt.optim import layer_decay_groups
+
+        keep = {id(p) for p in params}
+        groups = layer_decay_groups(model, lr, recipe.weight_decay, recipe.layer_decay)
+        params = [dict(g, params=[p for p in g["params"] if id(p) in keep]) for g in groups]
+        params = [g for g in params if g["params"]]
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -48,5 +57,6 @@ def make_optimizer(recipe: Recipe, params, lr: float) -> torch.optim.Optimizer:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """``lr`` for every group, times the group's ``lr_scale`` under layer-wise decay."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -81,6 +81,7 @@ from fastlt.methods.base import (
     stage_start,
     unread_keys,
 )
+from fastlt.optim import ModelEma
 from fastlt.pipelines.plan import PlanQueue, step_seed
 from fastlt.plots import write_plots
 from fastlt.producers import OFFSET_LOSS
@@ -124,11 +125,17 @@ class Run:
     step: int = 0  # global step
     best: float = -1.0  # best "all" so far
     resumed_optimizer: tuple[str, dict] | None = None  # (group, state) from last.pt, until that group starts
+    ema: ModelEma | None = None  # --model-ema: the average that is evaluated and checkpointed
     lock: RunLock | None = None  # run.dir/run.lock, held by rank 0 from start_run_dir / restore until close
 
     @property
     def total_epochs(self) -> int:
         return sum(s.epochs for s in self.stages)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation scores: the weights' moving average under --model-ema, else the weights."""
+        return self.ema.module if self.ema is not None else self.model
 
     def close(self) -> None:  # stop the loader threads, free the resident split, let the run directory go
         self.train_pipe.close()
@@ -152,7 +159,10 @@ def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> R
         raise TrainingError(str(e)) from None
     index = train_shard.index
     method = get_method(recipe.method)(recipe, index, cache_dir=Path(train_shard.beton_path).parent)
-    model = method.build_model().to(device)
+    try:
+        model = method.build_model().to(device)
+    except ValueError as e:  # an unknown model name, a missing or mismatched --pretrained file
+        raise TrainingError(str(e)) from None
     if device.type == "cuda" and recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pipe = choose_pipeline(recipe, train_shard)
@@ -163,6 +173,8 @@ def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> R
         train_pipe=build_pipeline(pipe, train_shard, recipe, device, train=True),
         eval_pipe=build_pipeline(pipe, eval_shard, recipe, device, train=False),
         log=log if d.main else (lambda *a, **k: None),
+        ema=ModelEma(model, recipe.model_ema_decay, use_warmup=recipe.model_ema_warmup) if recipe.model_ema
+        else None,
     )
     try:
         restore(run) if resume else start_run_dir(run)
@@ -219,6 +231,8 @@ def restore(run: Run) -> None:
         raise TrainingError(str(e)) from None
     try:
         run.model.load_state_dict(state["model"])
+        if run.ema is not None:
+            run.ema.module.load_state_dict(state["model_ema"])
         run.method.load_state_dict(state["method"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise TrainingError(f"{path}: its model or method state does not fit this run ({e})") from None
@@ -258,7 +272,7 @@ def enter_stage(run: Run, index: int, prev: StageRun | None) -> StageRun:
     if prev is not None and prev.stage.group == stage.group:
         optimizer = prev.optimizer  # stages of one group train with one optimiser and one LR schedule
     else:
-        optimizer = make_optimizer(r, params, lr_at(r, stage, g_epochs, run.epoch - g_start))
+        optimizer = make_optimizer(r, params, lr_at(r, stage, g_epochs, run.epoch - g_start), run.model)
         if run.resumed_optimizer is not None and run.resumed_optimizer[0] == stage.group:
             optimizer.load_state_dict(run.resumed_optimizer[1])
         run.resumed_optimizer = None
@@ -352,7 +366,12 @@ def train_step(run: Run, st: StageRun, batch, epoch: int) -> StepOutput:
     out.loss.backward()  # under DDP, buckets of gradients are all-reduced while backward runs
     if st.averager is not None:
         st.averager.wait()
+    if run.recipe.clip_grad > 0:  # the global norm stays on the device: no sync
+        params = [p for g in st.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, run.recipe.clip_grad)
     st.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.model, step=run.step + 1)
     return out
 
 
@@ -374,7 +393,7 @@ def check_finite(run: Run, st: StageRun, epoch: int, i: int, tally: Tally) -> No
 # ------------------------------------------------------------------------------------------ epoch end
 def evaluate_run_split(run: Run):
     """(summary, per-image predictions) of the eval split, split across ranks (``fastlt.evaluate``)."""
-    return evaluate(run.model, run.method, run.eval_pipe, run.eval_index, run.runtime,
+    return evaluate(run.eval_model, run.method, run.eval_pipe, run.eval_index, run.runtime,
                     run.recipe.eval_batch_size, run.dist, progress=run.recipe.progress)
 
 
@@ -410,6 +429,7 @@ def save_epoch(run: Run, st: StageRun, record: dict) -> None:
         "global_step": run.step,
         "recipe": run.recipe.to_json(),
         "model": run.model.state_dict(),
+        **({"model_ema": run.ema.module.state_dict()} if run.ema is not None else {}),
         "optimizer": st.optimizer.state_dict(),
         "optimizer_group": st.stage.group,
         "method": run.method.state_dict(),
