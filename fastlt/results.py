@@ -1,6 +1,6 @@
 """The digits-lt results table: methods × seeds, mean ± std of many / medium / few / all.
 
-    python -m fastlt.results         # ce, bs, mixup, remix, cpmix, concutmix, lfm × seeds 0,1,2
+    python -m fastlt.results         # every method (fastlt.methods.METHODS) × seeds 0,1,2
     python -m fastlt.results --methods bs,cpmix --seeds 0,1 --out /tmp/table.md
 
 Every cell trains the method's digits-lt preset (``fastlt/recipes.py``) with ``--seed s`` (model init, plans,
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_METHODS = ("ce", "bs", "mixup", "remix", "cpmix", "concutmix", "lfm")
+from fastlt.methods import METHODS
+
+DEFAULT_METHODS = tuple(METHODS)  # ce, bs, ldam-drw, mixup, cutmix, remix, cpmix, concutmix, lfm
 KEYS = ("many", "medium", "few", "all")
 
 
