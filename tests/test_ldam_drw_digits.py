@@ -1,6 +1,6 @@
 """LDAM-DRW on digits-lt learns the few classes: with the reference NormedLinear classifier (unit-norm class
 vectors) and the papers' last partial batch, its few-class accuracy is far above chance and not below plain
-CE's on the same preset and seed — the opposite of the tail collapse a mis-initialised cosine classifier gave."""
+CE's on the same preset and seed — the opposite of the tail collapse the earlier model definition gave."""
 
 import pytest
 
