@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastlt.pipelines import augment_numba as fast
 from fastlt.pipelines import augment_ops as ops
 
 # AutoAugment's CIFAR-10 policy (Cubuk et al., 2019): 25 sub-policies of two (op, probability, magnitude bin).
@@ -99,20 +100,39 @@ def _pil_matrix(coeffs, width: int, height: int) -> list[float]:
             d, e, d * width / 2 + e * height / 2 + f - height / 2]
 
 
-def _run_tv(name: str, x: torch.Tensor, mags: np.ndarray, fill) -> torch.Tensor:
-    """AutoAugment op ``name`` at signed magnitudes ``mags`` (one per row), torchvision's meaning."""
-    H, W = x.shape[-2:]
+_TV_GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+def _tv_matrices(name: str, mags: np.ndarray, height: int, width: int) -> list[list[float]]:
+    """The inverse matrices of AutoAugment's geometric op ``name`` at signed magnitudes ``mags``."""
     if name in ("ShearX", "ShearY"):
         k = 0 if name == "ShearX" else 1
-        mats = [_shear_matrix(tuple(math.degrees(math.atan(m)) if i == k else 0.0 for i in (0, 1)), W, H)
-                for m in mags]
-        return ops.affine(x, mats, "nearest", fill)
+        return [_shear_matrix(tuple(math.degrees(math.atan(m)) if i == k else 0.0 for i in (0, 1)), width,
+                              height) for m in mags]
     if name in ("TranslateX", "TranslateY"):
         shift = [[float(int(m)), 0.0] if name == "TranslateX" else [0.0, float(int(m))] for m in mags]
-        mats = [ops.inverse_affine([0.0, 0.0], 0.0, t, [0.0, 0.0]) for t in shift]
-        return ops.affine(x, mats, "nearest", fill)
-    if name == "Rotate":
-        return ops.affine(x, [_rotate_matrix(float(m)) for m in mags], "nearest", fill)
+        return [ops.inverse_affine([0.0, 0.0], 0.0, t, [0.0, 0.0]) for t in shift]
+    return [_rotate_matrix(float(m)) for m in mags]
+
+
+_TV_CODES = {"Invert": fast.INVERT, "Contrast": fast.CONTRAST, "Sharpness": fast.SHARPNESS,
+             "AutoContrast": fast.AUTOCONTRAST, "Equalize": fast.EQUALIZE, "Posterize": fast.POSTERIZE,
+             "Color": fast.SATURATION, "Brightness": fast.BRIGHTNESS, "Solarize": fast.SOLARIZE}
+
+
+def _tv_factors(name: str, mags: np.ndarray) -> np.ndarray:
+    """The numba kernel's factor of a photometric AutoAugment op at signed magnitudes ``mags``."""
+    if name == "Solarize":
+        return 255.0 * mags
+    if name == "Posterize":
+        return mags
+    return 1.0 + mags
+
+
+def _run_tv(name: str, x: torch.Tensor, mags: np.ndarray, fill) -> torch.Tensor:
+    """AutoAugment op ``name`` at signed magnitudes ``mags`` (one per row), torchvision's meaning."""
+    if name in _TV_GEOMETRIC:
+        return ops.affine(x, _tv_matrices(name, mags, *x.shape[-2:]), "nearest", fill)
     if name == "Solarize":
         return ops.solarize(x, 255.0 * mags)
     if name == "Posterize":
@@ -142,18 +162,62 @@ class AutoAugment:
 
     def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
         H, W = x.shape[-2:]
+        cpu = fast.enabled(x)  # numba, in place: one pass per slot for every photometric row
         for k in (0, 1):
             names = np.array([sub[k][0] for sub in CIFAR10_POLICY])[p["sub"]]
             prob = np.array([sub[k][1] for sub in CIFAR10_POLICY])[p["sub"]]
             bins = np.array([sub[k][2] or 0 for sub in CIFAR10_POLICY])[p["sub"]]
             on = p["u"][:, k] <= prob
+            codes, factors = np.full(len(names), fast.NONE), np.zeros(len(names))
             for name in np.unique(names[on]):
-                table = autoaugment_magnitudes(str(name), H, W)
+                name = str(name)
+                rows = on & (names == name)
+                table = autoaugment_magnitudes(name, H, W)
                 mags = np.zeros(len(names)) if table is None else table[bins]
                 if name in SIGNED:
                     mags = np.where(p["neg"][:, k], -mags, mags)
-                run = lambda t, i, n=str(name), m=mags: _run_tv(n, t, m[i], self.fill)  # noqa: E731
-                ops.update_rows(x, on & (names == name), run)
+                if cpu and name in _TV_GEOMETRIC:
+                    idx = np.flatnonzero(rows)
+                    nearest = np.full(len(idx), fast.NEAREST)
+                    fast.affine_rows(x, idx, _tv_matrices(name, mags[idx], H, W), nearest, self.fill)
+                elif cpu:
+                    codes[rows], factors[rows] = _TV_CODES[name], _tv_factors(name, mags)[rows]
+                else:
+                    ops.update_rows(x, rows, lambda t, i, n=name, m=mags: _run_tv(n, t, m[i], self.fill))
+            if (codes != fast.NONE).any():
+                fast.color_ops(x, codes[:, None], factors[:, None])
+
+
+_RA_CODES = {"AutoContrast": fast.AUTOCONTRAST_PIL, "Equalize": fast.EQUALIZE, "Invert": fast.INVERT,
+             "Posterize": fast.POSTERIZE, "Solarize": fast.SOLARIZE, "SolarizeAdd": fast.SOLARIZE_ADD,
+             "Color": fast.SATURATION_PIL, "Contrast": fast.CONTRAST_PIL, "Brightness": fast.BRIGHTNESS,
+             "Sharpness": fast.SHARPNESS}
+
+
+def _ra_argument(name: str, level: np.ndarray) -> np.ndarray:
+    """timm's argument of photometric op ``name`` at levels ``m / 10`` (zeros for the ops that take none)."""
+    if name == "Posterize":
+        return np.floor(level * 4)
+    if name == "Solarize":
+        return np.minimum(256, np.floor(level * 256))
+    if name == "SolarizeAdd":
+        return np.minimum(128, np.floor(level * 110))
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return level * 1.8 + 0.1
+    return np.zeros_like(level)
+
+
+def _ra_photometric(name: str, x: torch.Tensor, level: np.ndarray) -> torch.Tensor:
+    """timm's photometric op ``name`` (Pillow's forms; torchvision's brightness, sharpness are Pillow's)."""
+    arg = _ra_argument(name, level)
+    by_argument = {"Posterize": ops.posterize, "Solarize": ops.solarize, "SolarizeAdd": ops.solarize_add,
+                   "Color": ops.saturation_pil, "Contrast": ops.contrast_pil, "Brightness": ops.brightness,
+                   "Sharpness": ops.sharpness}
+    if name in by_argument:
+        return by_argument[name](x, arg.astype(np.int64) if name in ("Posterize", "SolarizeAdd") else arg)
+    if name == "AutoContrast":
+        return ops.autocontrast_pil(x)
+    return _run_plain(name, x, arg)
 
 
 RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
@@ -182,39 +246,37 @@ class RandAugment:
                 "bicubic": rng.random(shape) < 0.5}
 
     def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
+        cpu = fast.enabled(x)  # numba, in place: one pass per layer for every photometric row
         for k in range(self.layers):
             on = p["u"][:, k] <= self.prob
             level = p["m"][:, k] / self.max_level
-            sign = np.where(p["neg"][:, k], -1.0, 1.0)
+            signed = level * np.where(p["neg"][:, k], -1.0, 1.0)
+            codes, factors = np.full(len(on), fast.NONE), np.zeros(len(on))
             for j in np.unique(p["op"][on, k]):
                 name = RAND_OPS[j]
                 rows = on & (p["op"][:, k] == j)
-                if name not in _GEOMETRIC:
-                    ops.update_rows(x, rows, lambda t, i, n=name, lv=level: self._photometric(n, t, lv[i]))
-                    continue
-                signed = level * sign
-                for bicubic in (False, True):
-                    mode = "bicubic" if bicubic else "bilinear"
-                    ops.update_rows(x, rows & (p["bicubic"][:, k] == bicubic),
-                                    lambda t, i, n=name, md=mode, s=signed: self._geometric(n, t, s[i], md))
-
-    def _photometric(self, name: str, x: torch.Tensor, level: np.ndarray) -> torch.Tensor:
-        if name == "Posterize":
-            return ops.posterize(x, (level * 4).astype(np.int64))
-        if name == "Solarize":
-            return ops.solarize(x, np.minimum(256, (level * 256).astype(np.int64)))
-        if name == "SolarizeAdd":
-            return ops.solarize_add(x, np.minimum(128, (level * 110).astype(np.int64)))
-        pillow = {"Color": ops.saturation_pil, "Contrast": ops.contrast_pil, "Brightness": ops.brightness,
-                  "Sharpness": ops.sharpness}  # torchvision's brightness and sharpness are Pillow's
-        if name in pillow:
-            return pillow[name](x, level * 1.8 + 0.1)
-        if name == "AutoContrast":
-            return ops.autocontrast_pil(x)
-        return _run_plain(name, x, level)
+                if name not in _GEOMETRIC and cpu:
+                    codes[rows], factors[rows] = _RA_CODES[name], _ra_argument(name, level)[rows]
+                elif name not in _GEOMETRIC:
+                    ops.update_rows(x, rows, lambda t, i, n=name, lv=level: _ra_photometric(n, t, lv[i]))
+                elif cpu:  # both interpolations in one pass
+                    idx = np.flatnonzero(rows)
+                    modes = np.where(p["bicubic"][idx, k], fast.BICUBIC, fast.BILINEAR)
+                    mats = self._matrices(name, signed[idx], *x.shape[-2:])
+                    fast.affine_rows(x, idx, mats, modes, self.fill)
+                else:
+                    for bicubic in (False, True):
+                        mode = "bicubic" if bicubic else "bilinear"
+                        run = lambda t, i, n=name, md=mode, s=signed: self._geometric(n, t, s[i], md)  # noqa: E731
+                        ops.update_rows(x, rows & (p["bicubic"][:, k] == bicubic), run)
+            if (codes != fast.NONE).any():
+                fast.color_ops(x, codes[:, None], factors[:, None])
 
     def _geometric(self, name: str, x: torch.Tensor, signed: np.ndarray, mode: str) -> torch.Tensor:
-        H, W = x.shape[-2:]
+        return ops.affine(x, self._matrices(name, signed, *x.shape[-2:]), mode, self.fill)
+
+    def _matrices(self, name: str, signed: np.ndarray, H: int, W: int) -> list[list[float]]:
+        """Inverse matrices of timm's geometric op ``name`` at signed levels (Pillow's affine maps)."""
         if name == "Rotate":
             mats = [_rotate_matrix(float(v) * 30.0) for v in signed]
         elif name in ("ShearX", "ShearY"):
@@ -225,4 +287,4 @@ class RandAugment:
             t = signed * self.translate_pct
             mats = [_pil_matrix((1, 0, v * W, 0, 1, 0) if name == "TranslateXRel" else (1, 0, 0, 0, 1, v * H),
                                 W, H) for v in t]
-        return ops.affine(x, mats, mode, self.fill)
+        return mats

@@ -153,3 +153,44 @@ def test_the_numba_colour_path_is_the_torch_reference_byte_for_byte(batch):
             if code != fast.NONE:
                 ref[i : i + 1] = torch_ops[code](ref[i : i + 1], factors[i : i + 1, code])
     _exact(mine.permute(0, 3, 1, 2), ref)
+
+
+def test_the_numba_point_ops_are_the_torch_reference_byte_for_byte(batch):
+    """Posterize, solarize, solarize-add, invert, both autocontrasts, equalize, Pillow's colour and contrast,
+    sharpness: the numba kernel against the torch kernels, each op on every row."""
+    if not fast.enabled(batch):
+        pytest.skip("numba is not installed or FASTLT_KERNELS forces the torch reference")
+    f = FACTORS
+    cases = [
+        (fast.POSTERIZE, np.arange(N) % 9, lambda x, a: ops.posterize(x, a.astype(np.int64))),
+        (fast.SOLARIZE, np.linspace(0, 256, N), ops.solarize),
+        (fast.SOLARIZE_ADD, np.arange(N) * 11.0, lambda x, a: ops.solarize_add(x, a.astype(np.int64))),
+        (fast.INVERT, f, lambda x, a: ops.invert(x)),
+        (fast.AUTOCONTRAST, f, lambda x, a: ops.autocontrast(x)),
+        (fast.AUTOCONTRAST_PIL, f, lambda x, a: ops.autocontrast_pil(x)),
+        (fast.EQUALIZE, f, lambda x, a: ops.equalize(x)),
+        (fast.SATURATION_PIL, f, ops.saturation_pil),
+        (fast.CONTRAST_PIL, f, ops.contrast_pil),
+        (fast.SHARPNESS, f, ops.sharpness),
+    ]
+    for code, arg, reference in cases:
+        mine = batch.permute(0, 2, 3, 1).clone()
+        fast.color_ops(mine.permute(0, 3, 1, 2), np.full((N, 1), code), arg[:, None])
+        _exact(mine.permute(0, 3, 1, 2), reference(batch, arg))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+def test_the_numba_affine_is_the_torch_path_within_one_grey_level(batch, mode):
+    """Same sampling as grid_sample, its own grid arithmetic: a rounding-boundary value may move by one."""
+    if not fast.enabled(batch):
+        pytest.skip("numba is not installed or FASTLT_KERNELS forces the torch reference")
+    H, W = batch.shape[-2:]
+    rng = np.random.default_rng(5)
+    mats = [ops.inverse_affine([rng.uniform(-W, W) / 2, rng.uniform(-H, H) / 2], rng.uniform(-30, 30),
+                               list(rng.uniform(-9, 9, 2)), list(rng.uniform(-15, 15, 2))) for _ in range(N)]
+    fill = (124, 116, 104)
+    mine = batch.permute(0, 2, 3, 1).clone()
+    code = {"nearest": fast.NEAREST, "bilinear": fast.BILINEAR, "bicubic": fast.BICUBIC}[mode]
+    fast.affine_rows(mine.permute(0, 3, 1, 2), np.arange(N), mats, np.full(N, code), fill)
+    diff = (mine.permute(0, 3, 1, 2).int() - ops.affine(batch, mats, mode, fill).int()).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3

@@ -85,8 +85,10 @@ def test_grayscale_and_blur_are_torchvisions_for_the_drawn_parameters(photos, ke
         assert torch.equal(out[i], expected), i
 
 
-def test_autoaugment_cifar10_is_torchvisions_for_the_drawn_subpolicies(photos):
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+def test_autoaugment_cifar10_is_torchvisions_for_the_drawn_subpolicies(photos, kernels, monkeypatch):
     """Row by row: torchvision's own AutoAugment op function, at the magnitude of the drawn bin and sign."""
+    monkeypatch.setenv("FASTLT_KERNELS", kernels)
     op = AutoAugment(fill=(128, 128, 128))
     p = op.draw(np.random.default_rng(3), N)
     out = _applied(op, photos, p)
@@ -127,9 +129,12 @@ def _timm_args(name: str, level: float, sign: float, width: int, height: int) ->
 GEOMETRIC_TOLERANCE = 3.0
 
 
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
 @pytest.mark.parametrize("name", RAND_OPS)
-def test_randaugment_ops_follow_timm_for_the_drawn_levels(photos, name):
+def test_randaugment_ops_follow_timm_for_the_drawn_levels(photos, name, kernels, monkeypatch):
     from timm.data.auto_augment import NAME_TO_OP
+
+    monkeypatch.setenv("FASTLT_KERNELS", kernels)
 
     op = RandAugment()
     rng = np.random.default_rng(6)

@@ -16,6 +16,7 @@ BENCHES = {
     "kernels": "fused mix and sparse soft-label CE vs timm / torchvision / dense CE",
     "step": "training steps/s and data-wait fraction, ce vs cpmix vs concutmix (--num-classes)",
     "eval": "metrics + report per evaluation at C = 8,142: per-image predictions vs the dense C × C matrix",
+    "augment": "ConCutMix's ImageNet augmentation batched vs torchvision v2 + timm per image in a DataLoader",
 }
 
 
