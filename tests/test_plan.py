@@ -45,6 +45,11 @@ def test_shard_disjoint_union_and_pairs_stay_together(world):
     assert sum(len(p.rows_of("a")) for p in parts) == Bm
     # ranks draw different augmentation randomness
     assert len({p.seed for p in parts}) == world
+    # each part knows the global plan and where its rows sit in it (per-row randomness is drawn over it)
+    for p in parts:
+        assert p.whole is plan and np.array_equal(plan.rows[p.global_positions], p.rows)
+    assert sorted(np.concatenate([p.global_positions for p in parts]).tolist()) == list(range(len(plan.rows)))
+    assert plan.whole is plan and np.array_equal(plan.global_positions, np.arange(len(plan.rows)))
 
 
 def test_eval_plans_cover_every_row_once_in_order_with_short_last_batch():
