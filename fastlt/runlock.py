@@ -38,7 +38,8 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _running(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a signal-0 probe)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +62,7 @@ def holder_is_dead(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
     pid = holder["pid"]
-    if not _running(pid):
+    if not pid_alive(pid):
         return True
     start = _process_start(pid)
     return start is not None and holder.get("pid_start") is not None and start != holder["pid_start"]

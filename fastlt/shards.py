@@ -61,6 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastlt.runlock import pid_alive
+
 SHARD_FORMAT_VERSION = 1
 GROUPS = ("many", "medium", "few")
 IMAGE_FIELD = "image"
@@ -627,16 +629,6 @@ def _signals_deferred() -> Iterator[list]:
             signal.signal(s, handler)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder: Path, split: str) -> None:
     """Temporary files a SIGKILLed conversion left behind never carry a final name; sweep them.
 
@@ -645,7 +637,7 @@ def remove_stale_temporaries(folder: Path, split: str) -> None:
     """
     for p in folder.glob(f".{split}.*.tmp"):
         pid = p.name.split(".")[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             p.unlink()
