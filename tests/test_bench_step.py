@@ -97,7 +97,8 @@ def test_bench_step_runs_and_writes_fastlt_and_reference_rows(bench_work, tmp_pa
     assert [(r["loop"], r["method"]) for r in refs] == [("reference", "ce"), ("reference", "cutmix")]
     for r in rows:
         assert {"steps/s", "img/s", "img/s (loaded)", "data wait", "× reference", "against", "loss",
-                "steps/s vs ce", "step time × ce", "epochs timed"} <= set(r)
+                "steps/s vs ce", "step time × ce", "epochs timed", "steps/s per epoch"} <= set(r)
+        assert len(r["steps/s per epoch"]) == r["epochs timed"] == 1
         ref = next(x for x in refs if x["method"] == reference_kind(r["method"]))
         assert r["× reference"] == pytest.approx(r["img/s"] / ref["img/s"])
         assert r["img/s"] == pytest.approx(8 * r["steps/s"])
@@ -105,6 +106,7 @@ def test_bench_step_runs_and_writes_fastlt_and_reference_rows(bench_work, tmp_pa
     assert rows[2]["img/s (loaded)"] > rows[2]["img/s"]  # main + CP-Mix pairs are loaded
     for r in refs:
         assert r["steps/s"] > 0 and 0 <= r["data wait"] <= 1 and np.isfinite(r["loss"])
+        assert len(r["steps/s per epoch"]) == r["epochs timed"] == 1
         assert "ImageFolder" in r["runs"]
 
 

@@ -119,6 +119,7 @@ def run_one(method: str, data: Path, runs: Path, args) -> dict:
         "data wait": statistics.median(rec["data_wait"] for rec in timed),
         "loss": lines[-1]["train_loss"],
         "epochs timed": len(timed),
+        "steps/s per epoch": [round(rec["steps_per_s"], 4) for rec in timed],
     }
 
 
@@ -161,6 +162,7 @@ def run_reference(kind: str, data: Path, root: Path, num_classes: int, args) -> 
         "loss": timed[-1].loss,
         "loss, warm-up epoch": warm.loss,
         "epochs timed": len(timed),
+        "steps/s per epoch": [round(t.steps_per_s, 4) for t in timed],
         "runs": describe(kind, args.model),
     }
 
