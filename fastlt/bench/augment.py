@@ -16,7 +16,9 @@ views (ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 + RandomGrayscale 0.2) — 4 × bat
 Images per second are 4 × batch / the mean time of a step over ``--steps`` consecutive steps, after warm-up
 steps that start the workers and drain the batches they prefetched (the baseline: 2 per worker + 1) or compile
 the numba kernels (fastlt: 1), so both sides are measured in steady state. Ratios are against the baseline of
-the same run.
+the same run. ``CPU ms/img`` is the process's CPU time per image where all the work runs in this process (the
+baseline again with ``--workers 0``, and fastlt): unlike wall time it barely moves when other processes share
+the cores.
 """
 
 from __future__ import annotations
@@ -123,14 +125,14 @@ def fastlt_step(images: np.ndarray, batch: int, device: torch.device):
     return step
 
 
-def steady_seconds(step, steps: int, warmup: int) -> float:
-    """Mean seconds of ``step()`` over ``steps`` consecutive calls after ``warmup`` calls."""
+def steady_seconds(step, steps: int, warmup: int) -> tuple[float, float]:
+    """Mean (wall, this process's CPU) seconds of ``step()`` over ``steps`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,17 +149,22 @@ def main(argv: list[str] | None = None) -> int:
     images = photographs(args.images, args.size)
     per_step = 4 * args.batch
     rows = []
-    base = steady_seconds(baseline_step(images, args.batch, args.workers), args.steps, 2 * args.workers + 1)
+    warmup = 2 * args.workers + 1  # start the workers, drain what they prefetched
+    base, _ = steady_seconds(baseline_step(images, args.batch, args.workers), args.steps, warmup)
     rows.append({"path": f"torchvision v2 + timm per image, DataLoader ({args.workers} workers)",
                  "device": "cpu", "ms/step": 1000 * base, "img/s": per_step / base, "× baseline": 1.0})
+    if args.workers:
+        t, cpu = steady_seconds(baseline_step(images, args.batch, 0), max(2, args.steps // 4), 1)
+        rows.append({"path": "the same in this process (--workers 0)", "device": "cpu", "ms/step": 1000 * t,
+                     "img/s": per_step / t, "× baseline": base / t, "CPU ms/img": 1000 * cpu / per_step})
     devices = ([] if args.no_cpu else [torch.device("cpu")]) + \
         ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for dev in devices:
-        t = steady_seconds(fastlt_step(images, args.batch, dev), args.steps, 1)
+        t, cpu = steady_seconds(fastlt_step(images, args.batch, dev), args.steps, 1)
         rows.append({"path": "fastlt batched (Augmentation.apply)", "device": dev.type, "ms/step": 1000 * t,
-                     "img/s": per_step / t, "× baseline": base / t})
+                     "img/s": per_step / t, "× baseline": base / t, "CPU ms/img": 1000 * cpu / per_step})
     title = (f"ConCutMix ImageNet augmentation, {args.batch} samples × 4 images of {args.size} px a step, "
              f"{torch.get_num_threads()} torch threads")
-    print_table(title, rows, ["path", "device", "ms/step", "img/s", "× baseline"])
+    print_table(title, rows, ["path", "device", "ms/step", "img/s", "× baseline", "CPU ms/img"])
     write_json(args.out, "augment", {"args": vars(args), "rows": rows})
     return 0
