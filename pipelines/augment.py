@@ -175,7 +175,6 @@ class Augmentation:
         from fastlt.recipes import split_augment
 
         default, named = split_augment(tuple(spec))
-        self.spec = tuple(spec)
         self.default = POLICIES[default]
         self.named = {segment: POLICIES[name] for segment, name in named.items()}
 
@@ -217,7 +216,3 @@ class Augmentation:
             for op in policy.ops:
                 op.apply(segment, {k: v[local] for k, v in op.draw(rng, end - first).items()})
         return images
-
-    @property
-    def has_operations(self) -> bool:
-        return any(p.ops for p in (self.default, *self.named.values()))

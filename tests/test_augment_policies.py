@@ -276,7 +276,9 @@ def test_a_plan_loads_the_same_twice_and_differently_with_another_seed():
 def test_crop_flip_runs_no_operation_and_every_policy_is_known():
     assert set(POLICIES) == set(AUGMENT_POLICIES)
     assert POLICIES["crop-flip"].ops == () and POLICIES["clip-center"].ops == ()
-    assert not Augmentation().has_operations and Augmentation(CCM_CIFAR).has_operations
+    assert Augmentation().policy("view1").name == "crop-flip"
+    assert [Augmentation(CCM_CIFAR).policy(s).name for s in ("main", "view2", "b")] == [
+        "autoaugment-cifar", "simclr-cifar", "crop-flip"]
     assert all(p.source for p in POLICIES.values())
 
 
