@@ -231,8 +231,12 @@ def _lfm_from_scratch(epochs: tuple[int, int]) -> Mapping[str, object]:
         lfm_tau=0.05,
         lfm_mms_T=0.05,
         lfm_clip_model="",
-        source="LFM from scratch (no CLIP checkpoint): Adam 3e-3, then W_I at 1e-4, T 0.05 — fastlt default, "
-        "as on digits-lt; with --clip-checkpoint use the released values (e.g. --lfm-lrs 5e-6,1e-2)",
+        # CLIP's centre crop is the released fine-tuning augmentation; a backbone trained from scratch needs
+        # the random crops every other from-scratch recipe uses
+        augment=("crop-flip",),
+        source="LFM from scratch (no CLIP checkpoint): Adam 3e-3, then W_I at 1e-4, T 0.05, crop-flip — "
+        "fastlt default, as on digits-lt; with --clip-checkpoint use the released values (e.g. --lfm-lrs "
+        "5e-6,1e-2 --augment clip-center)",
     )
 
 
