@@ -13,7 +13,7 @@ from fastlt.shards import open_shard
 def test_exif_orientation_is_ignored_like_torchvisions_loader(tmp_path):
     root = tmp_path / "photos" / "train"
     g = np.random.default_rng(0)
-    for c, name in enumerate(("cat", "dog")):
+    for name in ("cat", "dog"):
         (root / name).mkdir(parents=True)
         for i in range(3):
             # a wide image (48 × 24) whose tag says "rotate 90° to display" (orientation 6)
