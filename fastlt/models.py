@@ -257,8 +257,8 @@ def _unknown(kind: str, name: str, choices: list[str], hint: str) -> ValueError:
 _TV_AUX = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
-class TorchvisionBackbone(nn.Module):
-    """A torchvision classification model whose final ``nn.Linear`` is an ``nn.Identity``."""
+class _LibraryBackbone(nn.Module):
+    """A model from a library, its head removed: ``forward`` returns its ``out_dim`` pooled features."""
 
     def __init__(self, net: nn.Module, out_dim: int):
         super().__init__()
@@ -267,6 +267,10 @@ class TorchvisionBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class TorchvisionBackbone(_LibraryBackbone):
+    """A torchvision classification model whose final ``nn.Linear`` is an ``nn.Identity``."""
 
     def group_matcher(self, coarse: bool = False) -> dict | None:
         """timm's ResNet grouping for torchvision ResNets / ResNeXts; None (no known grouping) otherwise."""
@@ -296,16 +300,8 @@ def _torchvision(name: str, pretrained: str | None) -> TorchvisionBackbone:
     return TorchvisionBackbone(net, head.in_features)
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(_LibraryBackbone):
     """A timm model built with ``num_classes=0``: ``forward`` returns its pooled pre-logits features."""
-
-    def __init__(self, net: nn.Module, out_dim: int):
-        super().__init__()
-        self.net = net
-        self.out_dim = int(out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def _timm(name: str, pretrained: str | None) -> TimmBackbone:
