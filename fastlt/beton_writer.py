@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastlt.shards import IMAGE_FIELD, LABEL_FIELD
-
+# The two fields of a fastlt .beton, in FFCV's field order (the shard layout; fastlt.shards re-exports them).
+IMAGE_FIELD = "image"
+LABEL_FIELD = "label"
 PAGE_SIZE = 1 << 23  # FFCV's default, 8 MiB
 MAX_PAGE_SIZE = 1 << 31  # the header stores the page size as uint32, a power of two
 

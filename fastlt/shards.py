@@ -61,12 +61,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fastlt.beton_writer import IMAGE_FIELD, LABEL_FIELD
 from fastlt.runlock import pid_alive
 
 SHARD_FORMAT_VERSION = 1
 GROUPS = ("many", "medium", "few")
-IMAGE_FIELD = "image"
-LABEL_FIELD = "label"
 INDEX_DIGEST = "index_sha256"  # the index file's digest of the rest of its content
 
 
