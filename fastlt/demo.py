@@ -55,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fastlt demo: {e}", file=sys.stderr)
             return 2
     print(f"\ndigits-lt test accuracy (%), {time.perf_counter() - t0:.0f} s in all")
-    print(M.TABLE_HEADER)
-    for method, s in results.items():
-        print(M.format_row(method, s))
+    print(M.summary_table(list(results.items())))
     print(f"runs, plots and metrics: {args.runs}/demo-bs, {args.runs}/demo-cpmix")
     return 0

@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, CheckpointError, RecipeError) as e:
         print(f"fastlt eval: {e}", file=sys.stderr)
         return 2
-    print(M.TABLE_HEADER)
-    print(M.format_row(f"epoch {s['epoch'] + 1}", s))
+    print(M.summary_table([(f"epoch {s['epoch'] + 1}", s)]))
     for w in s["collapse"]:
         print(f"WARNING predictions collapse: {w}")
     print(f"wrote {s['out_dir']}/eval.json and report.html")

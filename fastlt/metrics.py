@@ -263,14 +263,19 @@ def training_pairs(counts, names, k: int = TRAIN_PAIRS) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ output
-def format_row(label: str, s: dict) -> str:
-    def f(v):
-        return "  n/a" if v is None else f"{v:5.1f}"
-
-    return f"{label:<20} {f(s['many'])}  {f(s['medium'])}  {f(s['few'])}  {f(s['all'])}"
-
-
-TABLE_HEADER = f"{'':<20}  many  medium  few    all"
+def summary_table(rows: list[tuple[str, dict]]) -> str:
+    """The many / medium / few / all table of ``(label, summary)`` rows. A group no class of the dataset falls
+    into gets no column: the table says which groups the dataset has instead of printing empty columns."""
+    present = [g for g in GROUPS if any(s[g] is not None for _, s in rows)]
+    cols = [*present, "all"]
+    lines = [f"{'':<20} " + " ".join(f"{c:>7}" for c in cols)]
+    for label, s in rows:
+        cells = (f"{s[c]:7.1f}" if s[c] is not None else "    n/a" for c in cols)
+        lines.append(f"{label:<20} " + " ".join(cells))
+    missing = [g for g in GROUPS if g not in present]
+    if missing:
+        lines.append(f"(no {' or '.join(missing)} classes in this dataset's groups)")
+    return "\n".join(lines)
 
 
 def eval_record(summary: dict, index, extra: dict | None = None) -> dict:

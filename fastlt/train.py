@@ -446,9 +446,8 @@ def save_epoch(run: Run, st: StageRun, record: dict) -> None:
         stream_to_tensorboard(run.dir, record)
     run.log(
         f"epoch {record['epoch'] + 1:>3}/{run.total_epochs} {st.stage.name:<8} "
-        f"loss {record['train_loss']:.4f} acc {_f(record['train_acc'])} | "
-        f"test many {_f(record['many'])} medium {_f(record['medium'])} "
-        f"few {_f(record['few'])} all {_f(record['all'])} | {record['img_per_s']:.0f} img/s, "
+        f"loss {record['train_loss']:.4f} acc {_f(record['train_acc'])} | {_test_part(record)} | "
+        f"{record['img_per_s']:.0f} img/s, "
         f"data wait {record['data_wait']:.0%}" + M.collapse_note(record)
     )
 
@@ -514,6 +513,14 @@ class Progress:
 
 def _f(v) -> str:
     return " n/a" if v is None else f"{v:4.1f}"
+
+
+def _test_part(record: dict) -> str:
+    """``test many … medium … few … all …``, leaving out a group the dataset has no class in."""
+    if record["all"] is None:
+        return "test n/a"
+    groups = [g for g in ("many", "medium", "few") if record[g] is not None]
+    return "test " + " ".join(f"{g} {record[g]:4.1f}" for g in (*groups, "all"))
 
 
 def _resume_hint(run_dir: Path) -> str:
@@ -596,6 +603,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastlt train: interrupted{hint}", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
-        print(M.TABLE_HEADER)
-        print(M.format_row(f"{recipe.dataset}/{recipe.method}", summary))
+        print(M.summary_table([(f"{recipe.dataset}/{recipe.method}", summary)]))
     return 0

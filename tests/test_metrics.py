@@ -251,3 +251,12 @@ def test_results_table_cells_are_mean_and_sample_std():
         {"bs": [dict(many=1.0, medium=2.0, few=3.0, all=4.0), dict(many=3.0, medium=2.0, few=5.0, all=6.0)]}
     )
     assert t.splitlines()[-1] == "| bs | 2.0 ± 1.4 | 2.0 ± 0.0 | 4.0 ± 1.4 | 5.0 ± 1.4 |"
+
+
+def test_summary_table_has_no_column_for_a_group_without_classes():
+    one_group = M.summary_table([("mine/bs", dict(many=None, medium=None, few=80.0, all=80.0))])
+    header, row, note = one_group.splitlines()
+    assert header.split() == ["few", "all"] and row.split() == ["mine/bs", "80.0", "80.0"]
+    assert note == "(no many or medium classes in this dataset's groups)"
+    full = M.summary_table([("digits/bs", dict(many=95.0, medium=94.0, few=80.0, all=92.0))])
+    assert full.splitlines()[0].split() == ["many", "medium", "few", "all"] and len(full.splitlines()) == 2
