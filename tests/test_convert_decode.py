@@ -29,7 +29,7 @@ from fastlt.shards import open_shard
 from synth import psnr, save_jpeg, tiny_photo
 
 SIZES = [(300, 200), (120, 310), (400, 90), (257, 257), (100, 80)]  # wide, tall, very wide, square, small
-KINDS = ["baseline", "progressive", "grey", "cmyk", "png"]
+KINDS = ["baseline", "progressive", "grey", "cmyk", "png", "chroma444", "chroma422"]
 
 
 def save(path, img: np.ndarray, kind: str) -> None:
@@ -42,6 +42,8 @@ def save(path, img: np.ndarray, kind: str) -> None:
         im.convert("L").save(path, "JPEG", quality=90)
     elif kind == "cmyk":
         im.convert("CMYK").save(path, "JPEG", quality=90)
+    elif kind.startswith("chroma"):
+        im.save(path, "JPEG", quality=90, subsampling={"chroma444": 0, "chroma422": 1}[kind])
     else:
         im.save(path, "PNG")
 
@@ -132,9 +134,11 @@ def test_raw_rows_are_the_scaled_decode_box_filtered(tree, tmp_path, max_res):
 @pytest.mark.parametrize("max_res", [150, 64])
 def test_jpeg_rows_keep_the_picture(tree, tmp_path, max_res):
     rows = convert(tree, tmp_path / "out", "--max-resolution", str(max_res), "--reencode")
-    for sid, (mode, _, _, pixels, _) in rows.items():
+    for sid, (mode, _, _, pixels, data) in rows.items():
         _, naive = reference(tree / sid, max_res)
         assert mode == "jpg" and pixels.shape == naive.shape and psnr(pixels, naive) >= 24, sid
+        # Shrunk on YUV planes into 4:2:0, or into greyscale from a greyscale source.
+        assert Image.open(io.BytesIO(data)).mode == ("L" if sid.startswith("grey/") else "RGB"), sid
 
 
 def test_source_jpegs_are_stored_byte_for_byte_by_default(tree, tmp_path):
@@ -142,7 +146,7 @@ def test_source_jpegs_are_stored_byte_for_byte_by_default(tree, tmp_path):
     stored = {sid for sid, row in rows.items() if row[4] == (tree / sid).read_bytes()}
     # Baseline colour and greyscale JPEGs that need no resize; never progressive, CMYK or PNG sources, and
     # nothing that was shrunk.
-    assert stored == {"baseline/100x80.jpg", "grey/100x80.jpg"}
+    assert stored == {f"{kind}/100x80.jpg" for kind in ("baseline", "grey", "chroma444", "chroma422")}
     for sid in stored:
         np.testing.assert_array_equal(rows[sid][3], pil_decode(tree / sid))
     progressive_id = "progressive/100x80.jpg"
@@ -155,7 +159,7 @@ def test_keep_jpeg_adds_progressive_and_reencode_stores_none(tree, tmp_path):
         rows = convert(tree, tmp_path / "-".join(extra), "--max-resolution", "150", *extra)
         return {sid for sid, row in rows.items() if row[4] == (tree / sid).read_bytes()}
 
-    small = {f"{kind}/100x80.jpg" for kind in ("baseline", "grey", "progressive")}
+    small = {f"{kind}/100x80.jpg" for kind in ("baseline", "grey", "chroma444", "chroma422", "progressive")}
     assert stored("--keep-jpeg") == small
     assert stored("--reencode") == set()
 

@@ -64,6 +64,9 @@ def test_check_refuses_truncation_garbage_and_a_zero_filled_scan(jpeg_bytes):
     with pytest.raises(ValueError, match="Premature end of JPEG file"):
         images.check_jpeg(jpeg_bytes[: len(jpeg_bytes) * 2 // 3])
     with pytest.raises(ValueError):
+        images.check_jpeg(jpeg_bytes[:400])  # cut inside the headers
+    assert images.check_jpeg(jpeg_bytes), "a refused file leaves the decoder usable for the next one"
+    with pytest.raises(ValueError):
         images.check_jpeg(b"\xff\xd8\xff\xe0 this is not a JPEG at all" * 4)
     n = len(jpeg_bytes)
     zeroed = jpeg_bytes[: n // 2] + bytes(400) + jpeg_bytes[n // 2 + 400 :]

@@ -15,10 +15,10 @@ so that a change of load on a shared machine falls on all of them), median repor
 * **PIL, N processes** — the same loop over a ``multiprocessing.Pool(--workers)``, at each resolution
   (``Image.draft`` + a box-filter ``resize`` to the bound for the bounded rows): the same work with the same
   cores — the baseline every ratio is taken against.
-* **decode only** — libjpeg-turbo (simplejpeg, strict) decoding each file at the scale the converter decodes
-  it at, and nothing else, over N processes: the ceiling of any converter that decodes every image once. At
-  full size two: the full decode (the ceiling of ``--reencode``) and the 1/8-scale validation decode (that of
-  the default, which stores the source JPEGs).
+* **decode only** — libjpeg-turbo (strict, TurboJPEG API) decoding each file as the converter decodes it —
+  to YUV planes at its DCT scale — and nothing else, over N processes: the ceiling of any converter that
+  decodes every image once. At full size two: the full decode (the ceiling of ``--reencode``) and the
+  1/8-scale validation decode (that of the default, which stores the source JPEGs).
 * **fastlt convert** — ``tools/convert inat2018 --splits train --workers N`` end to end: JSON parse, one
   strict decode per image, resize + encode (or the source bytes), layout, checksum, index. At full size also
   with ``--reencode`` (every image decoded and re-encoded at q90: the same work as the PIL loop).
@@ -64,20 +64,19 @@ def _pil_reencode(task) -> int:
 
 
 def _decode_only(task) -> int:
-    """The converter's decode of one file and nothing else: at the DCT scale it would use for ``max_res``,
-    or (``max_res`` = 'validate') the 1/8-scale validation decode of a JPEG it stores as it is."""
-    import simplejpeg
-
-    from fastlt.datasets import images
+    """The converter's decode of one file and nothing else: the strict decode to YUV planes at the DCT scale
+    it uses for ``max_res``, or (``max_res`` = 'validate') the 1/8-scale validation decode of a JPEG it
+    stores as it is."""
+    from fastlt.datasets import images, turbojpeg
 
     path, max_res = task
     with open(path, "rb") as f:
         data = f.read()
     if max_res == "validate":
         return sum(images.check_jpeg(data))
-    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-    f = images.dct_factor(w, h, *images.target_size(w, h, max_res))
-    return simplejpeg.decode_jpeg(data, "RGBX", min_height=-(-h // f), min_width=-(-w // f), strict=True).size
+    head = turbojpeg.header(data)
+    f = images.dct_factor(head.width, head.height, *images.target_size(head.width, head.height, max_res))
+    return sum(p.size for p in turbojpeg.decode_planes(data, head, f))
 
 
 def cpu_seconds() -> float:

@@ -1,22 +1,24 @@
 """Source image → shard row, with one strict decode per image in the process that validates it.
 
-A JPEG (recognised by its first bytes, whatever its name) goes through libjpeg-turbo (simplejpeg) in strict
-mode: every libjpeg warning — premature end of data, extraneous bytes before a marker, a bad Huffman code —
-is an error, and a file libjpeg rejects is never handed to a more tolerant decoder. Before decoding, a scan
-region overwritten with zeros, which libjpeg can decode without a warning, is refused too
+A JPEG (recognised by its first bytes, whatever its name) goes through libjpeg-turbo — the library FFCV's
+loader decodes with, through its TurboJPEG API (:mod:`fastlt.datasets.turbojpeg`) — in strict mode: every
+libjpeg warning (premature end of data, extraneous bytes before a marker, a bad Huffman code) is an error,
+and a file libjpeg rejects is never handed to a more tolerant decoder. Before decoding, a scan region
+overwritten with zeros, which libjpeg can decode without a warning, is refused too
 (:func:`fastlt.datasets.jpeg.zero_filled_scan`). Then either
 
 * the source bytes are the row (jpg mode, no resize needed, a baseline YCbCr or greyscale JPEG — see
   :class:`RowSpec`): the one decode is at 1/8 scale, which still entropy-decodes every block, so every
   warning is still seen, while skipping most of the inverse DCT and all of the colour conversion; or
 * the image is decoded once, DCT-scaled by the largest of 1/2, 1/4, 1/8 that keeps both sides at or above
-  the target (libjpeg drops high-frequency coefficients: a proper low-pass, at a fraction of the cost), shrunk
-  the rest of the way to the exact target size with an area filter (:mod:`fastlt.datasets.resize`) and
-  encoded once (libjpeg-turbo, 4:2:0 like OpenCV's default, accurate DCT).
+  the target (libjpeg drops high-frequency coefficients: a proper low-pass, at a fraction of the cost),
+  shrunk the rest of the way to the exact target size with an area filter (:mod:`fastlt.datasets.resize`)
+  and encoded once (4:2:0 like OpenCV's default — greyscale stays greyscale — accurate DCT). In jpg mode this
+  all happens on YUV planes, so chroma is never upsampled or converted to RGB and back.
 
 Other formats (PNG, ...) are decoded by PIL, which raises on truncated or corrupt data, then shrunk and
-encoded the same way. CMYK/YCCK JPEGs are decoded as CMYK and converted to RGB as PIL converts them (Adobe
-polarity, which PIL assumes for every CMYK JPEG), and are always re-encoded.
+encoded the same way from RGB. CMYK/YCCK JPEGs are decoded as CMYK and converted to RGB as PIL converts them
+(Adobe polarity, which PIL assumes for every CMYK JPEG), and are always re-encoded.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastlt.beton_writer import Row
-from fastlt.datasets import jpeg
+from fastlt.datasets import jpeg, turbojpeg
 from fastlt.datasets.resize import area_resize
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -124,42 +126,24 @@ def _read(path: str | os.PathLike) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------ JPEG
-def _simplejpeg():
-    try:
-        import simplejpeg
-    except ImportError:  # pragma: no cover - installed with fastlt[ffcv]
-        raise ImportError(
-            "converting JPEGs needs simplejpeg (libjpeg-turbo with strict decoding): pip install simplejpeg"
-        ) from None
-    return simplejpeg
-
-
-def _jpeg_header(data: bytes) -> tuple[int, int, str]:
-    """(width, height, colour space) from the frame header; refuses sizes the shard cannot hold and
-    zero-filled scan regions."""
-    height, width, colorspace, _ = _simplejpeg().decode_jpeg_header(data, strict=True)
-    _check_size(width, height)
+def _jpeg_header(data: bytes) -> turbojpeg.Header:
+    """The frame header; refuses sizes the shard cannot hold and zero-filled scan regions."""
+    head = turbojpeg.header(data)
+    _check_size(head.width, head.height)
     damage = jpeg.zero_filled_scan(data)
     if damage:
         raise ValueError(damage)
-    return width, height, colorspace
+    return head
 
 
-def _is_cmyk(colorspace: str) -> bool:
-    return colorspace in ("CMYK", "YCCK")
+def _is_cmyk(head: turbojpeg.Header) -> bool:
+    return head.colorspace in ("CMYK", "YCCK")
 
 
-def _decode_scaled(data: bytes, width: int, height: int, f: int, out: str) -> np.ndarray:
-    """Strict decode at exactly 1/f scale into ``out`` ('RGBX', 'GRAY' or 'CMYK')."""
-    return _simplejpeg().decode_jpeg(
-        data, out, min_height=-(-height // f), min_width=-(-width // f), strict=True
-    )
-
-
-def _validate(data: bytes, width: int, height: int, colorspace: str) -> None:
+def _validate(data: bytes, head: turbojpeg.Header) -> None:
     """The cheapest strict decode: 1/8 scale, one channel (four for CMYK, which libjpeg cannot make grey).
     Every block is still entropy-decoded, which is where damage shows."""
-    _decode_scaled(data, width, height, 8, "CMYK" if _is_cmyk(colorspace) else "GRAY")
+    turbojpeg.decode(data, head, 8, turbojpeg.TJPF_CMYK if _is_cmyk(head) else turbojpeg.TJPF_GRAY)
 
 
 def _cmyk_to_rgbx(cmyk: np.ndarray) -> np.ndarray:
@@ -177,36 +161,74 @@ def _cmyk_to_rgbx(cmyk: np.ndarray) -> np.ndarray:
 
 def check_jpeg(data: bytes) -> tuple[int, int]:
     """(width, height) if libjpeg decodes ``data`` without a warning and its scans are intact, else raises."""
-    width, height, colorspace = _jpeg_header(data)
-    _validate(data, width, height, colorspace)
-    return width, height
+    head = _jpeg_header(data)
+    _validate(data, head)
+    return head.width, head.height
 
 
-def _storable(data: bytes, colorspace: str, store_source: str) -> bool:
+def _storable(data: bytes, head: turbojpeg.Header, store_source: str) -> bool:
     """Whether the file itself may be the row: every reader (FFCV's TurboJPEG, DALI, PIL) decodes YCbCr and
     greyscale JPEGs to RGB; progressive ones decode 2-3x slower at training time, so only on request."""
-    if store_source == "never" or colorspace not in ("YCbCr", "Gray"):
+    if store_source == "never" or head.colorspace not in ("YCbCr", "Gray"):
         return False
     return store_source == "any" or jpeg.process(data) in jpeg.SEQUENTIAL_HUFFMAN
 
 
+# Chroma samples per luma pixel, (across, down), of the subsamplings whose planes shrink to 4:2:0 (4:1:1
+# chroma is narrower than 4:2:0's: such files take the RGB path).
+_CHROMA_STEP = {
+    turbojpeg.TJSAMP_444: (1, 1),
+    turbojpeg.TJSAMP_422: (2, 1),
+    turbojpeg.TJSAMP_420: (2, 2),
+    turbojpeg.TJSAMP_440: (1, 2),
+    turbojpeg.TJSAMP_GRAY: (1, 1),
+}
+
+
+def _planes_row(
+    data: bytes, head: turbojpeg.Header, f: int, size: tuple[int, int], spec: RowSpec, clock: Clock
+) -> Row:
+    """Decode to YUV planes at 1/f, shrink each plane to the target's 4:2:0 (or greyscale) planes, encode.
+    No chroma upsampling, colour conversion or chroma downsampling happens on the way."""
+    t0 = time.process_time()
+    planes = turbojpeg.decode_planes(data, head, f)
+    t1 = time.process_time()
+    tw, th = size
+    grey = head.subsampling == turbojpeg.TJSAMP_GRAY
+    out_samp = turbojpeg.TJSAMP_GRAY if grey else turbojpeg.TJSAMP_420
+    shrunk = []
+    for i, plane in enumerate(planes):
+        (ix, iy), (ox, oy) = (_CHROMA_STEP[head.subsampling], (2, 2)) if i else ((1, 1), (1, 1))
+        rows, cols = turbojpeg.plane_shape(i, tw, th, out_samp)
+        extent = (head.width / f / ix, head.height / f / iy)
+        shrunk.append(area_resize(plane, cols, rows, extent, (tw / ox, th / oy)))
+    row = Row("jpg", th, tw, turbojpeg.encode_planes(shrunk, tw, th, out_samp, spec.jpeg_quality))
+    clock.decode_s += t1 - t0
+    clock.encode_s += time.process_time() - t1
+    return row
+
+
 def _jpeg_row(data: bytes, spec: RowSpec, clock: Clock) -> Row:
     t0 = time.process_time()
-    width, height, colorspace = _jpeg_header(data)
-    tw, th = target_size(width, height, spec.max_resolution)
-    stored = spec.write_mode == "jpg" and (tw, th) == (width, height)
-    if stored and _storable(data, colorspace, spec.store_source):
-        _validate(data, width, height, colorspace)
+    head = _jpeg_header(data)
+    tw, th = target_size(head.width, head.height, spec.max_resolution)
+    stored = spec.write_mode == "jpg" and (tw, th) == (head.width, head.height)
+    if stored and _storable(data, head, spec.store_source):
+        _validate(data, head)
         clock.decode_s += time.process_time() - t0
-        return Row("jpg", height, width, data)
-    f = dct_factor(width, height, tw, th)
-    if _is_cmyk(colorspace):
-        pixels = _cmyk_to_rgbx(_decode_scaled(data, width, height, f, "CMYK"))
+        return Row("jpg", head.height, head.width, data)
+    f = dct_factor(head.width, head.height, tw, th)
+    clock.decode_s += time.process_time() - t0
+    if spec.write_mode == "jpg" and head.colorspace in ("YCbCr", "Gray") and head.subsampling in _CHROMA_STEP:
+        return _planes_row(data, head, f, (tw, th), spec, clock)
+    t0 = time.process_time()
+    if _is_cmyk(head):
+        pixels = _cmyk_to_rgbx(turbojpeg.decode(data, head, f, turbojpeg.TJPF_CMYK))
     else:
-        pixels = _decode_scaled(data, width, height, f, "RGBX")
+        pixels = turbojpeg.decode(data, head, f, turbojpeg.TJPF_RGBX)
     clock.decode_s += time.process_time() - t0
     # libjpeg rounds a scaled side up: its last pixel may stand for fewer than f source pixels.
-    return _finish(pixels, tw, th, spec, clock, extent=(width / f, height / f))
+    return _finish(pixels, tw, th, spec, clock, extent=(head.width / f, head.height / f))
 
 
 # ------------------------------------------------------------------------------------------- other formats
@@ -233,10 +255,7 @@ def _finish(
             pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA)
         pixels = area_resize(pixels, width, height, extent)
     if spec.write_mode == "jpg":
-        colorspace = "RGBX" if pixels.shape[2] == 4 else "RGB"
-        data = _simplejpeg().encode_jpeg(
-            np.ascontiguousarray(pixels), spec.jpeg_quality, colorspace, "420", fastdct=False
-        )
+        data = turbojpeg.encode(pixels, spec.jpeg_quality)
     else:
         if pixels.shape[2] == 4:
             pixels = cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
