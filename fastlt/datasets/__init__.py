@@ -8,7 +8,8 @@
   it and makes its row; all splits written under temporary names and published together (train first; its
   counts define every split's groups);
 * ``images`` — source image → shard row (strict libjpeg-turbo decode, DCT scaling, area resize, one
-  encode, or the source JPEG itself), with ``jpeg`` (scan damage libjpeg misses) and ``resize``;
+  encode, or the source JPEG itself), with ``turbojpeg`` (the TurboJPEG API), ``jpeg`` (scan damage
+  libjpeg misses) and ``resize``;
 * ``longtail`` — the exponential long-tail profile and the CIFAR-LT reference draw;
 * one module per source format: ``digits`` (embedded), ``cifar``, ``oltr`` (ImageNet-LT, Places-LT),
   ``inat``, ``imagefolder``; each exposes ``add_arguments(parser)`` and ``build(args) -> Job``;
