@@ -182,9 +182,10 @@ class ResNetCifar(nn.Module):
     """ResNet-(6n+2) for 32×32 inputs; n = 5 gives ResNet-32 (0.46 M parameters).
 
     Module names follow the release (``conv1``, ``bn1``, ``layer1``–``layer3``) so its state-dict keys match.
+    ``init=False`` leaves torch's default initialisation for a caller that applies :func:`kaiming_init` later.
     """
 
-    def __init__(self, n: int = 5, widths: tuple[int, int, int] = (16, 32, 64)):
+    def __init__(self, n: int = 5, widths: tuple[int, int, int] = (16, 32, 64), init: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -194,7 +195,8 @@ class ResNetCifar(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             cin = w
         self.out_dim = widths[-1]
-        self.apply(kaiming_init)
+        if init:
+            self.apply(kaiming_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -352,9 +354,12 @@ def build_model(
     width: int = 16,
     pretrained: str | None = None,
 ) -> Classifier:
-    backbone = build_backbone(name, width=width, pretrained=pretrained)
-    model = Classifier(backbone, backbone.out_dim, num_classes, classifier, cosine_scale)
     if name == "resnet32":
-        # The release initialises its linear head like the convolutions; NormedLinear keeps its own init.
-        model.classifier.apply(kaiming_init)
-    return model
+        # The release builds every layer (torch's default draws: convolutions, then the head) and only then
+        # re-draws conv and linear weights with kaiming_init in module order; NormedLinear keeps its own draw.
+        # Built in the same order, one seed gives the release's initial weights.
+        model = Classifier(ResNetCifar(5, init=False), 64, num_classes, classifier, cosine_scale)
+        model.apply(kaiming_init)
+        return model
+    backbone = build_backbone(name, width=width, pretrained=pretrained)
+    return Classifier(backbone, backbone.out_dim, num_classes, classifier, cosine_scale)

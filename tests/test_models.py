@@ -88,6 +88,34 @@ def test_resnet32_initialisation_is_kaiming_normal_fan_in():
     assert m.classifier.bias.abs().max() <= 64**-0.5  # nn.Linear's default bias init stays
 
 
+def _release_draws(seed: int, head: str) -> list[torch.Tensor]:
+    """The release's construction order written out: every layer with torch's default init (convolutions in
+    module order, then the head), then kaiming_normal_ on convolutions and linear head in module order."""
+    torch.manual_seed(seed)
+    shapes = [(3, 16)] + [(16, 16)] * 10 + [(16, 32)] + [(32, 32)] * 9 + [(32, 64)] + [(64, 64)] * 9
+    convs = [torch.nn.Conv2d(cin, cout, 3, bias=False) for cin, cout in shapes]
+    if head == "linear":
+        fc = torch.nn.Linear(64, 10)
+        weights = [c.weight for c in convs] + [fc.weight]
+        for w in weights:
+            torch.nn.init.kaiming_normal_(w)
+        return [w.detach() for w in weights] + [fc.bias.detach()]
+    normed = torch.empty(64, 10).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)  # NormedLinear, [D, C]
+    for c in convs:
+        torch.nn.init.kaiming_normal_(c.weight)
+    return [c.weight.detach() for c in convs] + [normed.t()]
+
+
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_resnet32_draws_the_releases_initial_weights(head):
+    want = _release_draws(7, head)
+    torch.manual_seed(7)
+    m = build_model("resnet32", 10, classifier=head)
+    got = [c.weight for c in m.backbone.modules() if isinstance(c, torch.nn.Conv2d)]
+    got += [m.classifier.weight] + ([m.classifier.bias] if head == "linear" else [])
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_cosine_classifier_is_normed_linear():
     torch.manual_seed(3)
     head = CosineClassifier(5, 4, scale=30.0)
