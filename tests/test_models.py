@@ -126,7 +126,7 @@ def test_cosine_classifier_is_normed_linear():
     assert torch.allclose(head.weight.t(), release, atol=1e-6)
     assert torch.allclose(head.weight.norm(dim=1), torch.ones(4), atol=1e-5)
     f = torch.randn(6, 5)
-    cos = torch.tensor([[torch.dot(a, w) / (a.norm() * w.norm()) for w in head.weight] for a in f])
+    cos = torch.tensor([[torch.dot(a, w) / (a.norm() * w.norm()) for w in head.weight.detach()] for a in f])
     assert torch.allclose(head(f), 30.0 * cos, atol=1e-4)
     assert torch.allclose(head(3 * f), head(f), atol=1e-5)  # invariant to feature norm
     raw = CosineClassifier(5, 4, scale=None)
