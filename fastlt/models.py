@@ -20,8 +20,9 @@ Model names (``build_model(name, num_classes, ...)``):
 
 torchvision and timm models start from their library's random initialisation; ``pretrained=PATH`` then loads a
 local file — a torch state dict (optionally under ``"state_dict"`` or ``"model"``, ``module.`` prefixes
-stripped) or a ``.safetensors`` file, in the library's own key names. Nothing downloads. The checkpoint's
-classifier keys are ignored; any other missing, unexpected or mis-shaped key is a ``ValueError`` naming the
+stripped) or a ``.safetensors`` file, in the library's own key names (for ``resnet32``: a checkpoint of the
+released CIFAR code, whose key names are fastlt's). Nothing downloads. The checkpoint's classifier keys are
+ignored; any other missing, unexpected or mis-shaped key is a ``ValueError`` naming the
 file and the first offending keys (so is a missing or unreadable file).
 
 Classifiers: ``linear`` (with bias) or ``cosine`` — the ``NormedLinear`` of the LDAM / BCL / ConCutMix
@@ -325,12 +326,21 @@ def _timm(name: str, pretrained: str | None) -> TimmBackbone:
     return TimmBackbone(net, dim)
 
 
+def _load_cifar(backbone: ResNetCifar, pretrained: str | None) -> ResNetCifar:
+    # The release's key names are ours; its head (``linear``: Linear or NormedLinear) is not the backbone's.
+    if pretrained:
+        load_local_weights(backbone, pretrained, "CIFAR ResNet-32", ("linear.",))
+    return backbone
+
+
 def build_backbone(name: str, *, width: int = 16, pretrained: str | None = None) -> nn.Module:
     """A feature extractor with attribute ``out_dim``."""
     if name == "smallnet":
+        if pretrained:
+            raise ValueError(f"pretrained weights {pretrained}: smallnet has no pretrained form")
         return SmallNet(width)
     if name == "resnet32":
-        return ResNetCifar(5)
+        return _load_cifar(ResNetCifar(5), pretrained)
     if name in TORCHVISION_ALIASES:
         return _torchvision(TORCHVISION_ALIASES[name], pretrained)
     if name.startswith("tv:"):
@@ -360,6 +370,7 @@ def build_model(
         # Built in the same order, one seed gives the release's initial weights.
         model = Classifier(ResNetCifar(5, init=False), 64, num_classes, classifier, cosine_scale)
         model.apply(kaiming_init)
+        _load_cifar(model.backbone, pretrained)
         return model
     backbone = build_backbone(name, width=width, pretrained=pretrained)
     return Classifier(backbone, backbone.out_dim, num_classes, classifier, cosine_scale)

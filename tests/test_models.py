@@ -201,6 +201,19 @@ def test_torchvision_backbone_loads_local_weights(tmp_path):
         build_model("resnet50", 10, pretrained=str(tmp_path / "bad.pt"))
 
 
+def test_resnet32_loads_a_released_code_checkpoint(tmp_path):
+    """The release saves {'state_dict': DataParallel(model).state_dict(), ...}: module. prefix, a NormedLinear
+    head named linear with a [D, C] weight; the backbone keys are fastlt's, the head is ignored."""
+    torch.manual_seed(2)
+    trained = build_model("resnet32", 10).backbone
+    state = {f"module.{k}": v for k, v in trained.state_dict().items()}
+    state["module.linear.weight"] = torch.ones(64, 10)
+    torch.save({"epoch": 200, "state_dict": state, "best_acc1": torch.tensor(80.0)}, tmp_path / "ckpt.pth")
+    m = build_model("resnet32", 10, classifier="cosine", pretrained=str(tmp_path / "ckpt.pth"))
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in m.backbone.state_dict().items())
+    with pytest.raises(ValueError, match="smallnet has no pretrained form"):
+        build_model("smallnet", 10, pretrained=str(tmp_path / "ckpt.pth"))
+
 def test_torchvision_paper_backbones_keep_torchvision_defaults():
     """BCL / ConCutMix build these with zero_init_residual=False: the last BN of each block starts at 1."""
     m = build_model("resnext50", 10)
