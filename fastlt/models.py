@@ -20,8 +20,9 @@ Model names (``build_model(name, num_classes, ...)``):
 
 torchvision and timm models start from their library's random initialisation; ``pretrained=PATH`` then loads a
 local file — a torch state dict (optionally under ``"state_dict"`` or ``"model"``, ``module.`` prefixes
-stripped) or a ``.safetensors`` file, in the library's own key names. Nothing downloads. The checkpoint's
-classifier keys are ignored; any other missing, unexpected or mis-shaped key is a ``ValueError`` naming the
+stripped) or a ``.safetensors`` file, in the library's own key names (for ``resnet32``: a checkpoint of the
+released CIFAR code, whose key names are fastlt's). Nothing downloads. The checkpoint's classifier keys are
+ignored; any other missing, unexpected or mis-shaped key is a ``ValueError`` naming the
 file and the first offending keys (so is a missing or unreadable file).
 
 Classifiers: ``linear`` (with bias) or ``cosine`` — the ``NormedLinear`` of the LDAM / BCL / ConCutMix
@@ -182,9 +183,10 @@ class ResNetCifar(nn.Module):
     """ResNet-(6n+2) for 32×32 inputs; n = 5 gives ResNet-32 (0.46 M parameters).
 
     Module names follow the release (``conv1``, ``bn1``, ``layer1``–``layer3``) so its state-dict keys match.
+    ``init=False`` leaves torch's default initialisation for a caller that applies :func:`kaiming_init` later.
     """
 
-    def __init__(self, n: int = 5, widths: tuple[int, int, int] = (16, 32, 64)):
+    def __init__(self, n: int = 5, widths: tuple[int, int, int] = (16, 32, 64), init: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -194,7 +196,8 @@ class ResNetCifar(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             cin = w
         self.out_dim = widths[-1]
-        self.apply(kaiming_init)
+        if init:
+            self.apply(kaiming_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -319,12 +322,21 @@ def _timm(name: str, pretrained: str | None) -> TimmBackbone:
     return TimmBackbone(net, dim)
 
 
+def _load_cifar(backbone: ResNetCifar, pretrained: str | None) -> ResNetCifar:
+    # The release's key names are ours; its head (``linear``: Linear or NormedLinear) is not the backbone's.
+    if pretrained:
+        load_local_weights(backbone, pretrained, "CIFAR ResNet-32", ("linear.",))
+    return backbone
+
+
 def build_backbone(name: str, *, width: int = 16, pretrained: str | None = None) -> nn.Module:
     """A feature extractor with attribute ``out_dim``."""
     if name == "smallnet":
+        if pretrained:
+            raise ValueError(f"pretrained weights {pretrained}: smallnet has no pretrained form")
         return SmallNet(width)
     if name == "resnet32":
-        return ResNetCifar(5)
+        return _load_cifar(ResNetCifar(5), pretrained)
     if name in TORCHVISION_ALIASES:
         return _torchvision(TORCHVISION_ALIASES[name], pretrained)
     if name.startswith("tv:"):
@@ -348,9 +360,13 @@ def build_model(
     width: int = 16,
     pretrained: str | None = None,
 ) -> Classifier:
-    backbone = build_backbone(name, width=width, pretrained=pretrained)
-    model = Classifier(backbone, backbone.out_dim, num_classes, classifier, cosine_scale)
     if name == "resnet32":
-        # The release initialises its linear head like the convolutions; NormedLinear keeps its own init.
-        model.classifier.apply(kaiming_init)
-    return model
+        # The release builds every layer (torch's default draws: convolutions, then the head) and only then
+        # re-draws conv and linear weights with kaiming_init in module order; NormedLinear keeps its own draw.
+        # Built in the same order, one seed gives the release's initial weights.
+        model = Classifier(ResNetCifar(5, init=False), 64, num_classes, classifier, cosine_scale)
+        model.apply(kaiming_init)
+        _load_cifar(model.backbone, pretrained)
+        return model
+    backbone = build_backbone(name, width=width, pretrained=pretrained)
+    return Classifier(backbone, backbone.out_dim, num_classes, classifier, cosine_scale)

@@ -88,6 +88,34 @@ def test_resnet32_initialisation_is_kaiming_normal_fan_in():
     assert m.classifier.bias.abs().max() <= 64**-0.5  # nn.Linear's default bias init stays
 
 
+def _release_draws(seed: int, head: str) -> list[torch.Tensor]:
+    """The release's construction order written out: every layer with torch's default init (convolutions in
+    module order, then the head), then kaiming_normal_ on convolutions and linear head in module order."""
+    torch.manual_seed(seed)
+    shapes = [(3, 16)] + [(16, 16)] * 10 + [(16, 32)] + [(32, 32)] * 9 + [(32, 64)] + [(64, 64)] * 9
+    convs = [torch.nn.Conv2d(cin, cout, 3, bias=False) for cin, cout in shapes]
+    if head == "linear":
+        fc = torch.nn.Linear(64, 10)
+        weights = [c.weight for c in convs] + [fc.weight]
+        for w in weights:
+            torch.nn.init.kaiming_normal_(w)
+        return [w.detach() for w in weights] + [fc.bias.detach()]
+    normed = torch.empty(64, 10).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)  # NormedLinear, [D, C]
+    for c in convs:
+        torch.nn.init.kaiming_normal_(c.weight)
+    return [c.weight.detach() for c in convs] + [normed.t()]
+
+
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_resnet32_draws_the_releases_initial_weights(head):
+    want = _release_draws(7, head)
+    torch.manual_seed(7)
+    m = build_model("resnet32", 10, classifier=head)
+    got = [c.weight for c in m.backbone.modules() if isinstance(c, torch.nn.Conv2d)]
+    got += [m.classifier.weight] + ([m.classifier.bias] if head == "linear" else [])
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_cosine_classifier_is_normed_linear():
     torch.manual_seed(3)
     head = CosineClassifier(5, 4, scale=30.0)
@@ -98,7 +126,7 @@ def test_cosine_classifier_is_normed_linear():
     assert torch.allclose(head.weight.t(), release, atol=1e-6)
     assert torch.allclose(head.weight.norm(dim=1), torch.ones(4), atol=1e-5)
     f = torch.randn(6, 5)
-    cos = torch.tensor([[torch.dot(a, w) / (a.norm() * w.norm()) for w in head.weight] for a in f])
+    cos = torch.tensor([[torch.dot(a, w) / (a.norm() * w.norm()) for w in head.weight.detach()] for a in f])
     assert torch.allclose(head(f), 30.0 * cos, atol=1e-4)
     assert torch.allclose(head(3 * f), head(f), atol=1e-5)  # invariant to feature norm
     raw = CosineClassifier(5, 4, scale=None)
@@ -172,6 +200,19 @@ def test_torchvision_backbone_loads_local_weights(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.pt: not a torchvision resnet50 state dict \(missing \['bn1"):
         build_model("resnet50", 10, pretrained=str(tmp_path / "bad.pt"))
 
+
+def test_resnet32_loads_a_released_code_checkpoint(tmp_path):
+    """The release saves {'state_dict': DataParallel(model).state_dict(), ...}: module. prefix, a NormedLinear
+    head named linear with a [D, C] weight; the backbone keys are fastlt's, the head is ignored."""
+    torch.manual_seed(2)
+    trained = build_model("resnet32", 10).backbone
+    state = {f"module.{k}": v for k, v in trained.state_dict().items()}
+    state["module.linear.weight"] = torch.ones(64, 10)
+    torch.save({"epoch": 200, "state_dict": state, "best_acc1": torch.tensor(80.0)}, tmp_path / "ckpt.pth")
+    m = build_model("resnet32", 10, classifier="cosine", pretrained=str(tmp_path / "ckpt.pth"))
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in m.backbone.state_dict().items())
+    with pytest.raises(ValueError, match="smallnet has no pretrained form"):
+        build_model("smallnet", 10, pretrained=str(tmp_path / "ckpt.pth"))
 
 def test_torchvision_paper_backbones_keep_torchvision_defaults():
     """BCL / ConCutMix build these with zero_init_residual=False: the last BN of each block starts at 1."""
