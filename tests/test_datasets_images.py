@@ -87,7 +87,10 @@ def test_zero_runs_of_flat_content_are_not_damage(tmp_path):
 def test_describe_names_the_problem(tmp_path):
     assert images.describe(FileNotFoundError()) == "file not found"
     assert images.describe(IsADirectoryError()) == "is a directory, expected an image file"
-    assert images.describe(ValueError("Corrupt JPEG data")) == "cannot decode image: Corrupt JPEG data"
+    assert (
+        images.describe(images.Undecodable("Corrupt JPEG data")) == "cannot decode image: Corrupt JPEG data"
+    )
+    assert images.describe(ValueError("a bug, not a bad image")) is None
     with pytest.raises(images.ImageRefused, match="stores sides up to 65500 px") as e:
         images._check_size(70000, 10)
     assert images.describe(e.value) == "image is 70000x10; the shard format stores sides up to 65500 px"

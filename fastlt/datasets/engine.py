@@ -81,7 +81,10 @@ def _file_rows(task) -> tuple[list[tuple], tuple[float, float]]:
         try:
             out.append((i, rows.row(i, rel, clock), None))
         except Exception as e:
-            out.append((i, None, images.describe(e)))
+            what = images.describe(e)
+            if what is None:  # not the file's fault: a bug, which stops the conversion with its traceback
+                raise
+            out.append((i, None, what))
     return out, (clock.decode_s, clock.encode_s)
 
 

@@ -45,6 +45,10 @@ class ImageRefused(ValueError):
     """The image decodes but cannot be stored (too large, empty). The message is complete."""
 
 
+class Undecodable(ValueError):
+    """The decoder refused the data; the message is its own words."""
+
+
 @dataclass(frozen=True)
 class RowSpec:
     """How rows are made. ``store_source`` (jpg mode, JPEGs that need no resize): 'baseline' stores baseline
@@ -91,8 +95,9 @@ def dct_factor(width: int, height: int, target_width: int, target_height: int) -
     return 1
 
 
-def describe(error: BaseException) -> str:
-    """What to tell the user about an image that could not be made into a row."""
+def describe(error: BaseException) -> str | None:
+    """What to tell the user about an image that could not be made into a row; None when ``error`` is not
+    about the image (a bug must not pass for a bad file, least of all under ``--skip-bad``)."""
     from PIL import Image
 
     if isinstance(error, FileNotFoundError):
@@ -105,7 +110,11 @@ def describe(error: BaseException) -> str:
         return f"refused as a decompression bomb ({error})"
     if isinstance(error, ImageRefused):
         return str(error)
-    return f"cannot decode image: {str(error) or type(error).__name__}"
+    if isinstance(error, (Undecodable, turbojpeg.TurboJPEGError)):
+        return f"cannot decode image: {error}"
+    if isinstance(error, OSError):  # reading the file
+        return f"cannot read file: {error.strerror or error}"
+    return None
 
 
 def _check_size(width: int, height: int) -> None:
@@ -132,7 +141,7 @@ def _jpeg_header(data: bytes) -> turbojpeg.Header:
     _check_size(head.width, head.height)
     damage = jpeg.zero_filled_scan(data)
     if damage:
-        raise ValueError(damage)
+        raise Undecodable(damage)
     return head
 
 
@@ -236,9 +245,14 @@ def _pil_decode(data: bytes) -> np.ndarray:
     """uint8[H, W, 3] through PIL (its open already refuses decompression bombs)."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        _check_size(*im.size)
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            _check_size(*im.size)
+            return np.asarray(im.convert("RGB"))
+    except (ImageRefused, Image.DecompressionBombError):
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... for bad data
+        raise Undecodable(str(e) or type(e).__name__) from e
 
 
 # -------------------------------------------------------------------------------------------------- rows
