@@ -68,7 +68,10 @@ def bcl_loss(
     # N = 512, C = 8,142, D = 128 on a CPU (1.1× at D = 1,024, where the three matrix products dominate).
     z = F.normalize(features.float(), dim=1)
     zt = z / temperature  # the temperature on the [N, D] side: no [N, C] division, forward or backward
-    class_size = torch.bincount(labels, minlength=C) + 1  # |M_c| = views of c + its prototype
+    # |M_c| = views of c + its prototype. Counted with index_add_, not bincount: on CUDA bincount reads the
+    # labels' min and max on the host to size its output, a sync in every step.
+    class_size = torch.ones(C, dtype=torch.long, device=labels.device)
+    class_size.index_add_(0, labels, torch.ones_like(labels))
     # views: class-averaging weight |M_{y_j} \ {i}| (the anchor leaves its own class), self excluded
     logits_v = zt @ z.T  # [N, N]
     same = labels[:, None] == labels[None, :]

@@ -21,9 +21,14 @@ the main rows; the pipelines give every repeat its own random crop. ``balanced``
 an instance-uniform epoch (each a full batch of B), so a fine-tuning "epoch" sees about as many images as a
 training one.
 
+The step's own randomness — the λ, CutMix boxes, permutations and coins its loss uses — is drawn here too, by
+the method's ``draws(plan, generator)`` (``Method.draw``), into the plan's extras: the trainer's thread never
+draws, and the values reach the device with the batch (pinned, non-blocking) instead of being copied from the
+host inside the step, where each copy would wait for the device to drain.
+
 Determinism: all randomness of step ``s`` (epoch ``e``) comes from ``step_seed(seed, e, ·, offset)`` —
-offset 1 the epoch permutation, 2 the partner draws, 3 the plan's augmentation seed (and ``OFFSET_LOSS`` the
-trainer's per-step loss generator) — so a plan is a pure function of (seed, step, sampler state). The only
+offset 1 the epoch permutation, 2 the partner draws, 3 the plan's augmentation seed, ``OFFSET_DRAWS`` the
+generator of the step's draws — so a plan is a pure function of (seed, step, sampler state). The only
 state is CP-Mix's confusion counts, owned by the method and fed through :meth:`PlanProducer.apply` (the
 ``apply`` of :class:`~fastlt.pipelines.plan.PlanQueue`); every producer accepts payloads, so an ``erm`` stage
 can collect the pairs a later ``cpmix`` stage draws from (pass both the same
@@ -34,10 +39,11 @@ depends on; a producer restored from it continues the same stream.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from fastlt.names import did_you_mean
 from fastlt.pipelines.plan import StepPlan, step_seed
@@ -51,9 +57,12 @@ from fastlt.sampling import (
     check_offsets,
 )
 
+# A method's draws of one step: (global plan, generator) -> extras (``Method.draw``).
+Draws = Callable[[StepPlan, torch.Generator], Mapping[str, np.ndarray]]
+
 # step_seed offsets: one independent stream per consumer of a step's randomness.
 OFFSET_PERMUTATION, OFFSET_PARTNERS, OFFSET_AUGMENT = 1, 2, 3
-OFFSET_LOSS = 7  # the trainer's per-step generator: λ, permutations, CutMix boxes, coins inside the losses
+OFFSET_DRAWS = 7  # the step's draws for its loss: λ, permutations, CutMix boxes, coins (Method.draw)
 
 
 def _offsets_of(index) -> np.ndarray:
@@ -71,7 +80,7 @@ class PlanProducer:
 
     def __init__(self, offsets, batch_size: int, seed: int = 0, *, counts: ConfusionCounts | None = None,
                  drop_last: bool = True, min_last: int = 1, max_steps: int | None = None,
-                 first_epoch: int = 0, first_step: int = 0):
+                 first_epoch: int = 0, first_step: int = 0, draws: Draws | None = None):
         self.offsets = _offsets_of(offsets)
         self.num_classes = self.offsets.shape[0] - 1
         self.num_rows = int(self.offsets[-1])
@@ -91,6 +100,7 @@ class PlanProducer:
                              f"(drop_last, or fewer than {self.min_last} rows, would leave no step)")
         self.first_epoch, self.first_step = int(first_epoch), int(first_step)
         self.counts = counts
+        self.draws = draws
         self._perm_epoch, self._perm = None, None
 
     # ------------------------------------------------------------------------------------------ schedule
@@ -117,19 +127,24 @@ class PlanProducer:
             self._perm, self._perm_epoch = rng.permutation(self.num_rows).astype(np.int64), epoch
         return self._perm
 
-    def main_rows(self, epoch: int, k: int) -> np.ndarray:
+    def main_rows(self, epoch: int, k: int, rng: np.random.Generator) -> np.ndarray:
         B = self.batch_size
         return self.permutation(epoch)[k * B:(k + 1) * B]
 
     # ------------------------------------------------------------------------------------------ plans
     def make_plan(self, step: int) -> StepPlan:
-        """The global plan of ``step`` (the PlanQueue shards it per rank)."""
+        """The global plan of ``step`` (the PlanQueue shards it per rank), with the step's draws."""
         epoch, k = self.epoch_of(step)
         rng = np.random.default_rng(step_seed(self.seed, epoch, step, OFFSET_PARTNERS))
-        main = self.main_rows(epoch, k)
+        main = self.main_rows(epoch, k, rng)
         segments = {"main": main, **self.partners(main, rng)}
         aug = step_seed(self.seed, epoch, step, OFFSET_AUGMENT)
-        return StepPlan.from_segments(epoch, int(step), seed=aug, **segments)
+        plan = StepPlan.from_segments(epoch, int(step), seed=aug, **segments)
+        if self.draws is None:
+            return plan
+        # a CPU torch generator: the draws are the ones the losses used to make with torch on the host
+        gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, step, OFFSET_DRAWS))
+        return plan.with_extras(self.draws(plan, gen))
 
     def partners(self, main: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {}
@@ -248,12 +263,8 @@ class BalancedProducer(PlanProducer):
         super().__init__(offsets, batch_size, seed, **kw)
         self.policy = ClassBalanced(self.offsets)
 
-    def make_plan(self, step: int) -> StepPlan:
-        epoch, _ = self.epoch_of(step)
-        rng = np.random.default_rng(step_seed(self.seed, epoch, step, OFFSET_PARTNERS))
-        main = self.policy.balanced_rows(rng, self.batch_size)
-        aug = step_seed(self.seed, epoch, step, OFFSET_AUGMENT)
-        return StepPlan.from_segments(epoch, int(step), seed=aug, main=main)
+    def main_rows(self, epoch, k, rng):
+        return self.policy.balanced_rows(rng, self.batch_size)
 
 
 PRODUCERS: dict[str, type[PlanProducer]] = {

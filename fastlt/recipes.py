@@ -51,7 +51,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Keys that change how fast a run goes or where it reads from, never what it computes:
 # --resume accepts a checkpoint whose recipe differs only in these.
 RUNTIME_KEYS = frozenset(
-    {"name", "data_root", "workers", "progress", "memory_budget_gb", "device", "tensorboard", "full_verify"}
+    {"name", "data_root", "workers", "progress", "memory_budget_gb", "device", "tensorboard", "full_verify",
+     "compile"}
 )
 
 
@@ -118,6 +119,10 @@ class Recipe:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
     channels_last: bool = True  # on CUDA
+    # torch.compile the model in place (nn.Module.compile: parameter names, checkpoints and model.features
+    # stay as they are). Off by default: the first steps pay the compilation (tens of seconds to minutes),
+    # which short runs and CPU runs never win back; turn it on for long GPU runs (README "Compiling").
+    compile: bool = False
     progress: bool = True
     tensorboard: bool = False  # also stream each metrics line to <run>/tensorboard (the tensorboard package)
     # -- mixing baselines (Mixup / CutMix / Remix) -----------------------------------------------------
@@ -319,14 +324,22 @@ def _coerce_json(key: str, v, typ, where: str):
 
 
 def split_overrides(argv: list[str]) -> list[tuple[str, str]]:
-    """``['--lr', '0.1', '--milestones=160,180']`` → ``[('lr', '0.1'), ('milestones', '160,180')]``."""
+    """``['--lr', '0.1', '--milestones=160,180']`` → ``[('lr', '0.1'), ('milestones', '160,180')]``.
+
+    A bool key given alone (``--compile``, last or followed by another ``--key``) means true."""
+    hints = typing.get_type_hints(Recipe)
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
         if not a.startswith("--"):
             raise RecipeError(f"expected --key value, got {a!r}")
+        key = a[2:].replace("-", "_")
+        alone = i + 1 == len(argv) or argv[i + 1].startswith("--")
         if "=" in a:
             k, v = a[2:].split("=", 1)
+            i += 1
+        elif alone and hints.get(ALIASES.get(key, key)) is bool:
+            k, v = a[2:], "true"
             i += 1
         else:
             if i + 1 >= len(argv):

@@ -18,7 +18,8 @@
     finish                                            # eval.json, predictions, report.html, plots
 
 Everything random is a function of (seed, epoch, step): plans come from seeded producers, augmentation from
-the plan's seed, λ and permutations from a generator seeded by ``step_seed(seed, epoch, step, OFFSET_LOSS)``.
+the plan's seed, and the losses' λ, permutations, boxes and coins are drawn with the plan (``Method.draw``,
+from ``step_seed(seed, epoch, step, OFFSET_DRAWS)``) and reach the device with the batch.
 So a run resumed from ``last.pt`` (written atomically at every epoch end) replays exactly what an
 uninterrupted run computes from that epoch on. DDP collectives live in ``fastlt.distributed``.
 
@@ -82,9 +83,8 @@ from fastlt.methods.base import (
     unread_keys,
 )
 from fastlt.optim import ModelEma
-from fastlt.pipelines.plan import PlanQueue, step_seed
+from fastlt.pipelines.plan import PlanQueue
 from fastlt.plots import write_plots
-from fastlt.producers import OFFSET_LOSS
 from fastlt.recipes import (
     ALIASES,
     DATASETS,
@@ -176,6 +176,8 @@ def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> R
         ema=ModelEma(model, recipe.model_ema_decay, use_warmup=recipe.model_ema_warmup) if recipe.model_ema
         else None,
     )
+    if recipe.compile:  # after the EMA's copy: the average stays a plain module
+        method.compile_model(model)
     try:
         restore(run) if resume else start_run_dir(run)
     except BaseException:
@@ -183,7 +185,7 @@ def setup(recipe: Recipe, runs: str | os.PathLike, resume: bool, log=print) -> R
         raise
     run.log(
         f"{recipe.dataset} × {recipe.method}: {index.num_rows} train images, {index.num_classes} classes, "
-        f"model {recipe.model}, pipeline {pipe}, device {device}"
+        f"model {recipe.model}{' (compiled)' if recipe.compile else ''}, pipeline {pipe}, device {device}"
         + (f", {d.world} ranks" if d.world > 1 else "")
         + f" → {run.dir}"
     )
@@ -358,8 +360,7 @@ def train_epoch(run: Run, st: StageRun, epoch: int) -> tuple[Tally, int, float]:
 
 def train_step(run: Run, st: StageRun, batch, epoch: int) -> StepOutput:
     """mix → forward → loss → backward → (all-reduce) → optimiser step."""
-    gen = torch.Generator().manual_seed(step_seed(run.recipe.seed, epoch, run.step, OFFSET_LOSS))
-    ctx = StepContext(run.runtime, st.stage, epoch, run.step, gen)
+    ctx = StepContext(run.runtime, st.stage, epoch, run.step)
     with run.runtime.autocast():
         out = run.method.loss(run.model, batch, ctx)
     st.optimizer.zero_grad(set_to_none=True)

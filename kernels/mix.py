@@ -251,7 +251,7 @@ def pixel_lambda(lam: torch.Tensor, mode: torch.Tensor, boxes: torch.Tensor, hei
     """The fraction of each output image that comes from ``a``: 1 / λ_x / 1 − clipped box area/(H·W)."""
     c = clip_boxes(boxes, height, width)
     area = ((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])).to(torch.float32)
-    lam_box = 1.0 - area / torch.tensor(float(height * width), dtype=torch.float32, device=lam.device)
+    lam_box = 1.0 - area / float(height * width)  # a Python number: no host-to-device copy (exact in fp32)
     one = torch.ones_like(lam)
     return torch.where(mode == CUTMIX, lam_box, torch.where(mode == MIXUP, lam, one))
 

@@ -30,6 +30,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from fastlt.pipelines.augment import DEFAULT, Augmentation
@@ -38,6 +39,14 @@ from fastlt.pipelines.plan import Batch, StepPlan, step_seed
 from fastlt.pipelines.transforms import Crops, eval_crops
 
 _END = object()
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the training device without a sync: pinned, then copied non-blocking on the calling
+    thread's stream (the caching host allocator keeps the pinned block alive until the copy is done)."""
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 class Pipeline(ABC):
@@ -125,10 +134,10 @@ class Pipeline(ABC):
             images = self.augmentation.apply(images, plan, seed, crops)
         rows = torch.from_numpy(plan.rows)
         labels = self._labels[rows]
-        if self.device.type != "cpu":
-            rows = rows.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-        return Batch(plan=plan, rows=rows, images=images, labels=labels)
+        extras = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in plan.extras.items()}
+        return Batch(plan=plan, rows=to_device(rows, self.device), images=images,
+                     labels=to_device(labels, self.device),
+                     extras={k: to_device(v, self.device) for k, v in extras.items()})
 
     def batches(self, plans: Iterable[StepPlan]) -> Iterator[Batch]:
         """Batches of ``plans`` in order, loaded ``prefetch`` ahead on a background thread (no plan

@@ -10,9 +10,17 @@ contrastive views) are *aligned*: splitting a plan across DDP ranks cuts every s
 boundaries, so element k of aligned segments always lands on the same rank: partner rows follow their
 anchors.
 
+A plan also carries the step's own randomness, drawn with the plan on the producer thread (λ, CutMix boxes,
+same-batch permutations, coins): its **extras**. A key ``"segment:name"`` holds one value per row of that
+segment (its first axis is the segment's length) and is cut with the segment when the plan is sharded, so a
+row keeps its λ on any number of ranks; the name ``perm`` is reserved for a permutation of the segment's own
+positions, which sharding restricts to the rank's part (see :func:`induced_permutation`). A key without a
+colon is one value for the whole step (e.g. ConCutMix's coin), the same on every rank.
+
 A **Batch** is what a pipeline returns for a plan: ``rows int64[R]``, ``images uint8[R, H, W, 3]`` (NHWC,
-the layout every decoder produces and ``kernels.mix`` reads), ``labels int64[R]``, all on the training device,
-plus the plan itself so the trainer can slice segments by name.
+the layout every decoder produces and ``kernels.mix`` reads), ``labels int64[R]`` and the plan's extras as
+tensors, all on the training device, plus the plan itself so the trainer can slice segments by name and read
+the extras' host copies (``plan.extras``) for decisions the host must make.
 
 The **PlanQueue** produces plans on a background thread ahead of the loader, but never more than ``lookahead``
 steps ahead of what the trainer has finished. The trainer reports each finished step with a payload (CP-Mix:
@@ -27,6 +35,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -47,7 +56,7 @@ class StepPlan:
     rows: np.ndarray  # int64[R]
     segments: tuple[tuple[str, int, int], ...]  # (name, start, stop), contiguous, in order, covering rows
     seed: int = 0  # augmentation seed of this step (pipelines derive per-row randomness from it)
-    extras: Mapping[str, np.ndarray] = field(default_factory=dict)  # small per-segment arrays (e.g. λ)
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)  # the step's draws (module docstring)
     # Set by shard(): the global plan this rank's part was cut from and where its rows sit in it. Pipelines
     # draw per-row randomness over the global plan (its seed, its rows) and pick this part's rows by
     # position, so a row gets the same crop and augmentation on any number of ranks.
@@ -69,6 +78,12 @@ class StepPlan:
             pos = stop
         if pos != len(rows):
             raise ValueError(f"segments cover {pos} rows, plan has {len(rows)}")
+        for key, value in self.extras.items():
+            seg, _, name = key.rpartition(":")
+            if seg:
+                n = self.segment(seg).stop - self.segment(seg).start
+                if len(value) != n:
+                    raise ValueError(f"extra {key!r} has {len(value)} values for segment {seg!r} of {n} rows")
 
     @classmethod
     def from_segments(cls, epoch: int, step: int, seed: int = 0, **named: np.ndarray) -> StepPlan:
@@ -81,6 +96,10 @@ class StepPlan:
             pos += len(r)
         rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return cls(epoch, step, rows, tuple(segs), seed)
+
+    def with_extras(self, extras: Mapping[str, np.ndarray]) -> StepPlan:
+        """This plan with the step's draws attached (see the module docstring for the key convention)."""
+        return replace(self, extras=MappingProxyType({k: np.asarray(v) for k, v in extras.items()}))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -115,15 +134,48 @@ class StepPlan:
             return self
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
-        parts, positions = {}, []
+        parts, positions, cuts = {}, [], {}
         for name, start, stop in self.segments:
             n = stop - start
-            lo = start + (n * rank) // world_size
-            hi = start + (n * (rank + 1)) // world_size
-            parts[name] = self.rows[lo:hi]
-            positions.append(self.global_positions[lo:hi])
+            lo = (n * rank) // world_size
+            hi = (n * (rank + 1)) // world_size
+            parts[name] = self.rows[start + lo : start + hi]
+            positions.append(self.global_positions[start + lo : start + hi])
+            cuts[name] = (lo, hi)
+        extras = {}
+        for key, value in self.extras.items():
+            seg, _, name = key.rpartition(":")
+            if not seg:
+                extras[key] = value  # one value for the whole step: every rank has it
+            elif name == PERMUTATION:
+                extras[key] = induced_permutation(value, *cuts[seg])
+            else:
+                extras[key] = value[cuts[seg][0] : cuts[seg][1]]
         out = StepPlan.from_segments(self.epoch, self.step, self.seed * RANK_SEED_STRIDE + rank, **parts)
-        return replace(out, origin=self.whole, positions=np.concatenate(positions))
+        return replace(out, extras=MappingProxyType(extras), origin=self.whole,
+                       positions=np.concatenate(positions))
+
+
+PERMUTATION = "perm"  # extras name of a permutation of its segment's positions ("main:perm")
+
+
+def induced_permutation(perm: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The permutation that ``perm`` (of 0..n−1) induces on positions [lo, hi), as indices 0..hi−lo−1.
+
+    Each k in the window follows ``perm`` until it lands in the window again (the first-return map: walk k →
+    perm[k] → perm[perm[k]] …). On the whole range it is ``perm`` itself, so one process keeps the drawn
+    permutation exactly; on a part it is a permutation of that part, and a uniform one when ``perm`` is
+    uniform: deleting one element from its cycle maps the n! permutations of n onto those of n − 1, n to one.
+    Walks from different k cover disjoint stretches of the cycles, so the cost is O(n) in all.
+    """
+    perm = np.asarray(perm, dtype=np.int64)
+    out = np.empty(hi - lo, dtype=np.int64)
+    for k in range(lo, hi):
+        j = int(perm[k])
+        while not lo <= j < hi:
+            j = int(perm[j])
+        out[k - lo] = j - lo
+    return out
 
 
 @dataclass
@@ -134,9 +186,16 @@ class Batch:
     rows: torch.Tensor  # int64[R]
     images: torch.Tensor  # uint8[R, H, W, 3]
     labels: torch.Tensor  # int64[R]
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)  # plan.extras on the device
 
     def segment(self, name: str) -> slice:
         return self.plan.segment(name)
+
+    def extra(self, key: str) -> torch.Tensor:
+        """The device copy of the step's draw ``key`` (e.g. ``"main:lam"``)."""
+        if key not in self.extras:
+            raise KeyError(f"step {self.plan.step} has no draw {key!r}; it has {sorted(self.extras)}")
+        return self.extras[key]
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])

@@ -17,6 +17,7 @@ from fastlt.pipelines.plan import Batch, StepPlan
 from fastlt.recipes import apply_overrides, preset
 from fastlt.runtime import Priors, Runtime
 from helpers import eval_json, metrics, train_index
+from helpers.steps import with_draws
 
 
 def rectified_by_formula(u, P, area, n, k, omega):
@@ -132,11 +133,11 @@ def _step(recipe_overrides, epoch, seed=0, B=8, C=10):
     batch = Batch(plan, torch.as_tensor(plan.rows), images, torch.cat([y, y, y, y_fg]))
     priors = Priors(np.array(counts))
     runtime = Runtime(device=torch.device("cpu"), priors=priors, mean=r.mean, std=r.std)
-    ctx = StepContext(runtime, method.stages()[0], epoch, 0, torch.Generator().manual_seed(seed + 1))
+    ctx = StepContext(runtime, method.stages()[0], epoch, 0)
     seen = {}
     for name in ("classifier", "projection", "prototype_head"):
         getattr(model, name).register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, o.detach()))
-    out = method.loss(model, batch, ctx)
+    out = method.loss(model, with_draws(method, ctx, batch, seed + 1), ctx)
     return r, model, out, seen, y, priors
 
 

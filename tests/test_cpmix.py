@@ -12,7 +12,7 @@ from fastlt.methods.base import get_method
 from fastlt.methods.cpmix import cpmix_start
 from fastlt.recipes import apply_overrides, preset
 from helpers import train_index
-from helpers.steps import COUNTS, beta_draws, ctx_for, make_batch, norm, tiny_model
+from helpers.steps import COUNTS, beta_draws, ctx_for, loss_of, make_batch, norm, tiny_model
 
 
 def test_stages_are_data():
@@ -43,7 +43,7 @@ def test_cpmix_objective_matches_the_formula(kappa):
     batch = make_batch({"main": [0, 1, 2, 0, 1], "cp_a": [2, 0, 1], "cp_b": [0, 1, 0]}, seed=3)
     m, ctx = ctx_for("cpmix", stage="cpmix", cpmix_alpha=0.7, cpmix_eta=0.3, cpmix_kappa=kappa)
     model = tiny_model(2)
-    out = m.loss(model, batch, ctx)
+    out = loss_of(m, ctx, batch, model)
 
     # replay the step generator: Beta for the CP pairs, the permutation, Beta for the same-batch mixup
     (lam_cp, lam_mu), perm = beta_draws(11, 0.7, [3, 5], perm_after_first=5)
@@ -75,10 +75,10 @@ def test_erm_and_finetune_stages():
     z = model(norm(batch.images.float()))
     y = batch.labels
     m, ctx = ctx_for("cpmix", stage="erm")
-    erm = m.loss(model, batch, ctx)
+    erm = loss_of(m, ctx, batch, model)
     assert erm.loss.item() == pytest.approx(F.cross_entropy(z + COUNTS.log(), y).item(), rel=1e-5)
     m, ctx = ctx_for("cpmix", stage="finetune")
-    ft = m.loss(model, batch, ctx)
+    ft = loss_of(m, ctx, batch, model)
     assert ft.loss.item() == pytest.approx(
         F.cross_entropy(z, y).item(), rel=1e-5
     )  # balanced batches: plain CE

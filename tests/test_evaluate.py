@@ -14,20 +14,24 @@ from fastlt.evaluate import evaluate
 from fastlt.methods.base import get_method
 from fastlt.runtime import Runtime, build_pipeline
 from fastlt.shards import open_shard
-from fastlt.topk import topk_lowest_index
+from fastlt.topk import _topk_by_key, topk_lowest_index
 from helpers import digits_recipe
 from synth import write_inat
 
 
 # ------------------------------------------------------------------------------------------ top-k
+@pytest.mark.parametrize("topk", [topk_lowest_index, _topk_by_key], ids=["host-branch", "int64-key"])
 @pytest.mark.parametrize("seed", range(4))
-def test_topk_is_the_stable_descending_sort_even_with_ties(seed):
+def test_topk_is_the_stable_descending_sort_even_with_ties(seed, topk):
+    """Both ways (the CPU's host branch, CUDA's keys; the keys run on any device) give the stable sort."""
     g = torch.Generator().manual_seed(seed)
     for _ in range(50):
         B, C = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
         k = int(torch.randint(1, C + 1, (1,), generator=g))
-        for scores in (torch.randint(0, 3, (B, C), generator=g).float(), torch.randn(B, C, generator=g)):
-            vals, idx = topk_lowest_index(scores, k)
+        signed_zeros = torch.randint(0, 2, (B, C), generator=g).float() * -0.0  # −0.0 == +0.0: a tie
+        for scores in (torch.randint(-2, 3, (B, C), generator=g).float(), torch.randn(B, C, generator=g),
+                       torch.randn(B, C, generator=g).bfloat16(), signed_zeros):
+            vals, idx = topk(scores, k)
             want_v, want_i = torch.sort(scores, dim=1, descending=True, stable=True)
             assert torch.equal(idx, want_i[:, :k]) and torch.equal(vals, want_v[:, :k])
 

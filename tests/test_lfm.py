@@ -19,6 +19,7 @@ from fastlt.runtime import Priors, Runtime
 from fastlt.shards import ArraySource, open_shard, write_shard
 from fastlt.text import text_similarity
 from helpers import eval_json, metrics
+from helpers.steps import beta_like, with_draws
 from tiny_clip import write_tiny_clip
 
 NAMES = ["cat", "kitten", "truck", "car", "sea_lion"]
@@ -63,7 +64,7 @@ def _batch(seed, B=6):
 
 def _ctx(r, stage, seed):
     runtime = Runtime(device=torch.device("cpu"), priors=Priors(np.array(COUNTS)), mean=r.mean, std=r.std)
-    return StepContext(runtime, stage, 0, 0, torch.Generator().manual_seed(seed))
+    return StepContext(runtime, stage, 0, 0)
 
 
 def _run(root, stage_index, loss, per, seed=3):
@@ -75,9 +76,11 @@ def _run(root, stage_index, loss, per, seed=3):
     batch, y_a, y_b = _batch(seed)
     seen = {}
     model.classifier.register_forward_hook(lambda mod, i, o: seen.__setitem__("cos", o.detach()))
-    out = m.loss(model, batch, _ctx(r, stage, seed))
+    ctx = _ctx(r, stage, seed)
+    out = m.loss(model, with_draws(m, ctx, batch, seed), ctx)
     B = y_a.numel()
-    lam_x = _ctx(r, stage, seed).beta(r.lfm_beta, B if per == "sample" else 1).expand(B)
+    lam_x, _ = beta_like(seed, r.lfm_beta, B if per == "sample" else 1)
+    lam_x = lam_x.expand(B)
     return r, m, model, out, seen["cos"], lam_x, y_a, y_b
 
 

@@ -10,13 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastlt.methods.base import get_method
-from helpers.steps import COUNTS, H, W, beta_like, ctx_for, make_batch, norm, tiny_model
+from helpers.steps import COUNTS, H, W, beta_like, ctx_for, loss_of, make_batch, norm, tiny_model
 
 
 def run(method_ctx, batch, model=None):
     m, ctx = method_ctx
     model = model or tiny_model()
-    return m.loss(model, batch, ctx), model
+    return loss_of(m, ctx, batch, model), model
 
 
 def test_ce_and_balanced_softmax():
@@ -42,7 +42,7 @@ def test_ldam_drw(epoch):
     model = m.build_model()
     torch.manual_seed(0)
     model.backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * H * W, model.feature_dim))
-    out = m.loss(model, batch, ctx)
+    out = loss_of(m, ctx, batch, model)
     f = model.features(norm(batch.images))
     cos = F.normalize(f, dim=1) @ F.normalize(model.classifier.weight, dim=1).T
     margins = 0.5 * COUNTS.pow(-0.25) / COUNTS.pow(-0.25).max()

@@ -113,6 +113,17 @@ def test_train_batch_has_the_planned_rows_and_the_shard_labels(name, jpg_shard):
 
 
 @pytest.mark.parametrize("name", DECODERS)
+def test_the_plans_draws_come_with_the_batch(name, jpg_shard):
+    lam = np.linspace(0, 1, 6, dtype=np.float32)
+    plan = _plan().with_extras({"main:lam": lam, "cutmix": np.array([True])})
+    batch = pipe(name, jpg_shard, train=True, size=16).load(plan)
+    assert sorted(batch.extras) == ["cutmix", "main:lam"]
+    assert torch.equal(batch.extra("main:lam"), torch.from_numpy(lam))
+    with pytest.raises(KeyError, match="no draw 'main:box'"):
+        batch.extra("main:box")
+
+
+@pytest.mark.parametrize("name", DECODERS)
 def test_train_crops_are_seeded_by_the_plan(name, jpg_shard):
     p = pipe(name, jpg_shard, train=True, size=48)
     a, b = p.load(_plan(seed=7)), p.load(_plan(seed=7))

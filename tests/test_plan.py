@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
 
-from fastlt.pipelines.plan import PlanQueue, StepPlan, eval_plans, step_seed
+from fastlt.pipelines.plan import PlanQueue, StepPlan, eval_plans, induced_permutation, step_seed
 from helpers.plans import PlanRecorder
 
 
@@ -115,3 +117,50 @@ def test_producer_blocks_until_trainer_catches_up():
     closer.join(30)
     assert not closer.is_alive(), "close() must not wait for steps that will never finish"
     assert rec.applied == [0]
+
+
+# ---------------------------------------------------------------------------------------- the step's draws
+def _plan_with_draws(B=7, Bm=4):
+    g = np.random.default_rng(0)
+    plan = StepPlan.from_segments(0, 5, seed=9, main=np.arange(B), cp_a=np.arange(Bm) + 50,
+                                  cp_b=np.arange(Bm) + 90)
+    return plan.with_extras({
+        "main:lam": g.random(B).astype(np.float32),
+        "main:box": g.integers(0, 9, (B, 4)).astype(np.int32),
+        "main:perm": g.permutation(B),
+        "cp_a:lam": g.random(Bm).astype(np.float32),
+        "cutmix": np.array([True]),
+    })
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shard_cuts_row_draws_with_their_segment_and_keeps_step_draws(world):
+    plan = _plan_with_draws()
+    parts = [plan.shard(r, world) for r in range(world)]
+    for key in ("main:lam", "main:box", "cp_a:lam"):
+        np.testing.assert_array_equal(np.concatenate([p.extras[key] for p in parts]), plan.extras[key])
+    for p in parts:
+        seg = p.segment("main")
+        assert len(p.extras["main:lam"]) == seg.stop - seg.start  # each row keeps its own λ
+        np.testing.assert_array_equal(p.extras["main:lam"], plan.extras["main:lam"][p.positions[seg]])
+        assert p.extras["cutmix"] is plan.extras["cutmix"]
+        assert sorted(p.extras["main:perm"]) == list(range(seg.stop - seg.start))  # a local permutation
+    assert plan.shard(0, 1).extras["main:perm"] is plan.extras["main:perm"]  # one process: as drawn
+
+
+def test_extras_must_match_their_segment():
+    plan = StepPlan.from_segments(0, 0, main=np.arange(4))
+    with pytest.raises(ValueError, match="'main:lam' has 3 values for segment 'main' of 4 rows"):
+        plan.with_extras({"main:lam": np.zeros(3)})
+    with pytest.raises(KeyError, match="no segment 'fg'"):
+        plan.with_extras({"fg:lam": np.zeros(4)})
+
+
+def test_induced_permutation_is_the_first_return_map_and_uniform():
+    # worked example: 0→3→1→4→2→0 on window [1, 3): 1→4→2 gives 1→2, 2→0→3→1 gives 2→1
+    assert induced_permutation(np.array([3, 4, 0, 1, 2]), 1, 3).tolist() == [1, 0]
+    # every permutation of 5 induces each of the 3! permutations of a 3-window equally often (5!/3! = 20)
+    counts = Counter(tuple(induced_permutation(np.array(p), 1, 4)) for p in itertools.permutations(range(5)))
+    assert sorted(counts) == sorted(itertools.permutations(range(3))) and set(counts.values()) == {20}
+    p = np.random.default_rng(1).permutation(9)
+    np.testing.assert_array_equal(induced_permutation(p, 0, 9), p)  # the whole range: itself

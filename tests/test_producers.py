@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastlt.pipelines.plan import PlanQueue
+from fastlt.pipelines.plan import PlanQueue, step_seed
 from fastlt.producers import PRODUCERS, make_producer
 from fastlt.sampling import ConfusionCounts, TextLocal, class_of_rows
 
@@ -239,3 +239,33 @@ def test_the_last_partial_batch_is_kept_unless_too_short():
     pair = make_producer("pair", OFFSETS, b, drop_last=False)  # partners follow the short main batch
     last = pair.make_plan(pair.steps_per_epoch - 1)
     assert len(last.rows_of("b")) == len(last.rows_of("main")) == rest
+
+
+# ---------------------------------------------------------------------------------------- the step's draws
+@pytest.mark.parametrize("method, stage, keys", [
+    ("mixup", "train", ["main:lam"]),
+    ("cutmix", "train", ["main:box", "main:lam"]),
+    ("cpmix", "cpmix", ["cp_a:lam", "main:lam", "main:perm"]),
+    ("concutmix", "train", ["cutmix", "main:box", "main:lam"]),
+])
+def test_a_methods_draws_come_with_its_plans(method, stage, keys):
+    """The producer attaches ``Method.draw`` of each global plan, from a generator seeded by the step only."""
+    from fastlt.methods.base import get_method
+    from fastlt.producers import OFFSET_DRAWS
+    from fastlt.recipes import apply_overrides, preset
+    from helpers import train_index
+
+    r = apply_overrides(preset("digits-lt", method), [("batch_size", str(B)), ("ccm_cutmix_prob", "1")]
+                        if method == "concutmix" else [("batch_size", str(B))])
+    m = get_method(method)(r, train_index(SIZES.tolist()))
+    st = next(s for s in m.stages() if s.name == stage)
+    p, q = m.producer(st, first_epoch=0, first_step=0), m.producer(st, first_epoch=0, first_step=0)
+    plans = [p.make_plan(s) for s in range(3)]
+    for s, plan in enumerate(plans):
+        assert sorted(plan.extras) == keys
+        again = m.draw(st, plan, torch.Generator().manual_seed(step_seed(r.seed, 0, s, OFFSET_DRAWS)))
+        for k in keys:
+            np.testing.assert_array_equal(plan.extras[k], again[k])
+            np.testing.assert_array_equal(plan.extras[k], q.make_plan(s).extras[k])  # a fresh producer: same
+    lams = [plan.extras["main:lam"][0] for plan in plans]
+    assert len(set(lams)) == 3  # every step draws afresh

@@ -4,11 +4,15 @@ A method is built from the recipe and the training split's index (``Method(recip
 trainer (``fastlt/train.py``) has no per-method code and never names a method or a stage. For every step it
 asks the stage's producer for a :class:`~fastlt.pipelines.plan.StepPlan`, has the pipeline load it into a
 ``Batch`` (uint8 NHWC on device), and calls ``method.loss(model, batch, ctx)``. Everything a loss may need
-from the trainer is on the :class:`StepContext`: the stage, the epoch and step, a generator seeded by (seed,
-epoch, step), and the :class:`~fastlt.runtime.Runtime` (device, image dtype, normalisation, class priors as
-device buffers, the fused normalise/mix kernel). The loss returns a :class:`StepOutput`, whose
-``logits``/``labels`` of the un-mixed main segment give the train accuracy and, for a method that
-``consumes_feedback``, the mispredicted (y, ŷ) pairs the trainer hands back to that method's producers.
+from the trainer is on the :class:`StepContext`: the stage, the epoch and step, and the
+:class:`~fastlt.runtime.Runtime` (device, image dtype, normalisation, class priors as device buffers, the
+fused normalise/mix kernel). The loss's randomness (λ, permutations, CutMix boxes, coins) is not drawn in the
+step: :meth:`Method.draw` draws it with the plan, on the producer thread, from a generator seeded by (seed,
+epoch, step), and the loss reads it from the batch (``batch.extra("main:lam")`` on the device,
+``batch.plan.extras`` on the host), so a step never copies a value from the host or waits for one. The loss
+returns a :class:`StepOutput`, whose ``logits``/``labels`` of the un-mixed main segment give the train
+accuracy and, for a method that ``consumes_feedback``, the mispredicted (y, ŷ) pairs the trainer hands back
+to that method's producers.
 
 Stages are data (:class:`Stage`): CP-Mix is ``erm → cpmix → finetune``; each stage names its plan policy,
 trainable set, optimiser group and the ``loss`` variant and ``params`` its loss reads, so no code compares
@@ -31,6 +35,7 @@ and add its name and module to ``fastlt.methods.METHODS``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -45,7 +51,7 @@ from fastlt.methods import METHODS
 from fastlt.names import did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastlt.pipelines.plan import Batch
+    from fastlt.pipelines.plan import Batch, StepPlan
     from fastlt.recipes import Recipe
     from fastlt.runtime import Runtime
     from fastlt.shards import ShardIndex
@@ -127,7 +133,6 @@ class StepContext:
     stage: Stage
     epoch: int  # 0-based epoch
     step: int  # global step (over the whole run)
-    generator: torch.Generator  # CPU generator seeded by step_seed(seed, epoch, step): all loss randomness
 
     @property
     def device(self) -> torch.device:
@@ -140,26 +145,6 @@ class StepContext:
     @property
     def num_classes(self) -> int:
         return self.runtime.priors.num_classes
-
-    # Randomness: drawn on the CPU generator so it is a function of (seed, epoch, step) on any device.
-    def beta(self, alpha: float, n: int) -> torch.Tensor:
-        """float32[n] ~ Beta(α, α) on the device (α ≤ 0 gives λ = 1: no mixing)."""
-        if alpha <= 0:
-            return torch.ones(n, device=self.device)
-        # torch's Beta/Gamma samplers take no generator; numpy's Beta seeded from ours keeps λ a pure
-        # function of the step seed.
-        import numpy as np
-
-        s = int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
-        lam = np.random.default_rng(s).beta(alpha, alpha, size=n).astype(np.float32)
-        return torch.from_numpy(lam).to(self.device)
-
-    def permutation(self, n: int) -> torch.Tensor:
-        """An explicit permutation index (same-batch mixup partner), int64[n] on the device."""
-        return torch.randperm(n, generator=self.generator).to(self.device)
-
-    def coin(self, p: float) -> bool:
-        return bool(torch.rand((), generator=self.generator).item() < p)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return self.runtime.normalize(images)
@@ -222,6 +207,12 @@ class Method:
             pretrained=r.pretrained or None,
         )
 
+    def compile_model(self, model: nn.Module) -> None:
+        """``torch.compile``, in place, what :meth:`loss` calls (recipe key ``compile``): here the whole
+        forward. In place (``nn.Module.compile``), so parameter names and checkpoints do not change. The
+        loss stays eager: its [B, C] work is already one fused kernel (the soft CE) or one library call."""
+        model.compile()
+
     def trainable_parameters(self, model: nn.Module, stage: Stage) -> list[nn.Parameter]:
         if stage.trainable == "all":
             return [p for p in model.parameters()]
@@ -259,8 +250,15 @@ class Method:
             max_steps=r.steps_per_epoch or None,
             first_epoch=first_epoch,
             first_step=first_step,
+            draws=functools.partial(self.draw, stage),
             **self.producer_options(stage),
         )
+
+    def draw(self, stage: Stage, plan: StepPlan, gen: torch.Generator) -> dict[str, np.ndarray]:
+        """The step's randomness for :meth:`loss`, drawn with the global ``plan`` on the producer thread from
+        ``gen`` (seeded by the step): ``{"segment:name": one value per row of the segment, "name": one value
+        for the step}`` (``fastlt.pipelines.plan``). Default: nothing."""
+        return {}
 
     def producer_options(self, stage: Stage) -> dict[str, Any]:
         """Policy inputs of the stage's producer beyond the main batch (CP-Mix's counts, LFM's neighbours)."""
@@ -313,6 +311,42 @@ def unread_keys(method: str, keys: Iterable[str]) -> list[str]:
     """The ``keys`` that some method reads but ``method`` does not: given to it, they would do nothing."""
     mine = get_method(method).reads
     return sorted(k for k in set(keys) & method_keys() if k not in mine)
+
+
+# ---------------------------------------------------------------------------------------------- shared draws
+# Each is a pure function of the generator's state, in a fixed order of calls, so a method's draws of a step
+# are a function of (seed, epoch, step) and the global batch's shape.
+def draw_beta(gen: torch.Generator, alpha: float, n: int) -> np.ndarray:
+    """float32[n] ~ Beta(α, α) (α ≤ 0 gives λ = 1: no mixing, and draws nothing)."""
+    if alpha <= 0:
+        return np.ones(n, np.float32)
+    # torch's Beta/Gamma samplers take no generator; numpy's Beta seeded from ours keeps λ a pure function of
+    # the step seed.
+    s = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+    return np.random.default_rng(s).beta(alpha, alpha, size=n).astype(np.float32)
+
+
+def draw_permutation(gen: torch.Generator, n: int) -> np.ndarray:
+    """int64[n], a uniform permutation of 0..n−1 (stored under ``"segment:perm"``, it is cut per rank)."""
+    return torch.randperm(n, generator=gen).numpy()
+
+
+def draw_coin(gen: torch.Generator, p: float) -> np.ndarray:
+    """bool[1]: heads with probability p."""
+    return np.array([bool(torch.rand((), generator=gen).item() < p)])
+
+
+def draw_boxes(gen: torch.Generator, lam: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """CutMix boxes for target λ on ``size``×``size`` images: (int32[n, 4], the λ each box really pastes)."""
+    from fastlt.kernels.mix import cutmix_boxes
+
+    boxes, lam_box = cutmix_boxes(torch.from_numpy(lam), size, size, generator=gen)
+    return boxes.numpy(), lam_box.numpy()
+
+
+def repeat_rows(value: np.ndarray, n: int) -> np.ndarray:
+    """One draw for the whole batch as one value per row (``[1, …] → [n, …]``)."""
+    return np.repeat(value[:1], n, axis=0)
 
 
 # ---------------------------------------------------------------------------------------------- shared losses

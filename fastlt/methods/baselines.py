@@ -22,7 +22,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastlt.methods.base import Method, Stage, StepOutput, pair_cross_entropy, register
+from fastlt.methods.base import (
+    Method,
+    Stage,
+    StepOutput,
+    draw_beta,
+    draw_boxes,
+    pair_cross_entropy,
+    register,
+    repeat_rows,
+)
 
 
 def _main(batch):
@@ -109,36 +118,33 @@ class _PairMix(Method):
     def rule_params(self) -> dict:
         return {}
 
+    def draw(self, stage, plan, gen):
+        """λ per row (one λ for the batch unless ``mix_per_sample``); CutMix adds a box per row."""
+        r = self.recipe
+        B = len(plan.rows_of("main"))
+        lam = draw_beta(gen, r.mix_alpha, B if r.mix_per_sample else 1)
+        out = {"main:lam": lam if r.mix_per_sample else repeat_rows(lam, B)}
+        if self.boxes:
+            boxes, _ = draw_boxes(gen, lam, r.image_size)  # the kernel derives the label's λ from the box
+            out["main:box"] = boxes if r.mix_per_sample else repeat_rows(boxes, B)
+        return out
+
     def loss(self, model, batch, ctx):
         sa, sb = batch.segment("main"), batch.segment("b")
         y_a, y_b = batch.labels[sa], batch.labels[sb]
-        B = y_a.numel()
-        r = self.recipe
-        lam = ctx.beta(r.mix_alpha, B if r.mix_per_sample else 1).expand(B).contiguous()
-        boxes = None
-        if self.boxes:
-            H, W = batch.images.shape[1:3]
-            boxes, _ = _cutmix_boxes(lam if r.mix_per_sample else lam[:1], H, W, ctx.generator)
-            boxes = boxes.expand(B, 4).contiguous().to(ctx.device)
         mixed = ctx.mix(
             batch.images[sa],
             batch.images[sb],
-            lam,
+            batch.extra("main:lam"),
             y_a=y_a,
             y_b=y_b,
             rule=self.rule,
-            boxes=boxes,
+            boxes=batch.extra("main:box") if self.boxes else None,
             **self.rule_params(),
         )
         logits = model(mixed.images)
         loss = pair_cross_entropy(logits, y_a, y_b, mixed.lam_y)
         return StepOutput(loss)
-
-
-def _cutmix_boxes(lam, H, W, generator):
-    from fastlt.kernels.mix import cutmix_boxes
-
-    return cutmix_boxes(lam.cpu(), H, W, generator=generator)
 
 
 @register

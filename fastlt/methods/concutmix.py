@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from fastlt.losses import bcl_loss
-from fastlt.methods.base import Method, Stage, StepOutput, register
+from fastlt.methods.base import Method, Stage, StepOutput, draw_boxes, draw_coin, register, repeat_rows
 from fastlt.topk import topk_lowest_index
 
 SEGMENTS = ("main", "view1", "view2", "fg")  # the layout of a `concutmix` plan (fastlt.sampling)
@@ -158,25 +158,32 @@ class ConCutMix(Method):
                              f"got {r.ccm_topk}")
         return BCLModel(super().build_model(), r.ccm_feat_dim)
 
+    def compile_model(self, model):
+        """The loss calls ``model.features`` and the heads separately: compile the backbone they share."""
+        model.base.backbone.compile()
+
+    def draw(self, stage, plan, gen):
+        """A coin for CutMix (``ccm_cutmix_prob``); when heads, one λ ~ U(0, 1) and one box for the whole
+        batch (the released code). Labels use the λ of the box actually pasted after clipping, which the mix
+        kernel returns as λ_y."""
+        coin = draw_coin(gen, self.recipe.ccm_cutmix_prob)
+        if not coin[0]:
+            return {"cutmix": coin}
+        B = len(plan.rows_of("main"))
+        lam = torch.rand(1, generator=gen).numpy()
+        boxes, _ = draw_boxes(gen, lam, self.recipe.image_size)
+        return {"cutmix": coin, "main:lam": repeat_rows(lam, B), "main:box": repeat_rows(boxes, B)}
+
     def loss(self, model, batch, ctx):
         r = self.recipe
         main, view1, view2, fg = (batch.segment(n) for n in SEGMENTS)
         y_a = batch.labels[main]
         B = y_a.numel()
-        cutmix = ctx.coin(r.ccm_cutmix_prob)
+        cutmix = bool(batch.plan.extras["cutmix"][0])  # decided on the host, with the plan
         if cutmix:
-            # One λ ~ U(0, 1) and one box for the whole batch (the released code); labels use the λ of the
-            # box actually pasted after clipping, which the mix kernel returns as λ_y.
-            from fastlt.kernels.mix import cutmix_boxes
-
-            H, W = batch.images.shape[1:3]
-            lam = torch.rand(1, generator=ctx.generator)
-            boxes, _ = cutmix_boxes(lam, H, W, generator=ctx.generator)
             y_b = batch.labels[fg]
-            lam_b = lam.expand(B).contiguous().to(ctx.device)
-            boxes = boxes.expand(B, 4).contiguous().to(ctx.device)
-            mixed = ctx.mix(batch.images[main], batch.images[fg], lam_b, y_a=y_a, y_b=y_b, rule="cutmix",
-                            boxes=boxes)
+            mixed = ctx.mix(batch.images[main], batch.images[fg], batch.extra("main:lam"), y_a=y_a, y_b=y_b,
+                            rule="cutmix", boxes=batch.extra("main:box"))
             x_cls = mixed.images
         else:
             x_cls = ctx.normalize(batch.images[main])

@@ -26,7 +26,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastlt.methods.base import Method, Stage, StepOutput, pair_cross_entropy, register
+from fastlt.methods.base import (
+    Method,
+    Stage,
+    StepOutput,
+    draw_beta,
+    draw_permutation,
+    pair_cross_entropy,
+    register,
+)
 from fastlt.methods.baselines import balanced_softmax
 from fastlt.metrics import training_pairs
 
@@ -95,6 +103,15 @@ class CPMix(Method):
     def load_state_dict(self, state):
         self.counts.load_state_dict(state["counts"])
 
+    def draw(self, stage, plan, gen):
+        """The cpmix stage: λ per confusion pair, then the same-batch partners and their λ."""
+        if stage.loss != CPMIX:
+            return {}
+        a = self.recipe.cpmix_alpha
+        cp_lam = draw_beta(gen, a, len(plan.rows_of("cp_a")))
+        perm = draw_permutation(gen, len(plan.rows_of("main")))
+        return {"cp_a:lam": cp_lam, "main:perm": perm, "main:lam": draw_beta(gen, a, len(perm))}
+
     def loss(self, model, batch, ctx):
         r = self.recipe
         sm = batch.segment("main")
@@ -113,17 +130,17 @@ class CPMix(Method):
         cp = ctx.mix(
             batch.images[sa],
             batch.images[sb],
-            ctx.beta(r.cpmix_alpha, Bm),
+            batch.extra("cp_a:lam"),
             y_a=ya,
             y_b=yb,
             rule="cpmix",
             kappa=r.cpmix_kappa,
         )
-        perm = ctx.permutation(B)
+        perm = batch.extra("main:perm")  # a permutation of this rank's main rows
         mu = ctx.mix(
             x,
             x,
-            ctx.beta(r.cpmix_alpha, B),
+            batch.extra("main:lam"),
             idx_b=perm,
             y_a=y,
             y_b=y[perm],

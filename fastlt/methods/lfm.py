@@ -48,7 +48,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastlt.losses import mms_loss
-from fastlt.methods.base import Method, Stage, StepOutput, pair_cross_entropy, register
+from fastlt.methods.base import (
+    Method,
+    Stage,
+    StepOutput,
+    draw_beta,
+    pair_cross_entropy,
+    register,
+    repeat_rows,
+)
 
 PARTNER = "partner"  # the partner segment of an `lfm` plan: rows = [main (anchors) | partner]
 
@@ -180,14 +188,19 @@ class LFM(Method):
             self._sim = t @ t.t()
         return self._sim
 
+    def draw(self, stage, plan, gen):
+        """λ ~ Beta(β, β) per sample, or one for the batch (``lfm_lambda_per``)."""
+        r, B = self.recipe, len(plan.rows_of("main"))
+        lam = draw_beta(gen, r.lfm_beta, B if r.lfm_lambda_per == "sample" else 1)
+        return {"main:lam": lam if r.lfm_lambda_per == "sample" else repeat_rows(lam, B)}
+
     def loss(self, model, batch, ctx):
         r = self.recipe
         sa, sb = batch.segment("main"), batch.segment(PARTNER)
         y_a, y_b = batch.labels[sa], batch.labels[sb]
-        B = y_a.numel()
         alpha = ctx.stage.params["alpha"]
-        lam = ctx.beta(r.lfm_beta, B if r.lfm_lambda_per == "sample" else 1).expand(B).contiguous()
-        mixed = ctx.mix(batch.images[sa], batch.images[sb], lam, y_a=y_a, y_b=y_b, rule="lfm", alpha=alpha)
+        mixed = ctx.mix(batch.images[sa], batch.images[sb], batch.extra("main:lam"), y_a=y_a, y_b=y_b,
+                        rule="lfm", alpha=alpha)
         cos = model(mixed.images).float()
         if r.lfm_loss == "mms":
             label = (torch.stack([y_a, y_b], 1), torch.stack([mixed.lam_y, 1.0 - mixed.lam_y], 1))

@@ -1,6 +1,7 @@
 """One training step at toy size, for the tests that check a method's loss against its formula: a 3-class
-long-tailed prior, a tiny model, a hand-labelled batch, the method with its step context, and replays of the
-step generator's draws so the expected values can be recomputed with plain torch."""
+long-tailed prior, a tiny model, a hand-labelled batch, the method with its step context, the method's draws
+attached to the batch as the producer thread attaches them, and replays of those draws so the expected values
+can be recomputed with plain torch."""
 
 from __future__ import annotations
 
@@ -34,13 +35,28 @@ def make_batch(segments: dict, seed=1):
     return Batch(plan, torch.arange(len(labels)), images, labels)
 
 
-def ctx_for(method, stage=None, epoch=0, seed=11, **over):
-    """(the method built on a 3-class index with COUNTS, a step context in its stage named ``stage``)."""
+def ctx_for(method, stage=None, epoch=0, **over):
+    """(the method built on a 3-class index with COUNTS and H×W images, a step context in its stage named
+    ``stage``)."""
+    over = {"image_size": H, **over}
     r = apply_overrides(preset("digits-lt", method), [(k, str(v)) for k, v in over.items()])
     m = get_method(method)(r, train_index(COUNTS.long().tolist()))
     st = m.stages()[0] if stage is None else next(s for s in m.stages() if s.name == stage)
     runtime = Runtime(device=torch.device("cpu"), priors=Priors(COUNTS), mean=MEAN, std=STD)
-    return m, StepContext(runtime, st, epoch, 0, torch.Generator().manual_seed(seed))
+    return m, StepContext(runtime, st, epoch, 0)
+
+
+def with_draws(m, ctx, batch, seed=11):
+    """``batch`` with the method's draws for its plan from a generator seeded by ``seed`` (what the producer
+    attaches with ``Method.draw``), host copies in ``plan.extras`` and tensors in ``extras``."""
+    plan = batch.plan.with_extras(m.draw(ctx.stage, batch.plan, torch.Generator().manual_seed(seed)))
+    extras = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in plan.extras.items()}
+    return Batch(plan, batch.rows, batch.images, batch.labels, extras)
+
+
+def loss_of(m, ctx, batch, model, seed=11):
+    """``m.loss`` on ``batch`` with its draws from ``seed``."""
+    return m.loss(model, with_draws(m, ctx, batch, seed), ctx)
 
 
 def norm(u8):
@@ -55,13 +71,13 @@ def _beta(g, alpha, n):
 
 
 def beta_like(ctx_seed, alpha, n):
-    """Replays StepContext.beta: one int from the step generator seeds numpy's Beta."""
+    """Replays ``draw_beta``: one int from the step generator seeds numpy's Beta."""
     g = torch.Generator().manual_seed(ctx_seed)
     return _beta(g, alpha, n), g
 
 
 def beta_draws(ctx_seed, alpha, sizes, perm_after_first=None):
-    """Replays several StepContext.beta calls, with StepContext.permutation(n) after the first one."""
+    """Replays several ``draw_beta`` calls, with ``draw_permutation(n)`` after the first one."""
     g = torch.Generator().manual_seed(ctx_seed)
     lams, perm = [], None
     for i, n in enumerate(sizes):
