@@ -2,12 +2,15 @@
 
 One parallel task per image runs that image's operations in their drawn order, each one pass over its pixels
 while they sit in cache — where the torch reference makes a dozen full-batch float temporaries per operation
-(the colour jitter's hue alone ~40). The arithmetic is the reference's, in float32, in the same order: a fused
+(the colour jitter's hue alone ~40). A run of colour-jitter operations works on the image as three float32
+planes, converted once, each operation a branch-free loop that LLVM vectorises (the hue's masked sums and
+sector gathers become selects). The arithmetic is the reference's, in float32, in the same order: a fused
 multiply-add of the reference (its blends, its luma) is computed exactly in float64 and rounded once to
 float32; a contrast mean is an exact sum of integer lumas divided in float32 (exact as long as the sum stays
 below 2²⁴, i.e. images up to 65,793 pixels — 256 × 256); ``tests/test_augment_ops.py`` checks both paths
-agree bit for bit. The dispatcher of ``fastlt.kernels`` chooses: numba for CPU tensors unless
-``FASTLT_KERNELS=torch``; CUDA tensors always take the torch ops.
+agree bit for bit, on photographs and on all 64³ colours of a grid over [0, 255]. The dispatcher of
+``fastlt.kernels`` chooses: numba for CPU tensors unless ``FASTLT_KERNELS=torch``; CUDA tensors always take
+the torch ops.
 """
 
 from __future__ import annotations
@@ -26,12 +29,8 @@ _R, _G, _B = np.float32(0.2989), np.float32(0.587), np.float32(0.114)
 _INV255 = np.float32(1.0 / 255)
 _SIXTH = np.float32(1.0 / 6.0)
 _TO_BYTE = np.float32(255 + 1.0 - 1e-3)
-_ZERO, _ONE, _TWO, _FOUR, _SIX, _MAX = (np.float32(v) for v in (0.0, 1.0, 2.0, 4.0, 6.0, 255.0))
-
-
-def _fma(a, b, c):
-    """float32 ``a·b + c`` rounded once (the product of two float32 values is exact in float64)."""
-    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+_ZERO, _ONE, _TWO, _THREE, _FOUR, _FIVE, _SIX, _MAX = (
+    np.float32(v) for v in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 255.0))
 
 
 def _byte(v):
@@ -39,117 +38,106 @@ def _byte(v):
     return np.uint8(min(max(v, _ZERO), _MAX))
 
 
-# The luma's three products by value: R's rounded to float32 (a plain multiply), G's and B's exact in float64
-# (the fused multiply-adds add them before rounding). Three lookups then give the reference's luma exactly.
-_LUMA_R = (np.arange(256, dtype=np.float32) * _R).astype(np.float32)
-_LUMA_G = np.arange(256, dtype=np.float64) * np.float64(_G)
-_LUMA_B = np.arange(256, dtype=np.float64) * np.float64(_B)
+# ---------------------------------------------------------------------------------------------- colour jitter
+# The colour jitter's ops run on one image as three float32 planes holding its uint8 values (exact integers),
+# each op one branch-free loop over a plane that LLVM vectorises; an op's output is truncated back to an
+# integer, so every plane value is the byte the reference's op returns. float64 is used where the reference
+# fuses a multiply-add (its blends, its luma): the product of two float32 values is exact in float64, and the
+# sum is rounded to float32 once, as the fused operation rounds it.
+def _to_planes(flat, R, G, B):
+    """``flat``: the image's interleaved bytes, 1-D (indexing it flat lets the loop vectorise)."""
+    for k in range(R.shape[0]):
+        R[k] = np.float32(flat[3 * k])
+        G[k] = np.float32(flat[3 * k + 1])
+        B[k] = np.float32(flat[3 * k + 2])
 
 
-def _luma(p):
-    inner = np.float32(_LUMA_G[p[1]] + np.float64(_LUMA_R[p[0]]))
-    return np.float32(_LUMA_B[p[2]] + np.float64(inner))
+def _from_planes(R, G, B, flat):
+    for k in range(R.shape[0]):
+        flat[3 * k] = np.uint8(R[k])
+        flat[3 * k + 1] = np.uint8(G[k])
+        flat[3 * k + 2] = np.uint8(B[k])
 
 
-def _apply_lut(img, lut):
-    flat = img.reshape(img.shape[0] * 3)
-    for k in range(flat.shape[0]):
-        flat[k] = lut[flat[k]]
+def _clamp_floor(v):
+    """The integer ``clamp_(0, 255).to(torch.uint8)`` makes of ``v``, as a float32."""
+    return np.floor(min(max(v, _ZERO), _MAX))
 
 
-def _brightness(img, f):
-    lut = np.empty(256, np.uint8)
-    for v in range(256):
-        lut[v] = _byte(np.float32(v) * f)
-    _apply_lut(img, lut)
+def _luma(r, g, b):
+    """The reference's ``0.2989·R + 0.587·G + 0.114·B``: a float32 product, then two fused multiply-adds."""
+    inner = np.float32(np.float64(g) * np.float64(_G) + np.float64(r * _R))
+    return np.float32(np.float64(b) * np.float64(_B) + np.float64(inner))
 
 
-def _blend_gray(img, f, a, mean):
-    """Blend toward the floored luma of each pixel (saturation) or toward ``mean`` (contrast, when ≥ 0):
-    ``fma(other, a, v·f)`` with the products by value tabulated (exact in float64, as in :func:`_fma`)."""
-    scaled = np.empty(256, np.float64)
-    toward = np.empty(256, np.float64)
-    for v in range(256):
-        scaled[v] = np.float64(np.float32(v) * f)
-        toward[v] = np.float64(v) * np.float64(a)
-    if mean >= _ZERO:
-        lut = np.empty(256, np.uint8)
-        pull = np.float64(mean) * np.float64(a)
-        for v in range(256):
-            lut[v] = _byte(np.float32(pull + scaled[v]))
-        _apply_lut(img, lut)
-        return
-    for k in range(img.shape[0]):
-        pull = toward[int(np.floor(_luma(img[k])))]
-        for c in range(3):
-            img[k, c] = _byte(np.float32(pull + scaled[img[k, c]]))
+def _brightness(P, f):
+    for k in range(P.shape[0]):
+        P[k] = _clamp_floor(P[k] * f)
 
 
-def _mean_luma(img):
-    total = 0.0
-    for k in range(img.shape[0]):
-        total += np.floor(_luma(img[k]))
-    return np.float32(total) / np.float32(img.shape[0])
+def _blend(P, f, pull):
+    """``fma(other, 1 − f, v·f)`` with ``pull = other·(1 − f)`` (exact in float64), clamped and truncated."""
+    for k in range(P.shape[0]):
+        P[k] = _clamp_floor(np.float32(pull + np.float64(P[k] * f)))
 
 
-def _grayscale(img):
-    for k in range(img.shape[0]):
-        v = np.uint8(_luma(img[k]))
-        img[k, 0] = v
-        img[k, 1] = v
-        img[k, 2] = v
+def _contrast(R, G, B, f, a):
+    """Blend toward the mean of the floored luma (an exact integer sum divided in float32)."""
+    total = 0
+    for k in range(R.shape[0]):
+        total += np.int64(np.floor(_luma(R[k], G[k], B[k])))
+    pull = np.float64(np.float32(total) / np.float32(R.shape[0])) * np.float64(a)
+    _blend(R, f, pull)
+    _blend(G, f, pull)
+    _blend(B, f, pull)
 
 
-def _hue_of(r, g, b, maxc, spread):
-    """Hue in [0, 1) of one pixel (the reference's masked sum: exactly one term is not zero)."""
-    d = _ONE if spread == _ZERO else spread
-    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-    if maxc == r:
-        h = bc - gc
-    elif maxc == g:
-        h = (rc + _TWO) - bc
-    else:
-        h = (gc + _FOUR) - rc
-    h = h * _SIXTH + _ONE  # in [5/6, 11/6): fmod(·, 1) is one exact subtraction
-    return h - _ONE if h >= _ONE else h
+def _saturation(R, G, B, f, a):
+    """Blend toward each pixel's floored luma."""
+    a64 = np.float64(a)
+    for k in range(R.shape[0]):
+        pull = np.float64(np.floor(_luma(R[k], G[k], B[k]))) * a64
+        R[k] = _clamp_floor(np.float32(pull + np.float64(R[k] * f)))
+        G[k] = _clamp_floor(np.float32(pull + np.float64(G[k] * f)))
+        B[k] = _clamp_floor(np.float32(pull + np.float64(B[k] * f)))
 
 
-def _hue(img, shift):
-    for k in range(img.shape[0]):
-        r = np.float32(img[k, 0]) * _INV255
-        g = np.float32(img[k, 1]) * _INV255
-        b = np.float32(img[k, 2]) * _INV255
+def _grayscale(R, G, B):
+    for k in range(R.shape[0]):
+        v = np.floor(_luma(R[k], G[k], B[k]))
+        R[k] = v
+        G[k] = v
+        B[k] = v
+
+
+def _hue(R, G, B, shift):
+    """The reference's float HSV round trip, its masked sums and sector gathers written as selects."""
+    for k in range(R.shape[0]):
+        r, g, b = R[k] * _INV255, G[k] * _INV255, B[k] * _INV255
         maxc, minc = max(max(r, g), b), min(min(r, g), b)
         spread = maxc - minc
-        s = spread / (_ONE if spread == _ZERO else maxc)
-        h = _hue_of(r, g, b, maxc, spread) + shift  # in [−0.5, 1.5): torch.remainder(·, 1) is
-        if h >= _ONE:  # one exact subtraction above 1 and fmod's identity plus 1 below 0
-            h = h - _ONE
-        elif h < _ZERO:
-            h = h + _ONE
+        flat = spread == _ZERO
+        s = spread / (_ONE if flat else maxc)
+        d = _ONE if flat else spread
+        rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
+        h_r, h_g, h_b = bc - gc, (rc + _TWO) - bc, (gc + _FOUR) - rc
+        h = (h_r if maxc == r else (h_g if maxc == g else h_b)) * _SIXTH + _ONE
+        h = h - (_ONE if h >= _ONE else _ZERO)  # in [5/6, 11/6) before: fmod(·, 1) is one exact subtraction
+        h = h + shift  # in [−0.5, 1.5): torch.remainder(·, 1) is one exact step either way
+        h = h + (-_ONE if h >= _ONE else (_ONE if h < _ZERO else _ZERO))
         h6 = h * _SIX
         sector = np.floor(h6)
-        frac = h6 - np.float32(sector)
+        frac = h6 - sector
         sxf = s * frac
         oms = _ONE - s
         q = min(max((_ONE - sxf) * maxc, _ZERO), _ONE)
         t = min(max((sxf + oms) * maxc, _ZERO), _ONE)
         p = min(max(oms * maxc, _ZERO), _ONE)
-        i = int(sector) % 6
-        r, g, b = maxc, p, q  # sector 5
-        if i == 0:
-            g, b = t, p
-        elif i == 1:
-            r, g, b = q, maxc, p
-        elif i == 2:
-            r, g, b = p, maxc, t
-        elif i == 3:
-            r, g, b = p, q, maxc
-        elif i == 4:
-            r, b = t, maxc
-        img[k, 0] = np.uint8(r * _TO_BYTE)
-        img[k, 1] = np.uint8(g * _TO_BYTE)
-        img[k, 2] = np.uint8(b * _TO_BYTE)
+        i = sector if sector < _SIX else _ZERO  # sector mod 6
+        r = maxc if (i == _ZERO or i == _FIVE) else (q if i == _ONE else (t if i == _FOUR else p))
+        g = t if i == _ZERO else (maxc if (i == _ONE or i == _TWO) else (q if i == _THREE else p))
+        b = p if i <= _ONE else (t if i == _TWO else (q if i == _FIVE else maxc))
+        R[k], G[k], B[k] = np.floor(r * _TO_BYTE), np.floor(g * _TO_BYTE), np.floor(b * _TO_BYTE)
 
 
 def _point(img, code, f):
@@ -261,31 +249,62 @@ def _sharpness(img, a):
                 img[i, j, c] = _byte(np.float32(pull[smooth - v + 255] + np.float64(v)))
 
 
+def _jitter_op(R, G, B, code, f, a):
+    if code == BRIGHTNESS:
+        _brightness(R, f)
+        _brightness(G, f)
+        _brightness(B, f)
+    elif code == CONTRAST:
+        _contrast(R, G, B, f, a)
+    elif code == SATURATION:
+        _saturation(R, G, B, f, a)
+    elif code == HUE:
+        _hue(R, G, B, f)
+    else:
+        _grayscale(R, G, B)
+
+
+def _byte_op(pixels, code, f, a):
+    """An op on the interleaved uint8 pixels ``[H, W, 3]`` of one image."""
+    img = pixels.reshape(pixels.shape[0] * pixels.shape[1], 3)
+    if POSTERIZE <= code <= INVERT:
+        _point(img, code, f)
+    elif code == AUTOCONTRAST or code == AUTOCONTRAST_PIL:
+        _autocontrast(img, code == AUTOCONTRAST_PIL)
+    elif code == EQUALIZE:
+        _equalize(img)
+    elif code == SATURATION_PIL or code == CONTRAST_PIL:
+        _blend_pil(img, f, code == CONTRAST_PIL)
+    elif code == SHARPNESS:
+        _sharpness(pixels, a)
+
+
+def _color_image(pixels, codes, factors, comps):
+    """One image's ops in slot order; a run of colour-jitter ops works on float planes, converted once."""
+    n = pixels.shape[0] * pixels.shape[1]
+    flat = pixels.reshape(3 * n)
+    R, G, B = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+    planar = False
+    for slot in range(codes.shape[0]):
+        code = codes[slot]
+        if code == NONE:
+            continue
+        if code <= GRAYSCALE and not planar:
+            _to_planes(flat, R, G, B)
+        elif code > GRAYSCALE and planar:
+            _from_planes(R, G, B, flat)
+        planar = code <= GRAYSCALE
+        if planar:
+            _jitter_op(R, G, B, code, factors[slot], comps[slot])
+        else:
+            _byte_op(pixels, code, factors[slot], comps[slot])
+    if planar:
+        _from_planes(R, G, B, flat)
+
+
 def _color_images(x, codes, factors, comps):
     for i in prange(x.shape[0]):
-        img = x[i].reshape(x.shape[1] * x.shape[2], 3)
-        for slot in range(codes.shape[1]):
-            code, f = codes[i, slot], factors[i, slot]
-            if code == BRIGHTNESS:
-                _brightness(img, f)
-            elif code == CONTRAST:
-                _blend_gray(img, f, comps[i, slot], _mean_luma(img))
-            elif code == SATURATION:
-                _blend_gray(img, f, comps[i, slot], np.float32(-1.0))
-            elif code == HUE:
-                _hue(img, f)
-            elif code == GRAYSCALE:
-                _grayscale(img)
-            elif POSTERIZE <= code <= INVERT:
-                _point(img, code, f)
-            elif code == AUTOCONTRAST or code == AUTOCONTRAST_PIL:
-                _autocontrast(img, code == AUTOCONTRAST_PIL)
-            elif code == EQUALIZE:
-                _equalize(img)
-            elif code == SATURATION_PIL or code == CONTRAST_PIL:
-                _blend_pil(img, f, code == CONTRAST_PIL)
-            elif code == SHARPNESS:
-                _sharpness(x[i], comps[i, slot])
+        _color_image(x[i], codes[i], factors[i], comps[i])
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -383,19 +402,21 @@ def _affine_images(x, rows, theta, modes, fill):
 
 
 if numba is not None:
-    _inline = numba.njit(inline="always", cache=True, nogil=True)
-    _fma, _byte, _luma, _hue_of, _apply_lut = (_inline(f) for f in (_fma, _byte, _luma, _hue_of, _apply_lut))
-    _helper = numba.njit(cache=True, nogil=True)
-    _pil_luma = _inline(_pil_luma)
-    _brightness, _blend_gray, _mean_luma, _grayscale, _hue, _point, _autocontrast, _equalize, _blend_pil, \
-        _sharpness = (_helper(f) for f in (_brightness, _blend_gray, _mean_luma, _grayscale, _hue, _point,
-                                            _autocontrast, _equalize, _blend_pil, _sharpness))
-    _color_images = numba.njit(parallel=True, cache=True, nogil=True)(_color_images)
+    # error_model="numpy": no zero-division checks (every divisor here is guarded), so loops can vectorise
+    _inline = numba.njit(inline="always", cache=True, nogil=True, error_model="numpy")
+    _byte, _clamp_floor, _luma, _pil_luma = (_inline(f) for f in (_byte, _clamp_floor, _luma, _pil_luma))
+    _helper = numba.njit(cache=True, nogil=True, error_model="numpy")
+    _to_planes, _from_planes, _brightness, _blend, _contrast, _saturation, _grayscale, _hue, _point, \
+        _autocontrast, _equalize, _blend_pil, _sharpness, _jitter_op, _byte_op, _color_image = (
+            _helper(f) for f in (_to_planes, _from_planes, _brightness, _blend, _contrast, _saturation,
+                                 _grayscale, _hue, _point, _autocontrast, _equalize, _blend_pil, _sharpness,
+                                 _jitter_op, _byte_op, _color_image))
+    _color_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_color_images)
     _cubic_weights, _blend_fill, _put, _nearest, _interpolated = (
         _inline(f) for f in (_cubic_weights, _blend_fill, _put, _nearest, _interpolated)
     )
     _affine_image = _helper(_affine_image)
-    _affine_images = numba.njit(parallel=True, cache=True, nogil=True)(_affine_images)
+    _affine_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_affine_images)
 
 
 def enabled(x: torch.Tensor) -> bool:

@@ -155,6 +155,27 @@ def test_the_numba_colour_path_is_the_torch_reference_byte_for_byte(batch):
     _exact(mine.permute(0, 3, 1, 2), ref)
 
 
+def test_the_numba_colour_jitter_is_the_torch_reference_on_every_colour_of_a_grid():
+    """The float-plane jitter kernels against the reference on all 64³ colours of a grid over [0, 255] (and
+    a random image), several factors a row: the rounding of every branch of the HSV round trip is reached."""
+    if not fast.enabled(torch.zeros(1)):
+        pytest.skip("numba is not installed or FASTLT_KERNELS forces the torch reference")
+    levels = np.linspace(0, 255, 64).round()
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    noise = np.random.default_rng(7).integers(0, 256, grid.shape)
+    images = torch.from_numpy(np.stack([grid, noise]).astype(np.uint8).reshape(2, 512, 512, 3))
+    x = images.repeat(4, 1, 1, 1).permute(0, 3, 1, 2)  # 8 rows: 4 factors × (grid, noise)
+    factors = {fast.BRIGHTNESS: [0.6, 0.97, 1.03, 1.4], fast.CONTRAST: [0.0, 0.6, 1.2, 2.0],
+               fast.SATURATION: [0.0, 0.61, 1.0, 1.4], fast.HUE: [-0.5, -0.1, 0.037, 0.5],
+               fast.GRAYSCALE: [0.0] * 4}
+    torch_ops = (ops.brightness, ops.contrast, ops.saturation, ops.hue, lambda t, f: ops.grayscale(t))
+    for code, f in factors.items():
+        f = np.repeat(np.asarray(f, dtype=np.float64), 2)
+        mine = x.permute(0, 2, 3, 1).clone()
+        fast.color_ops(mine.permute(0, 3, 1, 2), np.full((8, 1), code), f[:, None])
+        _exact(mine.permute(0, 3, 1, 2), torch_ops[code](x, f))
+
+
 def test_the_numba_point_ops_are_the_torch_reference_byte_for_byte(batch):
     """Posterize, solarize, solarize-add, invert, both autocontrasts, equalize, Pillow's colour and contrast,
     sharpness: the numba kernel against the torch kernels, each op on every row."""
