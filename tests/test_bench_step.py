@@ -21,7 +21,7 @@ def loop_config() -> LoopConfig:
     return LoopConfig(model="smallnet", num_classes=2, image_size=32, batch_size=8, workers=0, device="cpu",
                       lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=False, mean=(0.485, 0.456, 0.406),
                       std=(0.229, 0.224, 0.225), mix_alpha=1.0, amp=False, channels_last=False, model_width=8,
-                      seed=0)
+                      seed=0, compile=False)
 
 
 @pytest.fixture(scope="module")

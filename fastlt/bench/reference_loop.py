@@ -68,6 +68,7 @@ class LoopConfig:
     channels_last: bool  # CUDA only
     model_width: int
     seed: int
+    compile: bool  # torch.compile the model, as a user who compiles would in this loop
 
     @classmethod
     def from_recipe(cls, recipe, num_classes: int) -> LoopConfig:
@@ -80,7 +81,7 @@ class LoopConfig:
             nesterov=recipe.nesterov,
             mean=tuple(recipe.mean), std=tuple(recipe.std), mix_alpha=recipe.mix_alpha,
             amp=cuda and recipe.amp, channels_last=cuda and recipe.channels_last,
-            model_width=recipe.model_width, seed=recipe.seed,
+            model_width=recipe.model_width, seed=recipe.seed, compile=recipe.compile,
         )
 
 
@@ -162,6 +163,8 @@ class ReferenceLoop:
         self.cfg, self.steps, self.device = cfg, steps, torch.device(cfg.device)
         self.memory = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.model = reference_model(cfg).to(self.device, memory_format=self.memory)
+        if cfg.compile:
+            self.model.compile()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.loader = imagefolder_loader(root, cfg, steps)

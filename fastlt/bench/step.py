@@ -88,6 +88,8 @@ def overrides(method: str, data: Path, args) -> list[str]:
         "--device",
         args.device,
     ]
+    if args.compile:
+        over += ["--compile"]
     if method == "cpmix":
         over += ["--cpmix-start-epoch", "0", "--finetune-epochs", "0"]
     if method == "concutmix":
@@ -266,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3,
                    help="timed epochs after a warm-up epoch, fastlt and reference alike; medians (default 3)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model, fastlt's (recipe key compile) and the reference loop's "
+                   "alike; the warm-up epoch absorbs the compilation")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the reference loop (torchvision ImageFolder + PIL, timm Mixup)")
     p.add_argument("--work", default="/tmp/fastlt-bench-step", help="where the synthetic data and runs live")
@@ -297,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         if with_reference:
             r["× reference"] = r["img/s"] / references[reference_kind(r["method"])]["img/s"]
             r["against"] = against(r["method"])
-    title = (f"training steps, {args.model} @ {args.image_size} px, batch {args.batch_size}, pipeline "
+    model = args.model + (" compiled" if args.compile else "")
+    title = (f"training steps, {model} @ {args.image_size} px, batch {args.batch_size}, pipeline "
              f"{args.pipeline}, {shape}, device {args.device}, {args.workers} workers, median of "
              f"{args.repeats} epochs of {args.steps} steps after a warm-up epoch")
     shown = [{**r, "data wait": f"{100 * r['data wait']:.1f}%"} for r in [*rows, *references.values()]]
