@@ -337,16 +337,16 @@ def train_epoch(run: Run, st: StageRun, epoch: int) -> tuple[Tally, int, float]:
             tally.wait += time.perf_counter() - t0
             set_lr(st.optimizer, st.lr(r, epoch + i / steps))
             out = train_step(run, st, batch, epoch)
-            pred = out.logits.detach().argmax(1) if out.logits is not None else None
+            pred = out.logits.detach().argmax(1) if out.logits is not None else None  # stays on the device
             # feedback: (y, ŷ) of the un-mixed samples (gathered over ranks), only for a method that asks
             wants = run.method.consumes_feedback and pred is not None
             queue.done(run.step, Feedback.capture(out.labels, pred, d, pad_to) if wants else None)
-            tally.add(out, pred, len(batch))
+            tally.add(out, pred, len(batch))  # device-side sums; len() is the plan's, known on the host
             run.step += 1
             if i % LOSS_CHECK_EVERY == LOSS_CHECK_EVERY - 1 or i == steps - 1:
-                check_finite(run, st, epoch, i, tally)  # host sync
+                check_finite(run, st, epoch, i, tally)  # sync: the logging cadence's one read of the loss
                 el = time.perf_counter() - tally.t0
-                bar.update(loss=f"{tally.loss_sum.item() / (i + 1):.3f}",
+                bar.update(loss=f"{tally.loss_sum.item() / (i + 1):.3f}",  # no new sync: already waited for
                            **{"img/s": f"{tally.images / el:.0f}", "wait": f"{tally.wait / el:.0%}"})
             else:
                 bar.update()
@@ -408,7 +408,7 @@ def epoch_record(run: Run, st: StageRun, epoch: int, tally: Tally, steps: int, e
         "stage": st.stage.name,
         "step": run.step,
         "lr": st.optimizer.param_groups[0]["lr"],
-        "train_loss": loss_sum.item() / max(steps, 1),
+        "train_loss": loss_sum.item() / max(steps, 1),  # sync: epoch end
         "train_acc": 100 * correct.item() / seen if seen else None,
         "img_per_s": tally.images * run.dist.world / elapsed,
         "steps_per_s": steps / elapsed,
