@@ -14,11 +14,19 @@ Pages: FFCV's process-cache loader reads a row from the single page that holds i
 multiple of the page size. Rows are packed in order and a row that would cross a boundary starts on the next
 page. A row larger than the page doubles the page size; boundaries of the doubled size are a subset of the
 old ones, so rows already written still sit within one page.
+
+Rows go to the file with one ``pwrite`` each, and every ``WRITEBACK_BYTES`` the kernel is asked to start
+writing them to disk (``sync_file_range``, which does not wait): the ``fsync`` of :meth:`finish` then has
+only the last few MB left, instead of writing the whole file while every worker sits idle (about 0.1 s per
+100 MB here, a few % of a conversion's wall time).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +36,31 @@ IMAGE_FIELD = "image"
 LABEL_FIELD = "label"
 PAGE_SIZE = 1 << 23  # FFCV's default, 8 MiB
 MAX_PAGE_SIZE = 1 << 31  # the header stores the page size as uint32, a power of two
+# FFCV's RGBImageField modes (ffcv.fields.rgb_image.IMAGE_MODES): that is a numba typed dict, and its first
+# read from Python compiles a lookup for ~0.6 s in every converting process.
+IMAGE_MODES = {"jpg": 0, "raw": 1}
+WRITEBACK_BYTES = 16 << 20
+SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the range's dirty pages, do not wait
+
+
+@functools.cache
+def _sync_file_range():
+    """glibc's ``sync_file_range``, or None where there is none (then only :meth:`BetonWriter.finish`'s
+    fsync writes the file out)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def _pwrite(fd: int, data, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
 
 
 @dataclass(frozen=True)
@@ -46,12 +79,9 @@ class BetonWriter:
 
     def __init__(self, path: str | os.PathLike, capacity: int, page_size: int = PAGE_SIZE):
         from ffcv.fields import IntField, RGBImageField
-        from ffcv.fields.rgb_image import IMAGE_MODES
         from ffcv.types import CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType, HeaderType, get_metadata_type
 
         fields = {IMAGE_FIELD: RGBImageField(), LABEL_FIELD: IntField()}
-        # FFCV's IMAGE_MODES is a numba typed dict, slow to read from Python once per row.
-        self._modes = {mode: int(IMAGE_MODES[mode]) for mode in ("jpg", "raw")}
         self.metadata_type = get_metadata_type(list(fields.values()))
         self.header = np.zeros(1, dtype=HeaderType)[0]
         self.header["version"] = CURRENT_VERSION
@@ -69,8 +99,10 @@ class BetonWriter:
         # Per key: where its data went and what the metadata says (ptr -1: not added).
         self.placed = np.zeros((self.capacity, 6), dtype=np.int64)
         self.placed[:, 0] = -1
-        self.file = open(path, "wb")
-        self.file.write(self.header.tobytes() + descriptors.tobytes())
+        self.file = open(path, "wb", buffering=0)
+        self.fd = self.file.fileno()
+        self.written_back = 0  # bytes from the start whose writeback has been started
+        _pwrite(self.fd, self.header.tobytes() + descriptors.tobytes(), 0)
 
     def add(self, key, row: Row, label: int) -> None:
         size = len(row.data)
@@ -80,10 +112,14 @@ class BetonWriter:
             self.page_size *= 2
         if size and self.pos // self.page_size != (self.pos + size - 1) // self.page_size:
             self.pos = -(-self.pos // self.page_size) * self.page_size  # start of the next page
-        self.file.seek(self.pos)
-        self.file.write(row.data)
-        self.placed[key] = (self.pos, size, self._modes[row.mode], row.height, row.width, label)
+        _pwrite(self.fd, row.data, self.pos)
+        self.placed[key] = (self.pos, size, IMAGE_MODES[row.mode], row.height, row.width, label)
         self.pos += size
+        start_writeback = _sync_file_range()
+        if start_writeback is not None and self.pos - self.written_back >= WRITEBACK_BYTES:
+            # Best effort: a failure here leaves the pages to finish's fsync, which reports errors.
+            start_writeback(self.fd, self.written_back, self.pos - self.written_back, SYNC_FILE_RANGE_WRITE)
+            self.written_back = self.pos
 
     def finish(self, keys) -> None:
         """Record the rows of ``keys``, in that order, and close the file."""
@@ -103,16 +139,11 @@ class BetonWriter:
         self.header["num_samples"] = len(keys)
         self.header["page_size"] = self.page_size
         self.header["alloc_table_ptr"] = self.pos
-        f = self.file
-        f.seek(self.pos)
-        f.write(table.tobytes())
-        f.seek(self.metadata_start)
-        f.write(meta.tobytes())
-        f.seek(0)
-        f.write(self.header.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
+        _pwrite(self.fd, table.tobytes(), self.pos)
+        _pwrite(self.fd, meta.tobytes(), self.metadata_start)
+        _pwrite(self.fd, self.header.tobytes(), 0)
+        os.fsync(self.fd)
+        self.file.close()
 
     def close(self) -> None:
         self.file.close()

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastlt.beton_writer import IMAGE_MODES
 from fastlt.convert import main as convert_main
 from fastlt.datasets import images
 from fastlt.shards import open_shard
@@ -139,6 +140,12 @@ def test_jpeg_rows_keep_the_picture(tree, tmp_path, max_res):
         assert mode == "jpg" and pixels.shape == naive.shape and psnr(pixels, naive) >= 24, sid
         # Shrunk on YUV planes into 4:2:0, or into greyscale from a greyscale source.
         assert Image.open(io.BytesIO(data)).mode == ("L" if sid.startswith("grey/") else "RGB"), sid
+
+
+def test_the_writers_image_modes_are_ffcvs():
+    from ffcv.fields.rgb_image import IMAGE_MODES as FFCV_IMAGE_MODES
+
+    assert IMAGE_MODES == dict(FFCV_IMAGE_MODES)
 
 
 def test_source_jpegs_are_stored_byte_for_byte_by_default(tree, tmp_path):
