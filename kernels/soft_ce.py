@@ -27,8 +27,14 @@ writes ``g_b · (W_b · p_bj − scatter_j)``, where the scatter is computed per
 ``[BLOCK_C, K]`` comparison against the row's indices — every duplicate adds, and no two programs touch
 the same element.
 Memory: O(B) saved besides the logits, no ``[B, C]`` target, softmax or one-hot tensor. A numba version of
-the same two row passes serves fp32 CPU logits (``kernels/_dispatch.py``); the torch reference is the
+the same two row passes serves fp32 CPU logits on request (``backend='numba'``); the torch reference is the
 definition, autograd-differentiable in float64 for gradcheck.
+
+``backend='torch'`` (and ``auto`` on CPU) runs the same math in torch ops, arranged for speed:
+``log_softmax`` — one vectorised aten kernel, where the numba rows call a scalar ``exp`` — gives
+``ℓ_b = −Σ_k w_k cw_k · log p_{b,idx_k}``; its output is saved and the backward writes
+``g_b · (W_b · exp(log p) − scatter)`` into one new buffer. Two ``[B, C]`` buffers at the peak (the
+log-probabilities and the gradient) against dense ``F.cross_entropy``'s three (its target besides).
 """
 
 from __future__ import annotations
@@ -308,6 +314,39 @@ class _SoftCrossEntropy(torch.autograd.Function):
         return dz, None, None, None, None, None, None
 
 
+class _SoftCrossEntropyTorch(torch.autograd.Function):
+    """The row passes in torch ops (module docstring): ``log_softmax`` forward, its output turned into the
+    gradient in place."""
+
+    @staticmethod
+    def forward(ctx, logits, idx, w, adjust, cw, reduction):
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        z = logits.to(dtype)
+        lp = torch.log_softmax(z if adjust is None else z + adjust.to(dtype), dim=1)
+        ww = w.to(dtype) if cw is None else w.to(dtype) * cw.to(dtype)[idx]
+        rows = -(ww * lp.gather(1, idx)).sum(1)
+        wsum = ww.sum(1)
+        ctx.save_for_backward(idx, ww, lp, wsum)
+        ctx.reduction, ctx.grad_dtype = reduction, logits.dtype
+        if reduction == "none":
+            return rows
+        if reduction == "sum":
+            return rows.sum()
+        ctx.denom = wsum.sum() if cw is not None else float(logits.shape[0])  # a Python number: no copy
+        return rows.sum() / ctx.denom
+
+    @staticmethod
+    def backward(ctx, grad):
+        idx, ww, lp, wsum = ctx.saved_tensors
+        g = grad.to(lp.dtype)
+        if ctx.reduction == "mean":
+            g = g / ctx.denom
+        g = g.expand(lp.shape[0]) if g.dim() == 0 else g
+        dz = lp.exp().mul_((g * wsum)[:, None])  # p·W_b·g_b (lp kept: a retained graph may come back)
+        dz.scatter_add_(1, idx, -(g[:, None] * ww))  # each target term pulls its logit down; duplicates add
+        return dz.to(ctx.grad_dtype), None, None, None, None, None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------
@@ -379,9 +418,8 @@ def soft_cross_entropy(
     logit_adjust = _vector(logit_adjust, C, "logit_adjust", device)
     class_weight = _vector(class_weight, C, "class_weight", device)
 
-    # auto on CPU: the torch reference. tools/bench kernels (B 512, C 8,142, K 2, 2 threads) measures it
-    # faster than the numba kernel (its row-wise log-sum-exp cannot use the vectorised exp of torch's
-    # logsumexp), with the same memory: the numba kernel stays available as backend='numba'.
+    # auto on CPU: the torch-op row passes (module docstring), which tools/bench kernels measures faster than
+    # the numba kernel, the autograd reference and dense F.cross_entropy; numba stays as backend='numba'.
     impl = _dispatch.pick(device, backend, has_numba=numba is not None and logits.dtype == torch.float32,
                           cpu_auto="torch")
     if impl == "triton" and logits.dtype not in _TRITON_DTYPES:
@@ -390,7 +428,9 @@ def soft_cross_entropy(
             f"got {logits.dtype} (use backend='torch')"
         )
     if impl == "torch":
-        return soft_ce_reference(logits, idx.to(torch.int64), w, logit_adjust, class_weight, reduction)
+        adj = None if logit_adjust is None else logit_adjust.detach()
+        cw = None if class_weight is None else class_weight.detach()
+        return _SoftCrossEntropyTorch.apply(logits, idx.to(torch.int64), w.detach(), adj, cw, reduction)
     f32 = dict(dtype=torch.float32)
     adj = logit_adjust.detach().to(**f32).contiguous() if logit_adjust is not None else None
     cw = class_weight.detach().to(**f32).contiguous() if class_weight is not None else None
