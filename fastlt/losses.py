@@ -114,34 +114,39 @@ def top2_label(target: torch.Tensor | tuple[torch.Tensor, torch.Tensor], num_cla
 def mms_loss(
     cosine_logits: torch.Tensor,
     target: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
-    text_similarity: torch.Tensor,
+    text_features: torch.Tensor,
     margin: float,
     temperature: float,
 ) -> torch.Tensor:
     """Margin metric softmax: ``CE((cos + margin·(1 − S[y])) / temperature, y)``, mean over the batch.
 
     ``cosine_logits [B, C]``: cosines between image and class text features (no logit scale);
-    ``text_similarity [C, C]``: cosine similarity of the class text features; ``target``: a hard label
-    ``int64[B]`` or a mixed one (dense ``[B, C]`` or sparse ``(idx, w)``). A mixed label contributes its two
-    largest entries, ``v0·CE_MMS(c0) + v1·CE_MMS(c1)`` — the LFM label has exactly two classes, so nothing
-    is dropped there; for wider labels the rest is ignored (REFERENCE.md §LFM).
+    ``text_features [C, d]``: the class text features with unit rows, so ``S = t·tᵀ`` is their cosine
+    similarity; ``target``: a hard label ``int64[B]`` or a mixed one (dense ``[B, C]`` or sparse
+    ``(idx, w)``). A mixed label contributes its two largest entries, ``v0·CE_MMS(c0) + v1·CE_MMS(c1)`` — the
+    LFM label has exactly two classes, so nothing is dropped there; for wider labels the rest is ignored
+    (REFERENCE.md §LFM).
+
+    Only the rows ``S[c]`` of the step's label classes are needed, and they are computed as ``t[c]·tᵀ``
+    (``[B, d] × [d, C]``, 2·B·C·d flops a term): the ``[C, C]`` matrix is never formed — 265 MB at
+    C = 8,142, which would grow with C² — and the rows cost a small matrix product per step.
     """
     B, C = cosine_logits.shape
     if C < 2:
         raise ValueError(f"mms_loss: needs at least 2 classes, got cosine_logits {list(cosine_logits.shape)}")
-    if text_similarity.shape != (C, C):
-        raise ValueError(f"mms_loss: text_similarity must be [{C}, {C}], got {list(text_similarity.shape)}")
+    if text_features.ndim != 2 or text_features.shape[0] != C:
+        raise ValueError(f"mms_loss: text_features must be [{C}, d], got {list(text_features.shape)}")
     if temperature <= 0:
         raise ValueError(f"mms_loss: temperature must be > 0, got {temperature}")
     w, idx = top2_label(target, C)
     if idx.shape[0] != B:
         raise ValueError(f"mms_loss: {B} logits rows but a label for {idx.shape[0]} rows")
     cos = cosine_logits.float()
-    sim = text_similarity.to(device=cos.device, dtype=torch.float32)
+    t = text_features.to(device=cos.device, dtype=torch.float32)
     total = cos.new_zeros(B)
     for k in range(2):  # the two CE terms; each needs its own [B, C] margin rows
         c = idx[:, k].to(cos.device)
-        logits = (cos + margin * (1.0 - sim[c])) / temperature
+        logits = (cos + margin * (1.0 - t[c] @ t.T)) / temperature
         ce = torch.logsumexp(logits, dim=1) - logits.gather(1, c[:, None]).squeeze(1)
         total = total + w[:, k].to(cos) * ce
     return total.mean()

@@ -1,6 +1,6 @@
-"""``--compile``: the model is compiled in place (torch.compile with its default inductor backend, real C++ code
-generation on this CPU), trains the same numbers as the eager model within float reassociation, and keeps the
-checkpoint format, so compiled and eager runs resume each other."""
+"""``--compile``: the model is compiled in place (torch.compile with its default inductor backend, real C++
+code generation on this CPU), trains the same numbers as the eager model within float reassociation, and
+keeps the checkpoint format, so compiled and eager runs resume each other."""
 
 from __future__ import annotations
 

@@ -96,10 +96,11 @@ def mms_by_sample(cos, label_pairs, S, lam, T):
     return total / cos.shape[0]
 
 
-def _text_similarity(C, D=6, seed=0):
+def _text_features(C, D=6, seed=0):
+    """(unit text features t [C, D], their similarity S = t·tᵀ for the expected values)."""
     g = torch.Generator().manual_seed(seed)
     t = F.normalize(torch.randn(C, D, generator=g, dtype=torch.float64), dim=1)
-    return t @ t.T
+    return t, t @ t.T
 
 
 def test_mms_hard_labels_match_formula():
@@ -107,8 +108,8 @@ def test_mms_hard_labels_match_formula():
     B, C = 7, 5
     cos = torch.rand(B, C, generator=g, dtype=torch.float64) * 2 - 1
     y = torch.randint(0, C, (B,), generator=g)
-    S = _text_similarity(C)
-    got = mms_loss(cos, y, S, margin=0.3, temperature=0.01)
+    t, S = _text_features(C)
+    got = mms_loss(cos, y, t, margin=0.3, temperature=0.01)
     want = mms_by_sample(cos, [[(1.0, int(c))] for c in y], S, 0.3, 0.01)
     assert float(got) == pytest.approx(want, rel=1e-5)
 
@@ -116,7 +117,7 @@ def test_mms_hard_labels_match_formula():
 def test_mms_without_margin_is_plain_ce_on_scaled_cosines():
     cos = torch.rand(4, 3, dtype=torch.float64)
     y = torch.tensor([0, 2, 1, 1])
-    got = mms_loss(cos, y, _text_similarity(3), margin=0.0, temperature=0.5)
+    got = mms_loss(cos, y, _text_features(3)[0], margin=0.0, temperature=0.5)
     assert float(got) == pytest.approx(float(F.cross_entropy(cos / 0.5, y)), rel=1e-6)
 
 
@@ -124,7 +125,7 @@ def test_mms_mixed_labels_use_the_two_largest_entries():
     g = torch.Generator().manual_seed(4)
     B, C = 6, 5
     cos = torch.rand(B, C, generator=g, dtype=torch.float64) * 2 - 1
-    S = _text_similarity(C, seed=1)
+    t, S = _text_features(C, seed=1)
     a = torch.tensor([0, 1, 2, 3, 4, 0])
     b = torch.tensor([1, 3, 0, 4, 2, 4])
     lam = torch.tensor([0.7, 0.2, 0.5, 1.0, 0.35, 0.9], dtype=torch.float64)
@@ -132,16 +133,16 @@ def test_mms_mixed_labels_use_the_two_largest_entries():
     want = mms_by_sample(cos, pairs, S, 0.3, 0.05)
     dense = lam[:, None] * F.one_hot(a, C) + (1 - lam[:, None]) * F.one_hot(b, C)
     sparse = (torch.stack([a, b], 1), torch.stack([lam, 1 - lam], 1))
-    assert float(mms_loss(cos, dense, S, 0.3, 0.05)) == pytest.approx(want, rel=1e-5)
-    assert float(mms_loss(cos, sparse, S, 0.3, 0.05)) == pytest.approx(want, rel=1e-5)
+    assert float(mms_loss(cos, dense, t, 0.3, 0.05)) == pytest.approx(want, rel=1e-5)
+    assert float(mms_loss(cos, sparse, t, 0.3, 0.05)) == pytest.approx(want, rel=1e-5)
 
 
 def test_mms_wider_label_drops_all_but_two_largest():
     cos = torch.zeros(1, 4, dtype=torch.float64)
-    S = _text_similarity(4, seed=2)
+    t, S = _text_features(4, seed=2)
     dense = torch.tensor([[0.1, 0.5, 0.15, 0.25]], dtype=torch.float64)
     want = mms_by_sample(cos, [[(0.5, 1), (0.25, 3)]], S, 0.3, 0.1)
-    assert float(mms_loss(cos, dense, S, 0.3, 0.1)) == pytest.approx(want, rel=1e-6)
+    assert float(mms_loss(cos, dense, t, 0.3, 0.1)) == pytest.approx(want, rel=1e-6)
 
 
 def test_top2_merges_duplicate_sparse_classes():
@@ -151,6 +152,6 @@ def test_top2_merges_duplicate_sparse_classes():
     assert c.tolist() == [[2, 0]] and v[0].tolist() == pytest.approx([0.6, 0.4])
 
 
-def test_mms_rejects_wrong_similarity_shape():
-    with pytest.raises(ValueError, match="text_similarity"):
+def test_mms_rejects_text_features_of_another_class_count():
+    with pytest.raises(ValueError, match=r"text_features must be \[3, d\], got \[4, 4\]"):
         mms_loss(torch.zeros(2, 3), torch.tensor([0, 1]), torch.eye(4), 0.3, 0.01)

@@ -108,7 +108,6 @@ class LFM(Method):
         self._encoder = None  # fastlt.text.TextEncoder, made on first use
         self._text = None  # float32[C, d] class text features
         self._neighbours = None  # TextLocal partner table over the text similarities (built once per run)
-        self._sim = None  # [C, C] text similarity on the training device (MMS margins)
         _two(recipe, "lfm_epochs"), _two(recipe, "lfm_lrs"), _two(recipe, "lfm_alpha")
 
     # -- text -----------------------------------------------------------------------------------------
@@ -182,12 +181,6 @@ class LFM(Method):
         return {"neighbours": self.neighbours()}
 
     # -- loss -----------------------------------------------------------------------------------------
-    def text_similarity(self, model) -> torch.Tensor:
-        t = model.classifier.text_features
-        if self._sim is None or self._sim.device != t.device:
-            self._sim = t @ t.t()
-        return self._sim
-
     def draw(self, stage, plan, gen):
         """λ ~ Beta(β, β) per sample, or one for the batch (``lfm_lambda_per``)."""
         r, B = self.recipe, len(plan.rows_of("main"))
@@ -204,7 +197,7 @@ class LFM(Method):
         cos = model(mixed.images).float()
         if r.lfm_loss == "mms":
             label = (torch.stack([y_a, y_b], 1), torch.stack([mixed.lam_y, 1.0 - mixed.lam_y], 1))
-            loss = mms_loss(cos, label, self.text_similarity(model), r.lfm_mms_lambda, r.lfm_mms_T)
+            loss = mms_loss(cos, label, model.classifier.text_features, r.lfm_mms_lambda, r.lfm_mms_T)
         else:
             loss = pair_cross_entropy(cos, y_a, y_b, mixed.lam_y)
         return StepOutput(loss)
