@@ -21,6 +21,7 @@ import pytest
 
 from fastlt.convert import main as convert_main
 from fastlt.shards import open_shard
+from fastlt.workers import SLOT_BYTES, WorkerPool
 from helpers import SIGNAL_AT_IMAGE
 from synth import write_imagefolder
 
@@ -155,3 +156,22 @@ def test_workers_die_with_a_sigkilled_parent(folder, tmp_path):
         assert final_files(dest) == [] and temporary.stat().st_size == size
     finally:
         reap(proc)
+
+
+# ------------------------------------------------------------------------- results of the worker processes
+def _blob(n: int) -> bytes:
+    """A task result: ``n`` MiB and a few bytes, every byte n."""
+    return bytes([n]) * ((n << 20) + n)
+
+
+def test_results_come_back_in_order_through_slots_and_the_pipe_even_after_an_abandoned_imap():
+    sizes = [0, 1, 9, 2, 12, 3, 0, 1, 2, 3, 4, 5, 6, 7]  # MiB; 9 and 12 exceed a slot and take the pipe
+    assert max(sizes) << 20 > SLOT_BYTES > 7 << 20
+    with WorkerPool(2) as pool:
+        assert list(pool.imap(_blob, sizes)) == [_blob(n) for n in sizes]
+        # Closed after two results, while tasks that hold slots still run: a slot is reused once its task
+        # is over, never while a worker may still write it.
+        first = pool.imap(_blob, sizes)
+        assert [next(first), next(first)] == [_blob(0), _blob(1)]
+        first.close()
+        assert list(pool.imap(_blob, sizes)) == [_blob(n) for n in sizes]
