@@ -126,15 +126,7 @@ class Feedback:
 
     @classmethod
     def capture(cls, y: torch.Tensor, yhat: torch.Tensor, d: Dist, pad_to: int) -> Feedback:
-        local = torch.stack([y, yhat]).to(torch.int64)
-        if d.world > 1:
-            import torch.distributed as dist
-
-            padded = torch.full((2, pad_to), -1, dtype=torch.int64, device=local.device)
-            padded[:, : local.shape[1]] = local
-            bufs = [torch.empty_like(padded) for _ in range(d.world)]
-            dist.all_gather(bufs, padded)
-            local = torch.cat(bufs, dim=1)
+        local = all_gather_columns(torch.stack([y, yhat]).to(torch.int64), d, pad_to, fill=-1)
         if not local.is_cuda:
             return cls(local)
         host = torch.empty(local.shape, dtype=torch.int64, pin_memory=True)
@@ -149,6 +141,23 @@ class Feedback:
         y, yhat = self.pairs.numpy()
         wrong = (y >= 0) & (y != yhat)
         return y[wrong], yhat[wrong]
+
+
+def all_gather_columns(local: torch.Tensor, d: Dist, width: int, fill: int = -1) -> torch.Tensor:
+    """Every rank's ``[R, n]`` columns (n ≤ ``width``, may differ by rank), each padded to ``width`` with
+    ``fill`` and concatenated in rank order: ``[R, world·width]`` (``local`` itself on one process). One
+    collective of a size every rank knows, so no sizes are exchanged and the host never waits."""
+    if d.world <= 1:
+        return local
+    import torch.distributed as dist
+
+    if local.shape[1] > width:
+        raise ValueError(f"all_gather_columns: {local.shape[1]} columns exceed the width {width}")
+    padded = torch.full((local.shape[0], width), fill, dtype=local.dtype, device=local.device)
+    padded[:, : local.shape[1]] = local
+    bufs = [torch.empty_like(padded) for _ in range(d.world)]
+    dist.all_gather(bufs, padded)
+    return torch.cat(bufs, dim=1)
 
 
 def average_buffers(model: nn.Module, d: Dist) -> None:

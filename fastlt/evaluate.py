@@ -22,7 +22,7 @@ import torch
 
 from fastlt import metrics as M
 from fastlt.checkpoint import EVAL_KEYS, CheckpointError, load_checkpoint, shard_mismatch
-from fastlt.distributed import Dist
+from fastlt.distributed import Dist, all_gather_columns
 from fastlt.methods.base import get_method
 from fastlt.pipelines.plan import eval_plans
 from fastlt.plots import write_plots
@@ -115,12 +115,10 @@ def _all_gather_rows(local: torch.Tensor, d: Dist) -> torch.Tensor:
     n = torch.tensor([local.shape[1]], device=local.device)
     sizes = [torch.zeros_like(n) for _ in range(d.world)]
     dist.all_gather(sizes, n)
-    top = int(max(s.item() for s in sizes))
-    padded = torch.zeros(local.shape[0], top, dtype=local.dtype, device=local.device)
-    padded[:, : local.shape[1]] = local
-    bufs = [torch.zeros_like(padded) for _ in range(d.world)]
-    dist.all_gather(bufs, padded)
-    return torch.cat([b[:, : int(s.item())] for b, s in zip(bufs, sizes)], dim=1)
+    sizes = [int(s.item()) for s in sizes]  # sync: once per evaluation, after its last batch
+    top = max(sizes)
+    every = all_gather_columns(local, d, top, fill=0)
+    return torch.cat([every[:, r * top : r * top + n] for r, n in enumerate(sizes)], dim=1)
 
 
 class _NoBar:
