@@ -310,6 +310,7 @@ def _color_images(x, codes, factors, comps):
 # ---------------------------------------------------------------------------------------------- geometry
 NEAREST, BILINEAR, BICUBIC = 0, 1, 2
 _A = np.float32(-0.75)  # grid_sample's bicubic coefficient
+_HALF = np.float32(0.5)
 
 
 def _cubic_weights(t):
@@ -331,69 +332,149 @@ def _blend_fill(v, f, inside, nearest):
     return (v - f) * inside + f
 
 
-def _put(dst, i, j, r, g, b, inside, fill, nearest):
-    """Write one output pixel: the fill where the sample fell outside (nearest: all or nothing; otherwise the
-    inside weight blends toward the fill), rounded half to even and clamped."""
-    dst[i, j, 0] = np.uint8(min(max(np.rint(_blend_fill(r, fill[0], inside, nearest)), _ZERO), _MAX))
-    dst[i, j, 1] = np.uint8(min(max(np.rint(_blend_fill(g, fill[1], inside, nearest)), _ZERO), _MAX))
-    dst[i, j, 2] = np.uint8(min(max(np.rint(_blend_fill(b, fill[2], inside, nearest)), _ZERO), _MAX))
+def _round_byte_f(v):
+    """Rounded half to even and clamped, as ``round_()`` then ``clamp_(0, 255)``."""
+    return min(max(np.rint(v), _ZERO), _MAX)
 
 
-def _nearest(src, dst, i, j, ix, iy, fill):
-    x, y = int(np.rint(ix)), int(np.rint(iy))
-    if 0 <= x < src.shape[1] and 0 <= y < src.shape[0]:
-        _put(dst, i, j, np.float32(src[y, x, 0]), np.float32(src[y, x, 1]), np.float32(src[y, x, 2]), _ONE,
-             fill, True)
-    else:
-        _put(dst, i, j, _ZERO, _ZERO, _ZERO, _ZERO, fill, True)
+def _round_byte(v):
+    return np.uint8(_round_byte_f(v))
 
 
-def _interpolated(src, dst, i, j, ix, iy, fill, cubic):
-    """Bilinear (2 × 2 taps) or bicubic (4 × 4) sample, taps outside the image counting zero."""
-    x0, y0 = int(np.floor(ix)), int(np.floor(iy))
-    tx, ty = ix - np.float32(x0), iy - np.float32(y0)
+def _nearest_row(src, dst, i, X, Y, fill):
+    """Nearest samples of output row ``i`` at source coordinates ``X``, ``Y``; outside: all fill."""
+    for j in range(X.shape[0]):
+        x, y = int(np.rint(X[j])), int(np.rint(Y[j]))
+        inside = 0 <= x < src.shape[1] and 0 <= y < src.shape[0]
+        for c in range(3):
+            dst[i, j, c] = _round_byte(np.float32(src[y, x, c]) if inside else fill[c])
+
+
+def _grid_row(i, H, W, m, X, Y):
+    """Source coordinates of output row ``i`` (``grid_sample``'s unnormalisation, align_corners=False); ``m``
+    holds the inverse matrix divided by the half sides. Branch-free: vectorised."""
+    yc = np.float32(i) - np.float32((H - 1) * 0.5)
+    for j in range(W):
+        xc = np.float32(j) - np.float32((W - 1) * 0.5)
+        X[j] = (((xc * m[0] + yc * m[1]) + m[2] + _ONE) * np.float32(W) - _ONE) * _HALF  # exact as / 2
+        Y[j] = (((xc * m[3] + yc * m[4]) + m[5] + _ONE) * np.float32(H) - _ONE) * _HALF
+
+
+def _weights_row(T, first, WT, cubic, limit):
+    """Split coordinates ``T`` into the first tap (``first``, int32, kept within ``±limit`` so a far-away
+    sample stays wholly outside) and the taps' weights ``WT[0:4]``. Vectorised: ``cubic`` is branched on
+    outside the loops."""
     if cubic:
-        wx0, wx1, wx2, wx3 = _cubic_weights(tx)
-        wy0, wy1, wy2, wy3 = _cubic_weights(ty)
-        first, taps = -1, 4
+        for j in range(T.shape[0]):
+            f = np.floor(T[j])
+            WT[0, j], WT[1, j], WT[2, j], WT[3, j] = _cubic_weights(T[j] - f)
+            first[j] = np.int32(min(max(f, -limit), limit)) - 1
     else:
-        wx0, wx1, wx2, wx3 = _ONE - tx, tx, _ZERO, _ZERO
-        wy0, wy1, wy2, wy3 = _ONE - ty, ty, _ZERO, _ZERO
-        first, taps = 0, 2
+        for j in range(T.shape[0]):
+            f = np.floor(T[j])
+            WT[0, j], WT[1, j] = _ONE - (T[j] - f), T[j] - f
+            first[j] = np.int32(min(max(f, -limit), limit))
+
+
+def _row4(S, k, w0, w1, w2, w3):
+    return S[k] * w0 + S[k + 1] * w1 + S[k + 2] * w2 + S[k + 3] * w3
+
+
+def _col4(S, k, W, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3):
+    """Bicubic sample with the whole 4 × 4 stencil inside: rows first, then the column (``grid_sample``'s
+    order)."""
+    return ((_row4(S, k, wx0, wx1, wx2, wx3) * wy0 + _row4(S, k + W, wx0, wx1, wx2, wx3) * wy1)
+            + _row4(S, k + 2 * W, wx0, wx1, wx2, wx3) * wy2) + _row4(S, k + 3 * W, wx0, wx1, wx2, wx3) * wy3
+
+
+def _col2(S, k, W, wx0, wx1, wy0, wy1):
+    return (S[k] * wx0 + S[k + 1] * wx1) * wy0 + (S[k + W] * wx0 + S[k + W + 1] * wx1) * wy1
+
+
+def _edge_sample(S0, S1, S2, x0, y0, taps, H, W, WX, WY, j):
+    """A sample whose stencil crosses the border: taps outside count zero (``grid_sample``'s zero padding),
+    in the same order as the inside paths (each row across, then the rows down)."""
     r = g = b = inside = _ZERO
     for dy in range(taps):
-        y = y0 + first + dy
-        if y < 0 or y >= src.shape[0]:
+        y = y0 + dy
+        if y < 0 or y >= H:
             continue
-        wy = wy0 if dy == 0 else (wy1 if dy == 1 else (wy2 if dy == 2 else wy3))
+        cr = cg = cb = ci = _ZERO
         for dx in range(taps):
-            x = x0 + first + dx
-            if x < 0 or x >= src.shape[1]:
+            x = x0 + dx
+            if x < 0 or x >= W:
                 continue
-            w = wy * (wx0 if dx == 0 else (wx1 if dx == 1 else (wx2 if dx == 2 else wx3)))
-            r += w * np.float32(src[y, x, 0])
-            g += w * np.float32(src[y, x, 1])
-            b += w * np.float32(src[y, x, 2])
-            inside += w
-    _put(dst, i, j, r, g, b, inside, fill, False)
+            w, k = WX[dx, j], y * W + x
+            cr, cg, cb, ci = cr + S0[k] * w, cg + S1[k] * w, cb + S2[k] * w, ci + w
+        wy = WY[dy, j]
+        r, g, b, inside = r + cr * wy, g + cg * wy, b + cb * wy, inside + ci * wy
+    return r, g, b, inside
+
+
+def _sample_row(S0, S1, S2, X0, Y0, WX, WY, H, W, cubic, out):
+    """Bilinear or bicubic samples of one output row into ``out[0:4]`` (r, g, b, inside weight)."""
+    taps = 4 if cubic else 2
+    for j in range(X0.shape[0]):
+        x0, y0 = X0[j], Y0[j]
+        if 0 <= x0 and x0 + taps <= W and 0 <= y0 and y0 + taps <= H:
+            k = y0 * W + x0
+            wx0, wx1, wy0, wy1 = WX[0, j], WX[1, j], WY[0, j], WY[1, j]
+            if cubic:
+                wx2, wx3, wy2, wy3 = WX[2, j], WX[3, j], WY[2, j], WY[3, j]
+                across = ((wx0 + wx1) + wx2) + wx3
+                out[0, j] = _col4(S0, k, W, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3)
+                out[1, j] = _col4(S1, k, W, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3)
+                out[2, j] = _col4(S2, k, W, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3)
+                out[3, j] = ((across * wy0 + across * wy1) + across * wy2) + across * wy3
+            else:
+                across = wx0 + wx1
+                out[0, j] = _col2(S0, k, W, wx0, wx1, wy0, wy1)
+                out[1, j] = _col2(S1, k, W, wx0, wx1, wy0, wy1)
+                out[2, j] = _col2(S2, k, W, wx0, wx1, wy0, wy1)
+                out[3, j] = across * wy0 + across * wy1
+        else:
+            r, g, b, inside = _edge_sample(S0, S1, S2, x0, y0, taps, H, W, WX, WY, j)
+            out[0, j], out[1, j], out[2, j], out[3, j] = r, g, b, inside
+
+
+def _put_row(flat, i, out, fill):
+    """Blend each sample toward the fill by its inside weight, round and clamp, then interleave the bytes into
+    row ``i`` of the image's ``flat`` bytes. Two vectorised loops (one fused loop does not vectorise)."""
+    W = out.shape[1]
+    for c in range(3):
+        P, inside, f = out[c], out[3], fill[c]
+        for j in range(W):
+            P[j] = _round_byte_f(_blend_fill(P[j], f, inside[j], False))
+    _from_planes(out[0], out[1], out[2], flat[3 * i * W : 3 * (i + 1) * W])
 
 
 def _affine_image(dst, t, mode, fill):
+    """Resample one image in place, row by row: its source coordinates and tap weights in vectorised loops,
+    the taps from float planes of the source (the 4 × 4 or 2 × 2 stencil without bounds checks where it lies
+    inside), the fill blend and rounding vectorised again."""
     H, W = dst.shape[0], dst.shape[1]
-    src = dst.copy()
-    half_w, half_h = np.float32(0.5 * W), np.float32(0.5 * H)
-    a0, a1, a2 = t[0] / half_w, t[1] / half_w, t[2] / half_w
-    b0, b1, b2 = t[3] / half_h, t[4] / half_h, t[5] / half_h
+    m = np.empty(6, np.float32)
+    for k in range(6):
+        m[k] = t[k] / np.float32(0.5 * (W if k < 3 else H))
+    X, Y = np.empty(W, np.float32), np.empty(W, np.float32)
+    if mode == NEAREST:
+        src = dst.copy()
+        for i in range(H):
+            _grid_row(i, H, W, m, X, Y)
+            _nearest_row(src, dst, i, X, Y, fill)
+        return
+    flat = dst.reshape(3 * H * W)
+    S0, S1, S2 = np.empty(H * W, np.float32), np.empty(H * W, np.float32), np.empty(H * W, np.float32)
+    _to_planes(flat, S0, S1, S2)
+    X0, Y0 = np.empty(W, np.int32), np.empty(W, np.int32)
+    WX, WY, out = np.zeros((4, W), np.float32), np.zeros((4, W), np.float32), np.empty((4, W), np.float32)
+    limit = np.float32(max(H, W) + 8)
     for i in range(H):
-        yc = np.float32(i) - np.float32((H - 1) * 0.5)
-        for j in range(W):
-            xc = np.float32(j) - np.float32((W - 1) * 0.5)
-            ix = (((xc * a0 + yc * a1) + a2 + _ONE) * np.float32(W) - _ONE) / np.float32(2.0)
-            iy = (((xc * b0 + yc * b1) + b2 + _ONE) * np.float32(H) - _ONE) / np.float32(2.0)
-            if mode == NEAREST:
-                _nearest(src, dst, i, j, ix, iy, fill)
-            else:
-                _interpolated(src, dst, i, j, ix, iy, fill, mode == BICUBIC)
+        _grid_row(i, H, W, m, X, Y)
+        _weights_row(X, X0, WX, mode == BICUBIC, limit)
+        _weights_row(Y, Y0, WY, mode == BICUBIC, limit)
+        _sample_row(S0, S1, S2, X0, Y0, WX, WY, H, W, mode == BICUBIC, out)
+        _put_row(flat, i, out, fill)
 
 
 def _affine_images(x, rows, theta, modes, fill):
@@ -412,10 +493,11 @@ if numba is not None:
                                  _grayscale, _hue, _point, _autocontrast, _equalize, _blend_pil, _sharpness,
                                  _jitter_op, _byte_op, _color_image))
     _color_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_color_images)
-    _cubic_weights, _blend_fill, _put, _nearest, _interpolated = (
-        _inline(f) for f in (_cubic_weights, _blend_fill, _put, _nearest, _interpolated)
-    )
-    _affine_image = _helper(_affine_image)
+    _cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2, _edge_sample = (
+        _inline(f) for f in (_cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2,
+                             _edge_sample))
+    _nearest_row, _grid_row, _weights_row, _sample_row, _put_row, _affine_image = (
+        _helper(f) for f in (_nearest_row, _grid_row, _weights_row, _sample_row, _put_row, _affine_image))
     _affine_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_affine_images)
 
 
@@ -438,8 +520,9 @@ def color_ops(x: torch.Tensor, codes: np.ndarray, factors: np.ndarray) -> None:
 def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, fill) -> None:
     """:func:`fastlt.pipelines.augment_ops.affine` of ``x[rows]`` (``modes``: NEAREST / BILINEAR / BICUBIC per
     row), in place, ``x`` uint8 ``[N, 3, H, W]`` on NHWC memory. Same sampling as ``grid_sample`` (zero
-    padding, align_corners=False, bicubic A = −0.75); the grid arithmetic is not torch's matrix product, so
-    a value can differ from the torch path by one grey level where the result sits on a rounding boundary."""
+    padding, align_corners=False, bicubic A = −0.75, taps summed across each stencil row, then down, as its
+    CPU kernel does); the grid arithmetic is not torch's matrix product, so a value can differ from the torch
+    path by one grey level where the result sits on a rounding boundary."""
     nhwc = x.permute(0, 2, 3, 1)
     if not nhwc.is_contiguous():
         raise ValueError("affine_rows works in place on NHWC memory; got a tensor laid out otherwise")
