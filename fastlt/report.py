@@ -150,7 +150,7 @@ def build_page(d: RunData) -> str:
         f"<p class='meta'>{escape(_meta_line(d))}</p>",
         _warnings(ev, d.lines),
         _summary(ev),
-        _curves(d.lines),
+        _curves(d.lines, present_groups(ev)),
         _by_train_count(ev),
         _flow(ev),
         _pairs(ev),
@@ -197,21 +197,27 @@ def _ranges(xs: list[int]) -> str:
     return ", ".join(out)
 
 
+def present_groups(ev: dict) -> tuple[str, ...]:
+    """The many/medium/few groups that have classes in the split (a dataset of one's own may have one)."""
+    return tuple(g for g in GROUPS if g in ev["class_groups"])
+
+
 def _summary(ev: dict) -> str:
     groups = ev["class_groups"]
     support = ev["per_class_support"]
-    n_cls = {g: sum(1 for x in groups if x == g) for g in GROUPS}
-    n_img = {g: sum(s for x, s in zip(groups, support) if x == g) for g in GROUPS}
+    shown = present_groups(ev)  # an empty group would be a column of n/a
+    n_cls = {g: sum(1 for x in groups if x == g) for g in shown}
+    n_img = {g: sum(s for x, s in zip(groups, support) if x == g) for g in shown}
     k = ev["top_k"]
-    head = "".join(f"<th>{g}</th>" for g in (*GROUPS, "all", "mean class"))
-    keys = (*GROUPS, "all", "mean_class")
+    head = "".join(f"<th>{g}</th>" for g in (*shown, "all", "mean class"))
+    keys = (*shown, "all", "mean_class")
     rows = [
         "<tr><th class='l'>top-1 %</th>" + "".join(f"<td><b>{_f(ev[g])}</b></td>" for g in keys) + "</tr>",
         f"<tr><th class='l'>top-{k} %</th>" + "".join(f"<td>{_f(ev['top5'][g])}</td>" for g in keys)
         + "</tr>",
-        "<tr><th class='l'>classes</th>" + "".join(f"<td>{n_cls[g]:,}</td>" for g in GROUPS)
+        "<tr><th class='l'>classes</th>" + "".join(f"<td>{n_cls[g]:,}</td>" for g in shown)
         + f"<td>{ev['num_classes']:,}</td><td></td></tr>",
-        "<tr><th class='l'>test images</th>" + "".join(f"<td>{n_img[g]:,}</td>" for g in GROUPS)
+        "<tr><th class='l'>test images</th>" + "".join(f"<td>{n_img[g]:,}</td>" for g in shown)
         + f"<td>{ev['num_images']:,}</td><td></td></tr>",
     ]
     dv = ev["diversity"]
@@ -226,12 +232,12 @@ def _summary(ev: dict) -> str:
             "few &lt; 20 images. Group columns are means of per-class accuracy; all is over images.</p>")
 
 
-def _curves(lines: list[dict]) -> str:
+def _curves(lines: list[dict], groups: tuple[str, ...]) -> str:
     if not lines:
         return ""
     ep = [x["epoch"] + 1 for x in lines]
     acc = Chart("test accuracy per group (top-1 %)", "epoch", "%", y_range=(0, 100))
-    for g in (*GROUPS, "all"):
+    for g in (*groups, "all"):
         acc.series.append(Series(g, ep, [x.get(g) for x in lines], GROUP_COLORS[g], markers=len(ep) < 30))
     loss = Chart("training loss", "epoch", "loss",
                  series=[Series("train", ep, [x["train_loss"] for x in lines])])
@@ -289,13 +295,14 @@ def _by_train_count(ev: dict) -> str:
 
 def _flow(ev: dict) -> str:
     flow = ev["group_flow"]
-    head = "".join(f"<th>→ {g}</th>" for g in GROUPS)
+    shown = [i for i, g in enumerate(GROUPS) if g in present_groups(ev)]
+    head = "".join(f"<th>→ {GROUPS[j]}</th>" for j in shown)
     rows = []
-    for i, g in enumerate(GROUPS):
-        total = sum(flow[i])
+    for i in shown:
+        g, total = GROUPS[i], sum(flow[i])
         cells = "".join(
-            f"<td{' class=diag' if i == j else ''}>{c:,} ({100 * c / total:.1f} %)</td>" if total
-            else "<td class='muted'>–</td>" for j, c in enumerate(flow[i]))
+            f"<td{' class=diag' if i == j else ''}>{flow[i][j]:,} ({100 * flow[i][j] / total:.1f} %)</td>"
+            if total else "<td class='muted'>–</td>" for j in shown)
         rows.append(f"<tr><th class='l'>{g}</th>{cells}<td>{total:,}</td></tr>")
     return ("<h2>Where predictions go: true group → predicted group</h2>"
             f"<table id='group-flow'><tr><th class='l'>true \\ predicted</th>{head}<th>images</th></tr>"

@@ -85,6 +85,20 @@ def test_collapse_warning_shows_on_the_page(two_runs, digits_data, tmp_path):
     assert re.search(r'<tbody id="class-rows">(.*?)</tbody>', dom, re.S).group(1).count("<tr>") == 10
 
 
+def test_a_dataset_of_one_group_shows_only_that_group(two_runs, tmp_path):
+    """Every class few-shot (a dataset of one's own): no many/medium column, curve or flow row of n/a."""
+    from fastlt.report import build_page, load_run
+
+    data = load_run(two_runs[0])
+    data.ev["class_groups"] = ["few"] * len(data.ev["class_groups"])
+    page = build_page(data)
+    summary = re.search(r"<table id='summary'>(.*?)</table>", page, re.S).group(1)
+    flow = re.search(r"<table id='group-flow'>(.*?)</table>", page, re.S).group(1)
+    assert "<th>few</th>" in summary and "<th>many</th>" not in summary and "<th>medium</th>" not in summary
+    assert "→ few" in flow and "→ many" not in flow and "→ medium" not in flow
+    assert ">many<" not in page.split("<h2>Accuracy by training count</h2>")[0].split("<h2>Summary</h2>")[1]
+
+
 def test_count_bins_match_a_direct_computation():
     train = [1, 2, 3, 5, 7, 8, 100, 120, 130, 1000]
     acc = [0.0, 50.0, None, 100.0, 20.0, 40.0, 60.0, 80.0, 70.0, 90.0]
