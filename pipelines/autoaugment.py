@@ -246,12 +246,13 @@ class RandAugment:
                 "bicubic": rng.random(shape) < 0.5}
 
     def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
-        cpu = fast.enabled(x)  # numba, in place: one pass per layer for every photometric row
+        cpu = fast.enabled(x)  # numba, in place: per layer one pass for photometric rows, one for geometric
         for k in range(self.layers):
             on = p["u"][:, k] <= self.prob
             level = p["m"][:, k] / self.max_level
             signed = level * np.where(p["neg"][:, k], -1.0, 1.0)
             codes, factors = np.full(len(on), fast.NONE), np.zeros(len(on))
+            geometric = np.full((len(on), 6), np.nan)  # each row's inverse matrix, if it resamples
             for j in np.unique(p["op"][on, k]):
                 name = RAND_OPS[j]
                 rows = on & (p["op"][:, k] == j)
@@ -259,11 +260,8 @@ class RandAugment:
                     codes[rows], factors[rows] = _RA_CODES[name], _ra_argument(name, level)[rows]
                 elif name not in _GEOMETRIC:
                     ops.update_rows(x, rows, lambda t, i, n=name, lv=level: _ra_photometric(n, t, lv[i]))
-                elif cpu:  # both interpolations in one pass
-                    idx = np.flatnonzero(rows)
-                    modes = np.where(p["bicubic"][idx, k], fast.BICUBIC, fast.BILINEAR)
-                    mats = self._matrices(name, signed[idx], *x.shape[-2:])
-                    fast.affine_rows(x, idx, mats, modes, self.fill)
+                elif cpu:
+                    geometric[rows] = self._matrices(name, signed[rows], *x.shape[-2:])
                 else:
                     for bicubic in (False, True):
                         mode = "bicubic" if bicubic else "bilinear"
@@ -271,6 +269,10 @@ class RandAugment:
                         ops.update_rows(x, rows & (p["bicubic"][:, k] == bicubic), run)
             if (codes != fast.NONE).any():
                 fast.color_ops(x, codes[:, None], factors[:, None])
+            idx = np.flatnonzero(~np.isnan(geometric[:, 0]))
+            if len(idx):  # every geometric op and both interpolations in one parallel pass: rows are disjoint
+                modes = np.where(p["bicubic"][idx, k], fast.BICUBIC, fast.BILINEAR)
+                fast.affine_rows(x, idx, geometric[idx], modes, self.fill)
 
     def _geometric(self, name: str, x: torch.Tensor, signed: np.ndarray, mode: str) -> torch.Tensor:
         return ops.affine(x, self._matrices(name, signed, *x.shape[-2:]), mode, self.fill)
