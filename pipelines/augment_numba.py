@@ -140,88 +140,100 @@ def _hue(R, G, B, shift):
         R[k], G[k], B[k] = np.floor(r * _TO_BYTE), np.floor(g * _TO_BYTE), np.floor(b * _TO_BYTE)
 
 
-def _point(img, code, f):
-    """The value-wise ops: posterize (keep ``f`` bits), solarize (invert ≥ ``f``), solarize-add (add ``f``
-    below 128, saturating), invert."""
+def _point(flat, code, f):
+    """The value-wise ops on an image's interleaved bytes ``flat``: posterize (keep ``f`` bits), solarize
+    (invert ≥ ``f``), solarize-add (add ``f`` below 128, saturating), invert. One branch-free loop each."""
     bits = min(max(int(f), 0), 8)
     mask = np.uint8((((1 << bits) - 1) << (8 - bits)) & 255)
-    add = int(f)
-    for k in range(img.shape[0]):
-        for c in range(3):
-            v = img[k, c]
-            if code == POSTERIZE:
-                img[k, c] = v & mask
-            elif code == SOLARIZE:
-                if np.float32(v) >= f:
-                    img[k, c] = 255 - v
-            elif code == SOLARIZE_ADD:
-                if v < 128:
-                    img[k, c] = min(255, int(v) + add)
-            else:
-                img[k, c] = 255 - v
+    add = np.int32(f)
+    if code == POSTERIZE:
+        for k in range(flat.shape[0]):
+            flat[k] = flat[k] & mask
+    elif code == SOLARIZE:
+        for k in range(flat.shape[0]):
+            v = flat[k]
+            flat[k] = np.uint8(255 - v) if np.float32(v) >= f else v
+    elif code == SOLARIZE_ADD:
+        for k in range(flat.shape[0]):
+            v = flat[k]
+            flat[k] = np.uint8(min(255, np.int32(v) + add)) if v < 128 else v
+    else:
+        for k in range(flat.shape[0]):
+            flat[k] = np.uint8(255 - flat[k])
 
 
-def _autocontrast(img, pil):
+def _apply_luts(flat, lut):
+    """``flat[3k + c] = lut[c, flat[3k + c]]``."""
+    for k in range(flat.shape[0] // 3):
+        flat[3 * k] = lut[0, flat[3 * k]]
+        flat[3 * k + 1] = lut[1, flat[3 * k + 1]]
+        flat[3 * k + 2] = lut[2, flat[3 * k + 2]]
+
+
+def _autocontrast(flat, pil):
     """Stretch each channel to [0, 255]: torchvision's float32 ``(v − lo) / ((hi − lo)·(1/255))``, or Pillow's
     double ``int(v·s − lo·s)``, ``s = 255 / (hi − lo)``; a flat channel stays."""
+    lo, hi = np.full(3, 255, np.int64), np.zeros(3, np.int64)
+    for k in range(flat.shape[0] // 3):
+        for c in range(3):
+            v = np.int64(flat[3 * k + c])
+            lo[c], hi[c] = min(lo[c], v), max(hi[c], v)
+    lut = np.empty((3, 256), np.uint8)
     for c in range(3):
-        lo, hi = 255, 0
-        for k in range(img.shape[0]):
-            lo, hi = min(lo, int(img[k, c])), max(hi, int(img[k, c]))
-        if hi <= lo:
-            continue
-        inv = np.float32(hi - lo) * _INV255
-        scale = 255.0 / (hi - lo)
-        offset = -lo * scale
-        lut = np.empty(256, np.uint8)
+        inv = np.float32(hi[c] - lo[c]) * _INV255
+        scale = 255.0 / max(hi[c] - lo[c], 1)
+        offset = -lo[c] * scale
         for v in range(256):
-            if pil:
-                lut[v] = min(max(int(v * scale + offset), 0), 255)
+            if hi[c] <= lo[c]:
+                lut[c, v] = v
+            elif pil:
+                lut[c, v] = min(max(int(v * scale + offset), 0), 255)
             else:
-                lut[v] = _byte((np.float32(v) - np.float32(lo)) / inv)
-        for k in range(img.shape[0]):
-            img[k, c] = lut[img[k, c]]
+                lut[c, v] = _byte((np.float32(v) - np.float32(lo[c])) / inv)
+    _apply_luts(flat, lut)
 
 
-def _equalize(img):
+def _equalize(flat):
     """Pillow's histogram equalisation per channel (``augment_ops.equalize``)."""
+    n = flat.shape[0] // 3
+    hist = np.zeros((3, 256), np.int64)
+    for k in range(n):
+        for c in range(3):
+            hist[c, flat[3 * k + c]] += 1
+    lut = np.empty((3, 256), np.uint8)
     for c in range(3):
-        hist = np.zeros(256, np.int64)
-        for k in range(img.shape[0]):
-            hist[img[k, c]] += 1
         top = 255
-        while hist[top] == 0:
+        while hist[c, top] == 0:
             top -= 1
-        step = (img.shape[0] - hist[top]) // 255
-        if step == 0:
-            continue
-        lut = np.empty(256, np.uint8)
+        step = (n - hist[c, top]) // 255
         below = 0
         for v in range(256):
-            lut[v] = min((below + step // 2) // step, 255)
-            below += hist[v]
-        for k in range(img.shape[0]):
-            img[k, c] = lut[img[k, c]]
+            lut[c, v] = v if step == 0 else min((below + step // 2) // max(step, 1), 255)
+            below += hist[c, v]
+    _apply_luts(flat, lut)
 
 
-def _pil_luma(p):
-    return (int(p[0]) * 19595 + int(p[1]) * 38470 + int(p[2]) * 7471 + 32768) >> 16
+def _pil_luma(r, g, b):
+    return (np.int32(r) * 19595 + np.int32(g) * 38470 + np.int32(b) * 7471 + 32768) >> 16
 
 
-def _blend_pil(img, f, contrast):
+def _blend_pil(flat, f, contrast):
     """Pillow's ``Image.blend(d, img, f)``: float32 ``(v − d)·f + d``, toward the integer luma of each pixel
     (colour) or its rounded mean (contrast)."""
-    d = np.float32(0.0)
+    n = flat.shape[0] // 3
     if contrast:
         total = 0
-        for k in range(img.shape[0]):
-            total += _pil_luma(img[k])
-        d = np.float32(np.floor(total / img.shape[0] + 0.5))
-    for k in range(img.shape[0]):
-        if not contrast:
-            d = np.float32(_pil_luma(img[k]))
-        for c in range(3):
-            img[k, c] = _byte((np.float32(img[k, c]) - d) * f + d)
+        for k in range(n):
+            total += _pil_luma(flat[3 * k], flat[3 * k + 1], flat[3 * k + 2])
+        d = np.float32(np.floor(total / n + 0.5))
+        for k in range(flat.shape[0]):
+            flat[k] = _byte((np.float32(flat[k]) - d) * f + d)
+        return
+    for k in range(n):
+        d = np.float32(_pil_luma(flat[3 * k], flat[3 * k + 1], flat[3 * k + 2]))
+        flat[3 * k] = _byte((np.float32(flat[3 * k]) - d) * f + d)
+        flat[3 * k + 1] = _byte((np.float32(flat[3 * k + 1]) - d) * f + d)
+        flat[3 * k + 2] = _byte((np.float32(flat[3 * k + 2]) - d) * f + d)
 
 
 def _sharpness(img, a):
@@ -265,16 +277,16 @@ def _jitter_op(R, G, B, code, f, a):
 
 
 def _byte_op(pixels, code, f, a):
-    """An op on the interleaved uint8 pixels ``[H, W, 3]`` of one image."""
-    img = pixels.reshape(pixels.shape[0] * pixels.shape[1], 3)
+    """An op on the interleaved uint8 pixels ``[H, W, 3]`` of one image (indexed flat: loops vectorise)."""
+    flat = pixels.reshape(pixels.shape[0] * pixels.shape[1] * 3)
     if POSTERIZE <= code <= INVERT:
-        _point(img, code, f)
+        _point(flat, code, f)
     elif code == AUTOCONTRAST or code == AUTOCONTRAST_PIL:
-        _autocontrast(img, code == AUTOCONTRAST_PIL)
+        _autocontrast(flat, code == AUTOCONTRAST_PIL)
     elif code == EQUALIZE:
-        _equalize(img)
+        _equalize(flat)
     elif code == SATURATION_PIL or code == CONTRAST_PIL:
-        _blend_pil(img, f, code == CONTRAST_PIL)
+        _blend_pil(flat, f, code == CONTRAST_PIL)
     elif code == SHARPNESS:
         _sharpness(pixels, a)
 
@@ -488,10 +500,10 @@ if numba is not None:
     _byte, _clamp_floor, _luma, _pil_luma = (_inline(f) for f in (_byte, _clamp_floor, _luma, _pil_luma))
     _helper = numba.njit(cache=True, nogil=True, error_model="numpy")
     _to_planes, _from_planes, _brightness, _blend, _contrast, _saturation, _grayscale, _hue, _point, \
-        _autocontrast, _equalize, _blend_pil, _sharpness, _jitter_op, _byte_op, _color_image = (
+        _apply_luts, _autocontrast, _equalize, _blend_pil, _sharpness, _jitter_op, _byte_op, _color_image = (
             _helper(f) for f in (_to_planes, _from_planes, _brightness, _blend, _contrast, _saturation,
-                                 _grayscale, _hue, _point, _autocontrast, _equalize, _blend_pil, _sharpness,
-                                 _jitter_op, _byte_op, _color_image))
+                                 _grayscale, _hue, _point, _apply_luts, _autocontrast, _equalize, _blend_pil,
+                                 _sharpness, _jitter_op, _byte_op, _color_image))
     _color_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_color_images)
     _cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2, _edge_sample = (
         _inline(f) for f in (_cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2,
