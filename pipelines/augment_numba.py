@@ -291,11 +291,12 @@ def _byte_op(pixels, code, f, a):
         _sharpness(pixels, a)
 
 
-def _color_image(pixels, codes, factors, comps):
-    """One image's ops in slot order; a run of colour-jitter ops works on float planes, converted once."""
+def _color_image(pixels, codes, factors, comps, planes):
+    """One image's ops in slot order; a run of colour-jitter ops works on ``planes`` (float32 ``[3, H·W]``
+    scratch), converted once."""
     n = pixels.shape[0] * pixels.shape[1]
     flat = pixels.reshape(3 * n)
-    R, G, B = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
+    R, G, B = planes[0], planes[1], planes[2]
     planar = False
     for slot in range(codes.shape[0]):
         code = codes[slot]
@@ -314,9 +315,13 @@ def _color_image(pixels, codes, factors, comps):
         _from_planes(R, G, B, flat)
 
 
-def _color_images(x, codes, factors, comps):
-    for i in prange(x.shape[0]):
-        _color_image(x[i], codes[i], factors[i], comps[i])
+def _color_images(x, codes, factors, comps, tasks):
+    """Images ``t, t + tasks, …`` in parallel task ``t``, whose float planes are allocated once (not per
+    image: a fresh 600 KB buffer is page faults on every image)."""
+    for t in prange(tasks):
+        planes = np.empty((3, x.shape[1] * x.shape[2]), np.float32)
+        for i in range(t, x.shape[0], tasks):
+            _color_image(x[i], codes[i], factors[i], comps[i], planes)
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -460,7 +465,7 @@ def _put_row(flat, i, out, fill):
     _from_planes(out[0], out[1], out[2], flat[3 * i * W : 3 * (i + 1) * W])
 
 
-def _affine_image(dst, t, mode, fill):
+def _affine_image(dst, t, mode, fill, planes):
     """Resample one image in place, row by row: its source coordinates and tap weights in vectorised loops,
     the taps from float planes of the source (the 4 × 4 or 2 × 2 stencil without bounds checks where it lies
     inside), the fill blend and rounding vectorised again."""
@@ -476,7 +481,7 @@ def _affine_image(dst, t, mode, fill):
             _nearest_row(src, dst, i, X, Y, fill)
         return
     flat = dst.reshape(3 * H * W)
-    S0, S1, S2 = np.empty(H * W, np.float32), np.empty(H * W, np.float32), np.empty(H * W, np.float32)
+    S0, S1, S2 = planes[0], planes[1], planes[2]
     _to_planes(flat, S0, S1, S2)
     X0, Y0 = np.empty(W, np.int32), np.empty(W, np.int32)
     WX, WY, out = np.zeros((4, W), np.float32), np.zeros((4, W), np.float32), np.empty((4, W), np.float32)
@@ -489,9 +494,12 @@ def _affine_image(dst, t, mode, fill):
         _put_row(flat, i, out, fill)
 
 
-def _affine_images(x, rows, theta, modes, fill):
-    for k in prange(rows.shape[0]):
-        _affine_image(x[rows[k]], theta[k], modes[k], fill)
+def _affine_images(x, rows, theta, modes, fill, tasks):
+    """Rows ``t, t + tasks, …`` in parallel task ``t``, one plane buffer each (as :func:`_color_images`)."""
+    for t in prange(tasks):
+        planes = np.empty((3, x.shape[1] * x.shape[2]), np.float32)
+        for k in range(t, rows.shape[0], tasks):
+            _affine_image(x[rows[k]], theta[k], modes[k], fill, planes)
 
 
 if numba is not None:
@@ -518,6 +526,11 @@ def enabled(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and pick(x.device, has_numba=numba is not None) == "numba"
 
 
+def _tasks(n: int) -> int:
+    """Parallel tasks for ``n`` images: one per numba thread (each allocates its scratch once)."""
+    return max(1, min(n, numba.get_num_threads()))
+
+
 def color_ops(x: torch.Tensor, codes: np.ndarray, factors: np.ndarray) -> None:
     """Run ``codes[i, slot]`` (the constants above) with ``factors[i, slot]`` on row i of ``x`` (uint8
     ``[N, 3, H, W]`` whose memory is NHWC — a pipeline batch permuted), slot after slot, in place."""
@@ -526,7 +539,7 @@ def color_ops(x: torch.Tensor, codes: np.ndarray, factors: np.ndarray) -> None:
         raise ValueError("color_ops works in place on NHWC memory; got a tensor laid out otherwise")
     f = np.asarray(factors, dtype=np.float64)
     _color_images(nhwc.numpy(), np.ascontiguousarray(codes, dtype=np.int8), f.astype(np.float32),
-                  (1.0 - f).astype(np.float32))
+                  (1.0 - f).astype(np.float32), _tasks(len(nhwc)))
 
 
 def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, fill) -> None:
@@ -540,4 +553,5 @@ def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, 
         raise ValueError("affine_rows works in place on NHWC memory; got a tensor laid out otherwise")
     _affine_images(nhwc.numpy(), np.ascontiguousarray(rows, dtype=np.int64),
                    np.asarray(matrices, dtype=np.float32).reshape(-1, 6),
-                   np.ascontiguousarray(modes, dtype=np.int8), np.asarray(fill, dtype=np.float32))
+                   np.ascontiguousarray(modes, dtype=np.int8), np.asarray(fill, dtype=np.float32),
+                   _tasks(len(rows)))
