@@ -119,9 +119,10 @@ def _hue(R, G, B, shift):
         flat = spread == _ZERO
         s = spread / (_ONE if flat else maxc)
         d = _ONE if flat else spread
-        rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-        h_r, h_g, h_b = bc - gc, (rc + _TWO) - bc, (gc + _FOUR) - rc
-        h = (h_r if maxc == r else (h_g if maxc == g else h_b)) * _SIXTH + _ONE
+        # bc − gc, (rc + 2) − bc or (gc + 4) − rc, as (x/d + offset) − y/d: two of the three divisions
+        x, y, offset = (maxc - b, maxc - g, _ZERO) if maxc == r else (
+            (maxc - r, maxc - b, _TWO) if maxc == g else (maxc - g, maxc - r, _FOUR))
+        h = ((x / d + offset) - y / d) * _SIXTH + _ONE
         h = h - (_ONE if h >= _ONE else _ZERO)  # in [5/6, 11/6) before: fmod(·, 1) is one exact subtraction
         h = h + shift  # in [−0.5, 1.5): torch.remainder(·, 1) is one exact step either way
         h = h + (-_ONE if h >= _ONE else (_ONE if h < _ZERO else _ZERO))
