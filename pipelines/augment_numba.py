@@ -552,7 +552,8 @@ def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, 
     nhwc = x.permute(0, 2, 3, 1)
     if not nhwc.is_contiguous():
         raise ValueError("affine_rows works in place on NHWC memory; got a tensor laid out otherwise")
-    _affine_images(nhwc.numpy(), np.ascontiguousarray(rows, dtype=np.int64),
-                   np.asarray(matrices, dtype=np.float32).reshape(-1, 6),
-                   np.ascontiguousarray(modes, dtype=np.int8), np.asarray(fill, dtype=np.float32),
-                   _tasks(len(rows)))
+    modes = np.asarray(modes, dtype=np.int8)
+    order = np.argsort(-modes, kind="stable")  # bicubic first: the tasks' strides then share the costly rows
+    _affine_images(nhwc.numpy(), np.asarray(rows, dtype=np.int64)[order],
+                   np.asarray(matrices, dtype=np.float32).reshape(-1, 6)[order], modes[order],
+                   np.asarray(fill, dtype=np.float32), _tasks(len(rows)))
