@@ -174,11 +174,14 @@ def _apply_luts(flat, lut):
 def _autocontrast(flat, pil):
     """Stretch each channel to [0, 255]: torchvision's float32 ``(v − lo) / ((hi − lo)·(1/255))``, or Pillow's
     double ``int(v·s − lo·s)``, ``s = 255 / (hi − lo)``; a flat channel stays."""
-    lo, hi = np.full(3, 255, np.int64), np.zeros(3, np.int64)
+    lo0 = lo1 = lo2 = np.uint8(255)  # scalars, not arrays: the min / max reductions vectorise
+    hi0 = hi1 = hi2 = np.uint8(0)
     for k in range(flat.shape[0] // 3):
-        for c in range(3):
-            v = np.int64(flat[3 * k + c])
-            lo[c], hi[c] = min(lo[c], v), max(hi[c], v)
+        lo0, hi0 = min(lo0, flat[3 * k]), max(hi0, flat[3 * k])
+        lo1, hi1 = min(lo1, flat[3 * k + 1]), max(hi1, flat[3 * k + 1])
+        lo2, hi2 = min(lo2, flat[3 * k + 2]), max(hi2, flat[3 * k + 2])
+    lo = np.array([lo0, lo1, lo2], np.int64)
+    hi = np.array([hi0, hi1, hi2], np.int64)
     lut = np.empty((3, 256), np.uint8)
     for c in range(3):
         inv = np.float32(hi[c] - lo[c]) * _INV255
