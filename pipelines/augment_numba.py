@@ -243,26 +243,35 @@ def _blend_pil(flat, f, contrast):
 def _sharpness(img, a):
     """Blend the inside toward the 3×3 smoothing (weights 1, centre 5, over 13) with weight ``a = 1 − f``. The
     smoothing is rounded from its exact integer form: a sum of integers over 13 is never half-way between two
-    integers, so torch's float32 convolution rounds to the same value."""
+    integers, so torch's float32 convolution rounds to the same value. Row by row on the flat bytes, keeping
+    the horizontal sums of three source rows (a row is summed before the row above it is overwritten), so the
+    loops vectorise and the scratch is three rows, not a copy of the image."""
     H, W = img.shape[0], img.shape[1]
     if H <= 2 or W <= 2:
         return
-    src = img.astype(np.int32)
-    rows = np.empty((H, W - 2, 3), np.int32)  # horizontal sums of three
-    for i in range(H):
-        for j in range(W - 2):
-            for c in range(3):
-                rows[i, j, c] = src[i, j, c] + src[i, j + 1, c] + src[i, j + 2, c]
-    pull = np.empty(511, np.float64)  # fma(smooth − v, a, v): the product by value, exact in float64
-    for d in range(-255, 256):
-        pull[d + 255] = np.float64(d) * np.float64(a)
+    flat = img.reshape(H * W * 3)
+    n, stride = 3 * (W - 2), 3 * W
+    sums = np.empty((3, n), np.int32)  # horizontal sums of three, of rows i − 1, i, i + 1 (by i mod 3)
+    _row_sums(flat, 0, sums[0])
+    _row_sums(flat, stride, sums[1])
+    a64 = np.float64(a)
     for i in range(1, H - 1):
-        for j in range(1, W - 1):
-            for c in range(3):
-                v = src[i, j, c]
-                total = rows[i - 1, j - 1, c] + rows[i, j - 1, c] + rows[i + 1, j - 1, c] + 4 * v
-                smooth = (2 * total + 13) // 26  # round(total / 13), never a tie
-                img[i, j, c] = _byte(np.float32(pull[smooth - v + 255] + np.float64(v)))
+        _row_sums(flat, (i + 1) * stride, sums[(i + 1) % 3])
+        above, here, below = sums[(i - 1) % 3], sums[i % 3], sums[(i + 1) % 3]
+        base = i * stride + 3
+        for k in range(n):
+            v = np.int32(flat[base + k])
+            total = above[k] + here[k] + below[k] + np.int32(4) * v
+            # round(total / 13), never a tie: (2·total + 13) // 26 as a multiply and shift (exact below 6,644)
+            smooth = ((np.int32(2) * total + np.int32(13)) * np.int32(40330)) >> np.int32(20)
+            # fma(smooth − v, a, v): the product is exact in float64, rounded to float32 once
+            flat[base + k] = _byte(np.float32(np.float64(smooth - v) * a64 + np.float64(v)))
+
+
+def _row_sums(flat, start, out):
+    """``out[k]``: the sum of the bytes of three horizontally neighbouring pixels, channel ``k mod 3``."""
+    for k in range(out.shape[0]):
+        out[k] = np.int32(flat[start + k]) + np.int32(flat[start + k + 3]) + np.int32(flat[start + k + 6])
 
 
 def _jitter_op(R, G, B, code, f, a):
@@ -512,10 +521,11 @@ if numba is not None:
     _byte, _clamp_floor, _luma, _pil_luma = (_inline(f) for f in (_byte, _clamp_floor, _luma, _pil_luma))
     _helper = numba.njit(cache=True, nogil=True, error_model="numpy")
     _to_planes, _from_planes, _brightness, _blend, _contrast, _saturation, _grayscale, _hue, _point, \
-        _apply_luts, _autocontrast, _equalize, _blend_pil, _sharpness, _jitter_op, _byte_op, _color_image = (
+        _apply_luts, _autocontrast, _equalize, _blend_pil, _sharpness, _row_sums, _jitter_op, _byte_op, \
+        _color_image = (
             _helper(f) for f in (_to_planes, _from_planes, _brightness, _blend, _contrast, _saturation,
                                  _grayscale, _hue, _point, _apply_luts, _autocontrast, _equalize, _blend_pil,
-                                 _sharpness, _jitter_op, _byte_op, _color_image))
+                                 _sharpness, _row_sums, _jitter_op, _byte_op, _color_image))
     _color_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_color_images)
     _cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2, _edge_sample = (
         _inline(f) for f in (_cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2,
