@@ -116,8 +116,9 @@ def fastlt_step(images: np.ndarray, batch: int, device: torch.device):
         s = state["step"] = state["step"] + 1
         main = (rows + s * batch) % n
         plan = StepPlan.from_segments(0, s, seed=s, main=main, fg=(main * 7 + 3) % n, view1=main, view2=main)
-        if device.type == "cpu":  # torch's uint8 index_select takes seconds on its first calls: a memcpy
-            np.take(images, plan.rows, axis=0, out=buffer.numpy())
+        if device.type == "cpu":  # torch's uint8 index_select takes seconds on its first calls: a memcpy;
+            # mode="clip" (the rows are in range): with the default "raise" numpy buffers ``out``, two copies
+            np.take(images, plan.rows, axis=0, out=buffer.numpy(), mode="clip")
         else:
             torch.index_select(source, 0, torch.from_numpy(plan.rows).to(device), out=buffer)
         out = aug.apply(buffer, plan, s, crops)
