@@ -66,18 +66,23 @@ class ColorJitter:
                 "factors": np.stack(factors, axis=1)}
 
     def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
+        if fast.enabled(x):
+            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
+            return
         adjust = (ops.brightness, ops.contrast, ops.saturation, ops.hue)
         active = (self.brightness, self.contrast, self.saturation, self.hue)
-        if fast.enabled(x):  # codes of fastlt.pipelines.augment_numba follow torchvision's fn_idx: b, c, s, h
-            ordered = np.take_along_axis(p["factors"], p["order"], axis=1)
-            codes = np.where(p["on"][:, None] & (np.array(active) > 0)[p["order"]], p["order"], fast.NONE)
-            fast.color_ops(x, codes, ordered)
-            return
         for slot in range(4):
             for j in range(4):
                 if active[j] > 0:
                     rows = p["on"] & (p["order"][:, slot] == j)
                     ops.update_rows(x, rows, lambda t, i, j=j: adjust[j](t, p["factors"][i, j]))
+
+    def slots(self, x: torch.Tensor, p: dict[str, np.ndarray]):
+        """:func:`fastlt.pipelines.augment_numba.run_ops` codes and factors ``[n, 4]``: its codes follow
+        torchvision's fn_idx (b, c, s, h)."""
+        active = np.array((self.brightness, self.contrast, self.saturation, self.hue)) > 0
+        ordered = np.take_along_axis(p["factors"], p["order"], axis=1)
+        return np.where(p["on"][:, None] & active[p["order"]], p["order"], fast.NONE), ordered, None, None
 
 
 @dataclass(frozen=True)
@@ -91,10 +96,13 @@ class Grayscale:
 
     def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
         if fast.enabled(x):
-            codes = np.where(p["on"], fast.GRAYSCALE, fast.NONE)[:, None]
-            fast.color_ops(x, codes, np.zeros(codes.shape))
+            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
             return
         ops.update_rows(x, p["on"], lambda t, i: ops.grayscale(t))
+
+    def slots(self, x: torch.Tensor, p: dict[str, np.ndarray]):
+        codes = np.where(p["on"], fast.GRAYSCALE, fast.NONE)[:, None]
+        return codes, np.zeros(codes.shape), None, None
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,7 @@ class Augmentation:
             x, crops.pad, lambda t, i: ops.pad_crop_flip(t, crops.offsets[i], crops.pad_flips[i], PAD)
         )
         whole, positions = plan.whole, plan.global_positions
+        pending: list = []  # numba slots of the segments' ops, run together (_run_pending)
         for i, (name, start, stop) in enumerate(plan.segments):
             policy = self.policy(name)
             if not policy.ops or start == stop:
@@ -214,5 +223,42 @@ class Augmentation:
             rng = plan_rng(seed, 1 + i)
             segment = x[start:stop]
             for op in policy.ops:
-                op.apply(segment, {k: v[local] for k, v in op.draw(rng, end - first).items()})
+                p = {k: v[local] for k, v in op.draw(rng, end - first).items()}
+                if isinstance(op, _SLOTTED) and fast.enabled(x):  # later, with every other segment's
+                    pending.append((start, *op.slots(segment, p)))
+                    continue
+                _run_pending(x, pending)  # an op without slots follows its rows' earlier ops
+                op.apply(segment, p)
+        _run_pending(x, pending)
         return images
+
+
+_SLOTTED = (ColorJitter, Grayscale, AutoAugment, RandAugment)
+
+
+def _run_pending(x: torch.Tensor, pending: list) -> None:
+    """Run the slots of ``pending`` ``(first row, codes, factors, matrices, fills)`` entries — a segment's ops
+    in their order, side by side — over all their rows in one parallel pass (rows of different segments are
+    disjoint, so one pass serves them all), then empty it."""
+    if not pending:
+        return
+    by_first: dict[int, list] = {}
+    for first, *part in pending:
+        by_first.setdefault(first, []).append(part)
+    width = max(sum(part[0].shape[1] for part in parts) for parts in by_first.values())
+    rows = np.concatenate([first + np.arange(len(parts[0][0])) for first, parts in by_first.items()])
+    codes, factors = np.full((len(rows), width), fast.NONE), np.zeros((len(rows), width))
+    mats, fills = np.zeros((len(rows), width, 6)), np.zeros((len(rows), width, 3))
+    r = 0
+    for parts in by_first.values():
+        n, col = len(parts[0][0]), 0
+        for c, f, m, fl in parts:
+            block = (slice(r, r + n), slice(col, col + c.shape[1]))
+            codes[block], factors[block] = c, f
+            if m is not None:
+                mats[block], fills[block] = m, fl
+            col += c.shape[1]
+        r += n
+    busy = (codes != fast.NONE).any(axis=1)
+    fast.run_ops(x, rows[busy], codes[busy], factors[busy], mats[busy], fills[busy])
+    pending.clear()

@@ -24,6 +24,10 @@ from fastlt.kernels._dispatch import numba, pick, prange
 NONE, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAYSCALE = -1, 0, 1, 2, 3, 4  # factor, hue shift
 POSTERIZE, SOLARIZE, SOLARIZE_ADD, INVERT = 5, 6, 7, 8  # bits kept, threshold, amount added
 AUTOCONTRAST, AUTOCONTRAST_PIL, EQUALIZE, SATURATION_PIL, CONTRAST_PIL, SHARPNESS = 9, 10, 11, 12, 13, 14
+AFFINE_NEAREST, AFFINE_BILINEAR, AFFINE_BICUBIC = 15, 16, 17  # the slot's matrix and fill (:func:`run_ops`)
+# Rough CPU µs of each code on a 224 px image (NONE first): rows run most costly first, so the last images
+# the two threads take are cheap ones and neither waits long for the other.
+_COST = np.array([0, 10, 60, 70, 100, 20, 5, 10, 20, 5, 70, 70, 130, 50, 40, 500, 300, 460, 1100], np.int64)
 
 _R, _G, _B = np.float32(0.2989), np.float32(0.587), np.float32(0.114)
 _INV255 = np.float32(1.0 / 255)
@@ -304,9 +308,9 @@ def _byte_op(pixels, code, f, a):
         _sharpness(pixels, a)
 
 
-def _color_image(pixels, codes, factors, comps, planes):
+def _color_image(pixels, codes, factors, comps, mats, fills, planes):
     """One image's ops in slot order; a run of colour-jitter ops works on ``planes`` (float32 ``[3, H·W]``
-    scratch), converted once."""
+    scratch), converted once; an affine slot resamples through ``mats[slot]`` with ``fills[slot]``."""
     n = pixels.shape[0] * pixels.shape[1]
     flat = pixels.reshape(3 * n)
     R, G, B = planes[0], planes[1], planes[2]
@@ -314,6 +318,12 @@ def _color_image(pixels, codes, factors, comps, planes):
     for slot in range(codes.shape[0]):
         code = codes[slot]
         if code == NONE:
+            continue
+        if code >= AFFINE_NEAREST:
+            if planar:
+                _from_planes(R, G, B, flat)
+                planar = False
+            _affine_image(pixels, mats[slot], code - AFFINE_NEAREST, fills[slot], planes)
             continue
         if code <= GRAYSCALE and not planar:
             _to_planes(flat, R, G, B)
@@ -326,15 +336,6 @@ def _color_image(pixels, codes, factors, comps, planes):
             _byte_op(pixels, code, factors[slot], comps[slot])
     if planar:
         _from_planes(R, G, B, flat)
-
-
-def _color_images(x, codes, factors, comps, tasks):
-    """Images ``t, t + tasks, …`` in parallel task ``t``, whose float planes are allocated once (not per
-    image: a fresh 600 KB buffer is page faults on every image)."""
-    for t in prange(tasks):
-        planes = np.empty((3, x.shape[1] * x.shape[2]), np.float32)
-        for i in range(t, x.shape[0], tasks):
-            _color_image(x[i], codes[i], factors[i], comps[i], planes)
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -507,12 +508,13 @@ def _affine_image(dst, t, mode, fill, planes):
         _put_row(flat, i, out, fill)
 
 
-def _affine_images(x, rows, theta, modes, fill, tasks):
-    """Rows ``t, t + tasks, …`` in parallel task ``t``, one plane buffer each (as :func:`_color_images`)."""
-    for t in prange(tasks):
-        planes = np.empty((3, x.shape[1] * x.shape[2]), np.float32)
-        for k in range(t, rows.shape[0], tasks):
-            _affine_image(x[rows[k]], theta[k], modes[k], fill, planes)
+def _run_images(x, rows, codes, factors, comps, mats, fills, scratch):
+    """Image ``rows[k]`` with the ``k``-th parameters, one parallel iteration each (taken one at a time by
+    whichever thread is free: :func:`run_ops` sets the chunk size to 1); each thread works in its own float
+    planes ``scratch[thread]``, allocated once a call (a fresh 600 KB buffer an image is page faults)."""
+    for k in prange(rows.shape[0]):
+        _color_image(x[rows[k]], codes[k], factors[k], comps[k], mats[k], fills[k],
+                     scratch[numba.get_thread_id()])
 
 
 if numba is not None:
@@ -521,18 +523,17 @@ if numba is not None:
     _byte, _clamp_floor, _luma, _pil_luma = (_inline(f) for f in (_byte, _clamp_floor, _luma, _pil_luma))
     _helper = numba.njit(cache=True, nogil=True, error_model="numpy")
     _to_planes, _from_planes, _brightness, _blend, _contrast, _saturation, _grayscale, _hue, _point, \
-        _apply_luts, _autocontrast, _equalize, _blend_pil, _sharpness, _row_sums, _jitter_op, _byte_op, \
-        _color_image = (
+        _apply_luts, _autocontrast, _equalize, _blend_pil, _sharpness, _row_sums, _jitter_op, _byte_op = (
             _helper(f) for f in (_to_planes, _from_planes, _brightness, _blend, _contrast, _saturation,
                                  _grayscale, _hue, _point, _apply_luts, _autocontrast, _equalize, _blend_pil,
-                                 _sharpness, _row_sums, _jitter_op, _byte_op, _color_image))
-    _color_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_color_images)
+                                 _sharpness, _row_sums, _jitter_op, _byte_op))
     _cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2, _edge_sample = (
         _inline(f) for f in (_cubic_weights, _blend_fill, _round_byte_f, _round_byte, _row4, _col4, _col2,
                              _edge_sample))
-    _nearest_row, _grid_row, _weights_row, _sample_row, _put_row, _affine_image = (
-        _helper(f) for f in (_nearest_row, _grid_row, _weights_row, _sample_row, _put_row, _affine_image))
-    _affine_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_affine_images)
+    _nearest_row, _grid_row, _weights_row, _sample_row, _put_row, _affine_image, _color_image = (
+        _helper(f) for f in (_nearest_row, _grid_row, _weights_row, _sample_row, _put_row, _affine_image,
+                             _color_image))
+    _run_images = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")(_run_images)
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -540,20 +541,37 @@ def enabled(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and pick(x.device, has_numba=numba is not None) == "numba"
 
 
-def _tasks(n: int) -> int:
-    """Parallel tasks for ``n`` images: one per numba thread (each allocates its scratch once)."""
-    return max(1, min(n, numba.get_num_threads()))
+def run_ops(x: torch.Tensor, rows: np.ndarray, codes: np.ndarray, factors: np.ndarray,
+            matrices: np.ndarray | None = None, fills: np.ndarray | None = None) -> None:
+    """Run ``codes[k, slot]`` (the constants above; ``NONE`` skips) with ``factors[k, slot]`` on row
+    ``rows[k]`` of ``x``, slot after slot, in place, every row in one parallel pass; an ``AFFINE_*`` slot
+    resamples through ``matrices[k, slot]`` (the 6 numbers of :func:`fastlt.pipelines.augment_ops.affine`)
+    filling with ``fills[k, slot]`` (RGB). ``x``: uint8 ``[N, 3, H, W]`` on NHWC memory (a pipeline batch
+    permuted); ``rows`` distinct."""
+    nhwc = x.permute(0, 2, 3, 1)
+    if not nhwc.is_contiguous():
+        raise ValueError("augment_numba works in place on NHWC memory; got a tensor laid out otherwise")
+    codes = np.asarray(codes, dtype=np.int8)
+    n, slots = codes.shape
+    f = np.asarray(factors, dtype=np.float64)
+    mats = np.zeros((n, slots, 6)) if matrices is None else matrices
+    fills = np.zeros((n, slots, 3)) if fills is None else fills
+    order = np.argsort(-_COST[codes.astype(np.int64) + 1].sum(axis=1), kind="stable")
+    scratch = np.empty((numba.get_num_threads(), 3, x.shape[2] * x.shape[3]), np.float32)
+    chunk = numba.set_parallel_chunksize(1)
+    try:
+        _run_images(nhwc.numpy(), np.asarray(rows, dtype=np.int64)[order], codes[order],
+                    f.astype(np.float32)[order], (1.0 - f).astype(np.float32)[order],
+                    np.asarray(mats, dtype=np.float32)[order], np.asarray(fills, dtype=np.float32)[order],
+                    scratch)
+    finally:
+        numba.set_parallel_chunksize(chunk)
 
 
 def color_ops(x: torch.Tensor, codes: np.ndarray, factors: np.ndarray) -> None:
     """Run ``codes[i, slot]`` (the constants above) with ``factors[i, slot]`` on row i of ``x`` (uint8
     ``[N, 3, H, W]`` whose memory is NHWC — a pipeline batch permuted), slot after slot, in place."""
-    nhwc = x.permute(0, 2, 3, 1)
-    if not nhwc.is_contiguous():
-        raise ValueError("color_ops works in place on NHWC memory; got a tensor laid out otherwise")
-    f = np.asarray(factors, dtype=np.float64)
-    _color_images(nhwc.numpy(), np.ascontiguousarray(codes, dtype=np.int8), f.astype(np.float32),
-                  (1.0 - f).astype(np.float32), _tasks(len(nhwc)))
+    run_ops(x, np.arange(len(x)), codes, factors)
 
 
 def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, fill) -> None:
@@ -562,11 +580,7 @@ def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, 
     padding, align_corners=False, bicubic A = −0.75, taps summed across each stencil row, then down, as its
     CPU kernel does); the grid arithmetic is not torch's matrix product, so a value can differ from the torch
     path by one grey level where the result sits on a rounding boundary."""
-    nhwc = x.permute(0, 2, 3, 1)
-    if not nhwc.is_contiguous():
-        raise ValueError("affine_rows works in place on NHWC memory; got a tensor laid out otherwise")
-    modes = np.asarray(modes, dtype=np.int8)
-    order = np.argsort(-modes, kind="stable")  # bicubic first: the tasks' strides then share the costly rows
-    _affine_images(nhwc.numpy(), np.asarray(rows, dtype=np.int64)[order],
-                   np.asarray(matrices, dtype=np.float32).reshape(-1, 6)[order], modes[order],
-                   np.asarray(fill, dtype=np.float32), _tasks(len(rows)))
+    n = len(rows)
+    codes = (AFFINE_NEAREST + np.asarray(modes, dtype=np.int64)).reshape(n, 1)
+    fills = np.broadcast_to(np.asarray(fill, dtype=np.float32), (n, 1, 3))
+    run_ops(x, rows, codes, np.zeros((n, 1)), np.asarray(matrices, dtype=np.float32).reshape(n, 1, 6), fills)

@@ -161,31 +161,49 @@ class AutoAugment:
                 "neg": rng.random((n, 2)) <= 0.5}
 
     def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
+        if fast.enabled(x):  # numba, in place: every row's two ops in one parallel pass
+            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
+            return
         H, W = x.shape[-2:]
-        cpu = fast.enabled(x)  # numba, in place: one pass per slot for every photometric row
         for k in (0, 1):
-            names = np.array([sub[k][0] for sub in CIFAR10_POLICY])[p["sub"]]
-            prob = np.array([sub[k][1] for sub in CIFAR10_POLICY])[p["sub"]]
-            bins = np.array([sub[k][2] or 0 for sub in CIFAR10_POLICY])[p["sub"]]
-            on = p["u"][:, k] <= prob
-            codes, factors = np.full(len(names), fast.NONE), np.zeros(len(names))
+            names, on, mags = self._slot(k, p, H, W)
+            for name in np.unique(names[on]):
+                rows = on & (names == name)
+                ops.update_rows(x, rows, lambda t, i, n=str(name), m=mags: _run_tv(n, t, m[i], self.fill))
+
+    def slots(self, x: torch.Tensor, p: dict[str, np.ndarray]):
+        """The rows' two ops as :func:`fastlt.pipelines.augment_numba.run_ops` slots: codes, factors, inverse
+        matrices and fills ``[n, 2, …]``."""
+        H, W = x.shape[-2:]
+        n = len(p["sub"])
+        codes, factors = np.full((n, 2), fast.NONE), np.zeros((n, 2))
+        mats, fills = np.zeros((n, 2, 6)), np.broadcast_to(np.asarray(self.fill, np.float64), (n, 2, 3))
+        for k in (0, 1):
+            names, on, mags = self._slot(k, p, H, W)
             for name in np.unique(names[on]):
                 name = str(name)
                 rows = on & (names == name)
-                table = autoaugment_magnitudes(name, H, W)
-                mags = np.zeros(len(names)) if table is None else table[bins]
-                if name in SIGNED:
-                    mags = np.where(p["neg"][:, k], -mags, mags)
-                if cpu and name in _TV_GEOMETRIC:
-                    idx = np.flatnonzero(rows)
-                    nearest = np.full(len(idx), fast.NEAREST)
-                    fast.affine_rows(x, idx, _tv_matrices(name, mags[idx], H, W), nearest, self.fill)
-                elif cpu:
-                    codes[rows], factors[rows] = _TV_CODES[name], _tv_factors(name, mags)[rows]
+                if name in _TV_GEOMETRIC:
+                    codes[rows, k] = fast.AFFINE_NEAREST
+                    mats[rows, k] = _tv_matrices(name, mags[rows], H, W)
                 else:
-                    ops.update_rows(x, rows, lambda t, i, n=name, m=mags: _run_tv(n, t, m[i], self.fill))
-            if (codes != fast.NONE).any():
-                fast.color_ops(x, codes[:, None], factors[:, None])
+                    codes[rows, k], factors[rows, k] = _TV_CODES[name], _tv_factors(name, mags)[rows]
+        return codes, factors, mats, fills
+
+    def _slot(self, k: int, p: dict[str, np.ndarray], H: int, W: int):
+        """Op ``k`` of every row's sub-policy: its names, whether it applies, its signed magnitudes."""
+        names = np.array([sub[k][0] for sub in CIFAR10_POLICY])[p["sub"]]
+        prob = np.array([sub[k][1] for sub in CIFAR10_POLICY])[p["sub"]]
+        bins = np.array([sub[k][2] or 0 for sub in CIFAR10_POLICY])[p["sub"]]
+        on = p["u"][:, k] <= prob
+        mags = np.zeros(len(names))
+        for name in np.unique(names[on]):
+            table = autoaugment_magnitudes(str(name), H, W)
+            if table is not None:
+                rows = names == name
+                mags[rows] = table[bins[rows]]
+        signed = np.isin(names, list(SIGNED)) & p["neg"][:, k]
+        return names, on, np.where(signed, -mags, mags)
 
 
 _RA_CODES = {"AutoContrast": fast.AUTOCONTRAST_PIL, "Equalize": fast.EQUALIZE, "Invert": fast.INVERT,
@@ -246,33 +264,46 @@ class RandAugment:
                 "bicubic": rng.random(shape) < 0.5}
 
     def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
-        cpu = fast.enabled(x)  # numba, in place: per layer one pass for photometric rows, one for geometric
+        if fast.enabled(x):  # numba, in place: every row's layers in one parallel pass
+            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
+            return
         for k in range(self.layers):
-            on = p["u"][:, k] <= self.prob
-            level = p["m"][:, k] / self.max_level
-            signed = level * np.where(p["neg"][:, k], -1.0, 1.0)
-            codes, factors = np.full(len(on), fast.NONE), np.zeros(len(on))
-            geometric = np.full((len(on), 6), np.nan)  # each row's inverse matrix, if it resamples
+            on, level, signed = self._layer(k, p)
             for j in np.unique(p["op"][on, k]):
                 name = RAND_OPS[j]
                 rows = on & (p["op"][:, k] == j)
-                if name not in _GEOMETRIC and cpu:
-                    codes[rows], factors[rows] = _RA_CODES[name], _ra_argument(name, level)[rows]
-                elif name not in _GEOMETRIC:
+                if name not in _GEOMETRIC:
                     ops.update_rows(x, rows, lambda t, i, n=name, lv=level: _ra_photometric(n, t, lv[i]))
-                elif cpu:
-                    geometric[rows] = self._matrices(name, signed[rows], *x.shape[-2:])
+                    continue
+                for bicubic in (False, True):
+                    mode = "bicubic" if bicubic else "bilinear"
+                    run = lambda t, i, n=name, md=mode, s=signed: self._geometric(n, t, s[i], md)  # noqa: E731
+                    ops.update_rows(x, rows & (p["bicubic"][:, k] == bicubic), run)
+
+    def slots(self, x: torch.Tensor, p: dict[str, np.ndarray]):
+        """The rows' layers as :func:`fastlt.pipelines.augment_numba.run_ops` slots: codes, factors, inverse
+        matrices and fills ``[n, layers, …]``."""
+        n = len(p["op"])
+        codes, factors = np.full((n, self.layers), fast.NONE), np.zeros((n, self.layers))
+        mats = np.zeros((n, self.layers, 6))
+        fills = np.broadcast_to(np.asarray(self.fill, np.float64), (n, self.layers, 3))
+        for k in range(self.layers):
+            on, level, signed = self._layer(k, p)
+            for j in np.unique(p["op"][on, k]):
+                name = RAND_OPS[j]
+                rows = on & (p["op"][:, k] == j)
+                if name in _GEOMETRIC:
+                    bicubic = p["bicubic"][rows, k]
+                    codes[rows, k] = np.where(bicubic, fast.AFFINE_BICUBIC, fast.AFFINE_BILINEAR)
+                    mats[rows, k] = self._matrices(name, signed[rows], *x.shape[-2:])
                 else:
-                    for bicubic in (False, True):
-                        mode = "bicubic" if bicubic else "bilinear"
-                        run = lambda t, i, n=name, md=mode, s=signed: self._geometric(n, t, s[i], md)  # noqa: E731
-                        ops.update_rows(x, rows & (p["bicubic"][:, k] == bicubic), run)
-            if (codes != fast.NONE).any():
-                fast.color_ops(x, codes[:, None], factors[:, None])
-            idx = np.flatnonzero(~np.isnan(geometric[:, 0]))
-            if len(idx):  # every geometric op and both interpolations in one parallel pass: rows are disjoint
-                modes = np.where(p["bicubic"][idx, k], fast.BICUBIC, fast.BILINEAR)
-                fast.affine_rows(x, idx, geometric[idx], modes, self.fill)
+                    codes[rows, k], factors[rows, k] = _RA_CODES[name], _ra_argument(name, level)[rows]
+        return codes, factors, mats, fills
+
+    def _layer(self, k: int, p: dict[str, np.ndarray]):
+        """Layer ``k``: whether each row applies its op, its level ``m / 10`` and that level signed."""
+        level = p["m"][:, k] / self.max_level
+        return p["u"][:, k] <= self.prob, level, level * np.where(p["neg"][:, k], -1.0, 1.0)
 
     def _geometric(self, name: str, x: torch.Tensor, signed: np.ndarray, mode: str) -> torch.Tensor:
         return ops.affine(x, self._matrices(name, signed, *x.shape[-2:]), mode, self.fill)
