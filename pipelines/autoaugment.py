@@ -3,7 +3,8 @@
 Each row draws everything a per-image implementation draws for it — which sub-policy or which ops, whether
 each op applies, its sign, its magnitude, its interpolation — as numpy arrays (:meth:`draw`), and then every
 operation runs *once* over the rows that chose it (:meth:`apply`), through the kernels of
-:mod:`fastlt.pipelines.augment_ops`.
+:mod:`fastlt.pipelines.augment_ops` — or, on the CPU, as numba slots (:meth:`slots`) that run each row's ops
+in one parallel pass with the rest of the step's (:func:`fastlt.pipelines.augment_numba.run_ops`).
 
 **AutoAugment** follows ``torchvision.transforms.v2.AutoAugment(AutoAugmentPolicy.CIFAR10, fill=…)`` exactly:
 one of the 25 sub-policies uniformly, each of its two ops applied when ``u ≤ p``, torchvision's ten magnitude

@@ -11,7 +11,8 @@ views (ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8 + RandomGrayscale 0.2) — 4 × bat
   and timm's ``rand_augment_transform`` per Pillow image, as the released code composes them, in a
   ``torch.utils.data.DataLoader`` with ``--workers`` processes collating the step's batch;
 * fastlt: ``fastlt.pipelines.augment.Augmentation`` on the step's uint8 NHWC batch — every segment's draws at
-  once, every operation once over the rows that chose it — on the CPU, and on CUDA when there is one.
+  once; on the CPU every row's operations in one parallel numba pass, on CUDA (when there is one) every
+  operation once over the rows that chose it.
 
 Images per second are 4 × batch / the mean time of a step over ``--steps`` consecutive steps, after warm-up
 steps that start the workers and drain the batches they prefetched (the baseline: 2 per worker + 1) or compile
