@@ -342,7 +342,9 @@ def split_overrides(argv: list[str]) -> list[tuple[str, str]]:
             k, v = a[2:], "true"
             i += 1
         else:
-            if i + 1 >= len(argv):
+            if alone and ALIASES.get(key, key) not in hints:
+                raise unknown_key(key)  # before "needs a value": a misspelt flag is the likelier mistake
+            if alone:
                 raise RecipeError(f"{a} needs a value")
             k, v = a[2:], argv[i + 1]
             i += 2
@@ -354,18 +356,23 @@ def split_overrides(argv: list[str]) -> list[tuple[str, str]]:
 ALIASES = {"clip_checkpoint": "lfm_clip_checkpoint", "clip_model": "lfm_clip_model"}
 
 
+def unknown_key(key: str) -> RecipeError:
+    """The error for a key no recipe has, with the nearest valid names."""
+    known = [f.name for f in fields(Recipe)]
+    hint = did_you_mean(key, known, cutoff=0.5, fmt=lambda n: "--" + n.replace("_", "-"))
+    return RecipeError(f"unknown recipe key --{key.replace('_', '-')}{hint}")
+
+
 def apply_overrides(recipe: Recipe, pairs) -> Recipe:
     """Apply ``(key, text)`` pairs (or a ``--key value`` argv list) to a recipe, type-checked."""
     if pairs and isinstance(pairs[0], str):
         pairs = split_overrides(list(pairs))
     hints = typing.get_type_hints(Recipe)
-    known = [f.name for f in fields(Recipe)]
     changes = {}
     for k, v in pairs:
         k = ALIASES.get(k, k)
         if k not in hints:
-            hint = did_you_mean(k, known, cutoff=0.5, fmt=lambda n: "--" + n.replace("_", "-"))
-            raise RecipeError(f"unknown recipe key --{k.replace('_', '-')}{hint}")
+            raise unknown_key(k)
         changes[k] = parse_value(k, v, hints[k])
     return replace(recipe, **changes)
 

@@ -19,6 +19,11 @@ def test_a_bool_key_given_alone_means_true():
     assert split_overrides(["--compile", "false"]) == [("compile", "false")]
     with pytest.raises(RecipeError, match="--lr needs a value"):
         split_overrides(["--lr"])
+    with pytest.raises(RecipeError, match="--lr needs a value"):
+        split_overrides(["--lr", "--compile"])
+    # a misspelt flag alone is an unknown key with suggestions, not a key missing its value
+    with pytest.raises(RecipeError, match="unknown recipe key --compil; did you mean --compile"):
+        split_overrides(["--compil", "--lr", "0.1"])
 
 
 @pytest.mark.slow
