@@ -276,6 +276,25 @@ _LAUNCH = {
 }
 
 
+def _reduce(ctx, rows: torch.Tensor, wsum: torch.Tensor, weighted: bool, reduction: str) -> torch.Tensor:
+    """ℓ [B] → the loss of ``reduction``; keeps what :func:`_row_grads` needs on ``ctx``."""
+    ctx.reduction = reduction
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    ctx.denom = wsum.sum() if weighted else float(rows.shape[0])  # no host-to-device copy for a constant
+    return rows.sum() / ctx.denom
+
+
+def _row_grads(ctx, grad: torch.Tensor, B: int, dtype: torch.dtype) -> torch.Tensor:
+    """The upstream gradient of each row's ℓ_b, ``dtype[B]`` contiguous (the reduction's derivative)."""
+    g = grad.to(dtype)
+    if ctx.reduction == "mean":
+        g = g / ctx.denom
+    return (g if ctx.reduction == "none" else g.expand(B)).contiguous()
+
+
 class _SoftCrossEntropy(torch.autograd.Function):
     """Row kernels (Triton or numba) for ℓ_b, lse_b, W_b and the gradient; the reductions live here."""
 
@@ -287,24 +306,14 @@ class _SoftCrossEntropy(torch.autograd.Function):
         if B:
             _LAUNCH[impl][0](logits, idx, w, adjust, cw, rows, lse, wsum)
         ctx.save_for_backward(logits, idx, w, adjust, cw, lse, wsum)
-        ctx.reduction, ctx.impl = reduction, impl
-        if reduction == "none":
-            return rows
-        if reduction == "sum":
-            return rows.sum()
-        ctx.denom = wsum.sum() if cw is not None else float(B)  # no host-to-device copy for a constant
-        return rows.sum() / ctx.denom
+        ctx.impl = impl
+        return _reduce(ctx, rows, wsum, cw is not None, reduction)
 
     @staticmethod
     def backward(ctx, grad):
         logits, idx, w, adjust, cw, lse, wsum = ctx.saved_tensors
         B = logits.shape[0]
-        if ctx.reduction == "none":
-            g = grad.to(torch.float32).contiguous()
-        elif ctx.reduction == "sum":
-            g = grad.to(torch.float32).expand(B).contiguous()
-        else:
-            g = (grad.to(torch.float32) / ctx.denom).expand(B).contiguous()
+        g = _row_grads(ctx, grad, B, torch.float32)
         if ctx.impl == "numba":  # numba's arrays: huge-page backed, far fewer first-touch faults on CPU
             dz = torch.from_numpy(np.empty(tuple(logits.shape), dtype=np.float32))
         else:
@@ -315,8 +324,8 @@ class _SoftCrossEntropy(torch.autograd.Function):
 
 
 class _SoftCrossEntropyTorch(torch.autograd.Function):
-    """The row passes in torch ops (module docstring): ``log_softmax`` forward, its output turned into the
-    gradient in place."""
+    """The row passes in torch ops (module docstring): ``log_softmax`` forward, saved for the backward, which
+    writes ``exp(log p)·W_b·g_b − scatter`` into one new buffer."""
 
     @staticmethod
     def forward(ctx, logits, idx, w, adjust, cw, reduction):
@@ -327,21 +336,13 @@ class _SoftCrossEntropyTorch(torch.autograd.Function):
         rows = -(ww * lp.gather(1, idx)).sum(1)
         wsum = ww.sum(1)
         ctx.save_for_backward(idx, ww, lp, wsum)
-        ctx.reduction, ctx.grad_dtype = reduction, logits.dtype
-        if reduction == "none":
-            return rows
-        if reduction == "sum":
-            return rows.sum()
-        ctx.denom = wsum.sum() if cw is not None else float(logits.shape[0])  # a Python number: no copy
-        return rows.sum() / ctx.denom
+        ctx.grad_dtype = logits.dtype
+        return _reduce(ctx, rows, wsum, cw is not None, reduction)
 
     @staticmethod
     def backward(ctx, grad):
         idx, ww, lp, wsum = ctx.saved_tensors
-        g = grad.to(lp.dtype)
-        if ctx.reduction == "mean":
-            g = g / ctx.denom
-        g = g.expand(lp.shape[0]) if g.dim() == 0 else g
+        g = _row_grads(ctx, grad, lp.shape[0], lp.dtype)
         dz = lp.exp().mul_((g * wsum)[:, None])  # p·W_b·g_b (lp kept: a retained graph may come back)
         dz.scatter_add_(1, idx, -(g[:, None] * ww))  # each target term pulls its logit down; duplicates add
         return dz.to(ctx.grad_dtype), None, None, None, None, None
