@@ -334,15 +334,16 @@ def split_overrides(argv: list[str]) -> list[tuple[str, str]]:
         if not a.startswith("--"):
             raise RecipeError(f"expected --key value, got {a!r}")
         key = a[2:].replace("-", "_")
+        key = ALIASES.get(key, key)
         alone = i + 1 == len(argv) or argv[i + 1].startswith("--")
         if "=" in a:
             k, v = a[2:].split("=", 1)
             i += 1
-        elif alone and hints.get(ALIASES.get(key, key)) is bool:
+        elif alone and hints.get(key) is bool:
             k, v = a[2:], "true"
             i += 1
         else:
-            if alone and ALIASES.get(key, key) not in hints:
+            if alone and key not in hints:
                 raise unknown_key(key)  # before "needs a value": a misspelt flag is the likelier mistake
             if alone:
                 raise RecipeError(f"{a} needs a value")

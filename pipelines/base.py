@@ -134,10 +134,10 @@ class Pipeline(ABC):
             images = self.augmentation.apply(images, plan, seed, crops)
         rows = torch.from_numpy(plan.rows)
         labels = self._labels[rows]
-        extras = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in plan.extras.items()}
+        extras = {k: to_device(torch.from_numpy(np.ascontiguousarray(v)), self.device)
+                  for k, v in plan.extras.items()}
         return Batch(plan=plan, rows=to_device(rows, self.device), images=images,
-                     labels=to_device(labels, self.device),
-                     extras={k: to_device(v, self.device) for k, v in extras.items()})
+                     labels=to_device(labels, self.device), extras=extras)
 
     def batches(self, plans: Iterable[StepPlan]) -> Iterator[Batch]:
         """Batches of ``plans`` in order, loaded ``prefetch`` ahead on a background thread (no plan

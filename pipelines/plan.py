@@ -79,9 +79,10 @@ class StepPlan:
         if pos != len(rows):
             raise ValueError(f"segments cover {pos} rows, plan has {len(rows)}")
         for key, value in self.extras.items():
-            seg, _, name = key.rpartition(":")
+            seg = key.rpartition(":")[0]
             if seg:
-                n = self.segment(seg).stop - self.segment(seg).start
+                where = self.segment(seg)
+                n = where.stop - where.start
                 if len(value) != n:
                     raise ValueError(f"extra {key!r} has {len(value)} values for segment {seg!r} of {n} rows")
 

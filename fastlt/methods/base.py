@@ -336,12 +336,12 @@ def draw_coin(gen: torch.Generator, p: float) -> np.ndarray:
     return np.array([bool(torch.rand((), generator=gen).item() < p)])
 
 
-def draw_boxes(gen: torch.Generator, lam: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """CutMix boxes for target λ on ``size``×``size`` images: (int32[n, 4], the λ each box really pastes)."""
+def draw_boxes(gen: torch.Generator, lam: np.ndarray, size: int) -> np.ndarray:
+    """CutMix boxes for target λ on ``size``×``size`` images, int32[n, 4]. The mix kernel derives the label's
+    λ from the box it pastes (after clipping), so the target λ is not returned."""
     from fastlt.kernels.mix import cutmix_boxes
 
-    boxes, lam_box = cutmix_boxes(torch.from_numpy(lam), size, size, generator=gen)
-    return boxes.numpy(), lam_box.numpy()
+    return cutmix_boxes(torch.from_numpy(lam), size, size, generator=gen)[0].numpy()
 
 
 def repeat_rows(value: np.ndarray, n: int) -> np.ndarray:

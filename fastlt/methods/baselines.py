@@ -125,7 +125,7 @@ class _PairMix(Method):
         lam = draw_beta(gen, r.mix_alpha, B if r.mix_per_sample else 1)
         out = {"main:lam": lam if r.mix_per_sample else repeat_rows(lam, B)}
         if self.boxes:
-            boxes, _ = draw_boxes(gen, lam, r.image_size)  # the kernel derives the label's λ from the box
+            boxes = draw_boxes(gen, lam, r.image_size)
             out["main:box"] = boxes if r.mix_per_sample else repeat_rows(boxes, B)
         return out
 

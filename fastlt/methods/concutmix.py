@@ -171,7 +171,7 @@ class ConCutMix(Method):
             return {"cutmix": coin}
         B = len(plan.rows_of("main"))
         lam = torch.rand(1, generator=gen).numpy()
-        boxes, _ = draw_boxes(gen, lam, self.recipe.image_size)
+        boxes = draw_boxes(gen, lam, self.recipe.image_size)
         return {"cutmix": coin, "main:lam": repeat_rows(lam, B), "main:box": repeat_rows(boxes, B)}
 
     def loss(self, model, batch, ctx):
