@@ -49,6 +49,11 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def extras_to_device(plan: StepPlan, device: torch.device) -> dict[str, torch.Tensor]:
+    """The plan's draws (``plan.extras``) as tensors on ``device``, each sent with :func:`to_device`."""
+    return {k: to_device(torch.from_numpy(np.ascontiguousarray(v)), device) for k, v in plan.extras.items()}
+
+
 class Pipeline(ABC):
     """Base of the four plan-driven loaders (see the module docstring)."""
 
@@ -134,10 +139,8 @@ class Pipeline(ABC):
             images = self.augmentation.apply(images, plan, seed, crops)
         rows = torch.from_numpy(plan.rows)
         labels = self._labels[rows]
-        extras = {k: to_device(torch.from_numpy(np.ascontiguousarray(v)), self.device)
-                  for k, v in plan.extras.items()}
         return Batch(plan=plan, rows=to_device(rows, self.device), images=images,
-                     labels=to_device(labels, self.device), extras=extras)
+                     labels=to_device(labels, self.device), extras=extras_to_device(plan, self.device))
 
     def batches(self, plans: Iterable[StepPlan]) -> Iterator[Batch]:
         """Batches of ``plans`` in order, loaded ``prefetch`` ahead on a background thread (no plan

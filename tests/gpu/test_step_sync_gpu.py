@@ -18,7 +18,7 @@ import torch
 
 from fastlt.distributed import Dist, Feedback
 from fastlt.methods.base import StepContext, get_method
-from fastlt.pipelines.base import to_device
+from fastlt.pipelines.base import extras_to_device, to_device
 from fastlt.pipelines.plan import Batch
 from fastlt.recipes import apply_overrides, preset
 from fastlt.runtime import Priors, Runtime
@@ -65,9 +65,8 @@ def _batch(producer, step, device, gen):
     labels = torch.from_numpy(np.searchsorted(producer.offsets, plan.rows, side="right") - 1)
     shape = (len(plan.rows), 32, 32, 3)
     images = torch.randint(0, 256, shape, dtype=torch.uint8, device=device, generator=gen)
-    extras = {k: to_device(torch.from_numpy(np.ascontiguousarray(v)), device) for k, v in plan.extras.items()}
     rows = to_device(torch.from_numpy(plan.rows), device)
-    return Batch(plan, rows, images, to_device(labels, device), extras)
+    return Batch(plan, rows, images, to_device(labels, device), extras_to_device(plan, device))
 
 
 def _step(r, m, st, model, runtime, opt, batch, epoch, tally):

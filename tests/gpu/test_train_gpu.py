@@ -11,6 +11,7 @@ from fastlt.pipelines.plan import Batch, StepPlan
 from fastlt.recipes import preset, resolve
 from fastlt.runtime import Priors, Runtime
 from helpers import metrics, train_index
+from helpers.steps import with_draws
 
 COUNTS = torch.tensor([134.0, 103, 80, 62, 48, 37, 28, 22, 17, 13])
 
@@ -24,13 +25,6 @@ def cpmix_batch(device, seed=0):
     return Batch(plan, torch.arange(len(labels), device=device), images, labels)
 
 
-def with_draws(method, stage, batch, seed=1):
-    """The method's draws for the batch's plan, as the producer attaches them and the pipelines send them."""
-    plan = batch.plan.with_extras(method.draw(stage, batch.plan, torch.Generator().manual_seed(seed)))
-    extras = {k: torch.from_numpy(v).to(batch.images.device) for k, v in plan.extras.items()}
-    return Batch(plan, batch.rows, batch.images, batch.labels, extras)
-
-
 def step(device, dtype):
     r = preset("digits-lt", "cpmix")
     torch.manual_seed(0)
@@ -41,7 +35,7 @@ def step(device, dtype):
     stage = next(s for s in method.stages() if s.name == "cpmix")
     runtime = Runtime(device, Priors(COUNTS).to(device), mean=r.mean, std=r.std, dtype=dtype)
     ctx = StepContext(runtime, stage, 0, 0)
-    batch = with_draws(method, stage, cpmix_batch(device))
+    batch = with_draws(method, ctx, cpmix_batch(device), seed=1)
     ctx_auto = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if dtype == torch.bfloat16

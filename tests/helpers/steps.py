@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from fastlt.methods.base import StepContext, get_method
 from fastlt.models import Classifier
+from fastlt.pipelines.base import extras_to_device
 from fastlt.pipelines.plan import Batch, StepPlan
 from fastlt.recipes import apply_overrides, preset
 from fastlt.runtime import Priors, Runtime
@@ -48,10 +49,10 @@ def ctx_for(method, stage=None, epoch=0, **over):
 
 def with_draws(m, ctx, batch, seed=11):
     """``batch`` with the method's draws for its plan from a generator seeded by ``seed`` (what the producer
-    attaches with ``Method.draw``), host copies in ``plan.extras`` and tensors in ``extras``."""
+    attaches with ``Method.draw``), host copies in ``plan.extras`` and tensors, on the images' device, in
+    ``extras``."""
     plan = batch.plan.with_extras(m.draw(ctx.stage, batch.plan, torch.Generator().manual_seed(seed)))
-    extras = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in plan.extras.items()}
-    return Batch(plan, batch.rows, batch.images, batch.labels, extras)
+    return Batch(plan, batch.rows, batch.images, batch.labels, extras_to_device(plan, batch.images.device))
 
 
 def loss_of(m, ctx, batch, model, seed=11):
