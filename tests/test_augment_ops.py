@@ -17,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 
 from fastlt.pipelines import augment_numba as fast
 from fastlt.pipelines import augment_ops as ops
+from helpers import photo_crops
 
 N = 12
 
@@ -24,17 +25,9 @@ N = 12
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     """uint8 [N, 3, 37, 45] photograph crops whose memory is NHWC (what a pipeline hands over)."""
-    import skimage.data
-
-    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]
-    rng = np.random.default_rng(0)
-    crops = []
-    for i in range(N):
-        p = photos[i % 3]
-        y, x = rng.integers(0, p.shape[0] - 37), rng.integers(0, p.shape[1] - 45)
-        crops.append(p[y : y + 37, x : x + 45])
-    crops[-1] = np.full_like(crops[-1], 77)  # a flat image: autocontrast and equalize leave it alone
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+    crops = photo_crops(N, 37, 45, seed=0, sources=("astronaut", "chelsea", "coffee"))
+    crops[-1] = 77  # a flat image: autocontrast and equalize leave it alone
+    return crops
 
 
 def _per_image(fn, x: torch.Tensor, *params) -> torch.Tensor:

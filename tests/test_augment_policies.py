@@ -24,6 +24,7 @@ from fastlt.pipelines.autoaugment import CIFAR10_POLICY, RAND_OPS, AutoAugment, 
 from fastlt.pipelines.plan import StepPlan
 from fastlt.pipelines.transforms import PAD_CROP, RESIZED, pad_crop_params, train_crops, train_params
 from fastlt.recipes import AUGMENT_POLICIES, PLAN_SEGMENTS, RecipeError, split_augment
+from helpers import photo_crops
 
 N = 32
 
@@ -31,16 +32,7 @@ N = 32
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
     """uint8 [N, 3, 40, 48] photograph crops, NHWC memory."""
-    import skimage.data
-
-    bases = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
-    rng = np.random.default_rng(5)
-    out = []
-    for i in range(N):
-        b = bases[i % 4]
-        y, x = rng.integers(0, b.shape[0] - 40), rng.integers(0, b.shape[1] - 48)
-        out.append(b[y : y + 40, x : x + 48])
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return photo_crops(N, 40, 48, seed=5)
 
 
 def _applied(op, x: torch.Tensor, params: dict) -> torch.Tensor:

@@ -92,3 +92,21 @@ def train_index(counts, names=None, dataset: str = "synthetic"):
         source_ids=[f"{c}/{i}" for c, n in enumerate(counts) for i in range(n)],
         settings={},
     )
+
+
+def photo_crops(n: int, height: int, width: int, seed: int,
+                sources=("astronaut", "chelsea", "coffee", "rocket")):
+    """uint8 [n, 3, height, width] crops of real photographs (``skimage.data``), NHWC in memory (what a
+    pipeline hands over): crop i from ``sources[i % len(sources)]`` at a position drawn from ``seed``."""
+    import numpy as np
+    import skimage.data
+    import torch
+
+    images = [getattr(skimage.data, name)() for name in sources]
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        p = images[i % len(images)]
+        y, x = rng.integers(0, p.shape[0] - height), rng.integers(0, p.shape[1] - width)
+        crops.append(p[y : y + height, x : x + width])
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
