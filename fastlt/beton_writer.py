@@ -56,7 +56,7 @@ class Row:
 
 class BetonWriter:
     """Append rows with :meth:`add`, each under a key in ``[0, capacity)`` (an entry of the split, in any
-    order), then :meth:`finish` with the keys of the rows to record, in row order."""
+    order), then :meth:`finish` with the keys of the rows to record, in row order, and :meth:`sync`."""
 
     def __init__(self, path: str | os.PathLike, capacity: int, page_size: int = PAGE_SIZE):
         from ffcv.fields import IntField, RGBImageField
@@ -97,7 +97,7 @@ class BetonWriter:
         self.pos += size
 
     def finish(self, keys) -> None:
-        """Record the rows of ``keys``, in that order, and close the file."""
+        """Record the rows of ``keys``, in that order; :meth:`sync` then makes the file durable."""
         from ffcv.types import ALLOC_TABLE_TYPE
 
         keys = np.asarray(keys, dtype=np.int64)
@@ -117,6 +117,9 @@ class BetonWriter:
         _pwrite(self.fd, table.tobytes(), self.pos)
         _pwrite(self.fd, meta.tobytes(), self.metadata_start)
         _pwrite(self.fd, self.header.tobytes(), 0)
+
+    def sync(self) -> None:
+        """Make the finished file durable and close it (before it is renamed to its final name)."""
         os.fsync(self.fd)
         self.file.close()
 

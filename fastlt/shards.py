@@ -51,22 +51,25 @@ import dataclasses
 import functools
 import hashlib
 import json
+import mmap
 import os
 import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fastlt.beton_writer import IMAGE_FIELD, LABEL_FIELD
+from fastlt.beton_writer import IMAGE_FIELD, IMAGE_MODES, LABEL_FIELD
 from fastlt.runlock import pid_alive
 
 SHARD_FORMAT_VERSION = 1
 GROUPS = ("many", "medium", "few")
 INDEX_DIGEST = "index_sha256"  # the index file's digest of the rest of its content
+HASH_BLOCK = 8 << 20  # bytes hashed between progress-bar updates
 
 
 class ShardError(ValueError):
@@ -100,14 +103,6 @@ def single_group_note(index: ShardIndex) -> str | None:
         f"images, many > {many_above}), so only that group's column is filled; re-convert with "
         "--group-thresholds FEW,MANY to split them"
     )
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -296,8 +291,6 @@ class _RowTable:
 
     @classmethod
     def build(cls, reader, path: Path) -> _RowTable:
-        from ffcv.fields.rgb_image import IMAGE_MODES
-
         # FFCV names the metadata columns f0, f1, ... in field order; the names live in field_names.
         meta = reader.metadata
         cols = {name: f"f{i}" for i, name in enumerate(reader.field_names)}
@@ -312,7 +305,7 @@ class _RowTable:
             table["ptr"][np.minimum(at, len(table) - 1)] != img["data_ptr"]
         ):
             raise ShardError(f"{path}: a row's data pointer is missing from the allocation table")
-        names = {v: k for k, v in IMAGE_MODES.items()}
+        names = {v: k for k, v in IMAGE_MODES.items()}  # fastlt's copy: iterating FFCV's compiles (~0.4 s)
         codes = img["mode"].astype(np.int64)
         unknown = sorted(set(np.unique(codes).tolist()) - names.keys())
         if unknown:
@@ -477,21 +470,27 @@ def index_digest(doc: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def hash_file(path: str | os.PathLike, desc: str | None = None, chunk: int = 8 << 20) -> str:
-    """sha256 of ``path``; with ``desc``, a progress bar over its bytes on stderr."""
-    if desc is None:
-        return sha256_file(path, chunk)
+def hash_file(path: str | os.PathLike, desc: str | None = None, min_bar_bytes: int = 0) -> str:
+    """sha256 of ``path``; with ``desc``, a progress bar over its bytes on stderr (for files of at least
+    ``min_bar_bytes``: hashing a 100 GB split is minutes of reading).
+
+    The file is hashed through a read-only mapping, from the page cache without copying it: ~0.07 s for a
+    118 MB split just written, against ~0.10 s reading it in 8 MB blocks (each a fresh buffer)."""
     from tqdm import tqdm
 
     h = hashlib.sha256()
     size = os.path.getsize(path)
-    with open(path, "rb") as f, tqdm(
-        total=size, desc=desc, unit="B", unit_scale=True, file=sys.stderr, mininterval=0.5, leave=False,
-        dynamic_ncols=True,
-    ) as bar:
-        while block := f.read(chunk):
-            h.update(block)
-            bar.update(len(block))
+    quiet = desc is None or size < min_bar_bytes
+    bar = dict(desc=desc, unit="B", unit_scale=True, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+    with tqdm(total=size, disable=quiet, leave=False, **bar) as progress:
+        if size == 0:  # mmap cannot map an empty file
+            return h.hexdigest()
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            m.madvise(mmap.MADV_SEQUENTIAL)
+            with memoryview(m) as view:
+                for start in range(0, len(view), HASH_BLOCK):
+                    h.update(view[start : start + HASH_BLOCK])  # releases the GIL
+                    progress.update(min(HASH_BLOCK, size - start))
     return h.hexdigest()
 
 
@@ -676,20 +675,6 @@ def build_index(
     )
 
 
-def _checksum(path: Path, desc: str, chunk: int = 8 << 20) -> str:
-    """sha256 of ``path`` with a progress bar: on a 100 GB split this is minutes of reading."""
-    from tqdm import tqdm
-
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    bar = dict(desc=desc, unit="B", unit_scale=True, file=sys.stderr, mininterval=0.5, leave=False)
-    with open(path, "rb") as f, tqdm(total=size, disable=size < (256 << 20), **bar) as progress:
-        while block := f.read(chunk):
-            h.update(block)
-            progress.update(len(block))
-    return h.hexdigest()
-
-
 class Staging:
     """The temporary files of one conversion in ``<root>/<dataset>``, renamed to final names together.
 
@@ -724,14 +709,19 @@ class Staging:
 
     def finish(self, split: str, keys: Sequence[int], index: ShardIndex) -> None:
         """Record rows ``keys`` of the split's file, checksum it and stage its index."""
-        self.writers[split].finish(keys)
+        writer = self.writers[split]
+        writer.finish(keys)
         tmp = self.beton_temporary(split)
         beton, _ = shard_paths(self.root, self.dataset, split)
+        # The fsync waits on the disk and the checksum reads the page cache: together they take the longer
+        # of the two (~0.08 s for 118 MB), not the sum (~0.15 s), at the end of a split, when nothing else
+        # runs.
+        with ThreadPoolExecutor(1) as thread:
+            synced = thread.submit(writer.sync)
+            digest = hash_file(tmp, f"{self.dataset}/{split}: checksum", min_bar_bytes=256 << 20)
+            synced.result()
         index = dataclasses.replace(
-            index,
-            beton_file=beton.name,
-            beton_size=tmp.stat().st_size,
-            beton_sha256=_checksum(tmp, f"{self.dataset}/{split}: checksum"),
+            index, beton_file=beton.name, beton_size=tmp.stat().st_size, beton_sha256=digest
         )
         with open(self.index_temporary(split), "w") as f:
             f.write(json.dumps(index.to_json(), indent=1))

@@ -3,6 +3,7 @@ that does not match its index."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 
 from fastlt.shards import (
+    HASH_BLOCK,
     ArraySource,
     ShardError,
     class_groups,
+    hash_file,
     open_shard,
     shard_paths,
     write_shard,
@@ -187,3 +190,13 @@ def test_bad_arguments(tmp_path, pixels):
     with pytest.raises(ValueError, match=r"expected uint8\[N,H,W,3\] images"):
         ArraySource(pixels[..., :1], [0], ["a"])
     assert not (tmp_path / "toy").exists() or not list((tmp_path / "toy").glob("*.beton"))
+
+
+@pytest.mark.parametrize("size", [0, 1, HASH_BLOCK - 1, HASH_BLOCK, 2 * HASH_BLOCK + 3])
+def test_hash_file_is_the_sha256_of_the_bytes(tmp_path, size):
+    # Hashed through a mapping in HASH_BLOCK pieces: the sizes put the end before, on and past a boundary.
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert hash_file(path) == hashlib.sha256(data).hexdigest()
+    assert hash_file(path, "hashing", min_bar_bytes=1) == hashlib.sha256(data).hexdigest()
