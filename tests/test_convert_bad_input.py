@@ -13,6 +13,7 @@ import pickle
 import pytest
 
 from fastlt.convert import main as convert_main
+from fastlt.datasets.validate import escapes_root
 from fastlt.shards import open_shard
 from synth import save_jpeg, tiny_photo, write_cifar, write_inat
 
@@ -305,3 +306,24 @@ def test_report_is_in_line_order_whatever_check_found_it(tree, tmp_path, capsys)
     rc, err, train = convert(tree, tmp_path, capsys, lines)
     assert_refused(rc, err, tmp_path)
     assert err.index(f"{train}:2: ") < err.index(f"{train}:11: ")
+
+
+@pytest.mark.parametrize(
+    "rel, escapes",
+    [
+        ("a/b.jpg", False),
+        ("./a//b.jpg", False),
+        ("a/../b.jpg", False),
+        ("a/b/../../c.jpg", False),
+        ("...", False),  # a name, not a climb
+        ("..a/b..jpg", False),
+        ("..", True),
+        ("../a.jpg", True),
+        ("a/../../b.jpg", True),
+        ("a\\..\\..\\b.jpg", True),  # backslashes are separators too
+        ("/abs/a.jpg", True),
+        ("\\abs\\a.jpg", True),
+    ],
+)
+def test_escapes_root_decides_on_the_text_of_the_path(rel, escapes):
+    assert escapes_root(rel) is escapes
