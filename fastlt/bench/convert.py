@@ -24,7 +24,10 @@ so that a change of load on a shared machine falls on all of them), median repor
   with ``--reencode`` (every image decoded and re-encoded at q90: the same work as the PIL loop).
 
 ``CPU ms/img`` is the CPU time of the command and all its worker processes per image: on a shared machine
-wall-clock rates move with other people's load, CPU per image much less so. For the converter it is split
+wall-clock rates move with other people's load, CPU per image much less so. ``faults/img``: their minor page
+faults per image — a loop that maps fresh memory for every image (PIL's buffers for a 512 px resize of an
+800 px photograph are above glibc's mmap threshold) pays one fault per 4 KB page, and what a fault costs
+varies from machine to machine and hour to hour on a virtual one. For the converter it is split
 into the workers' decoding (the validation), their resizing + encoding (the writing) and the parent's share
 (layout, checksum, index). FFCV is imported before anything is timed.
 """
@@ -79,13 +82,13 @@ def _decode_only(task) -> int:
     return sum(p.size for p in turbojpeg.decode_planes(data, head, f))
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of every child it has reaped (user + system)."""
-    total = 0.0
+def usage() -> tuple[float, int]:
+    """(CPU seconds, minor page faults) of this process and of every child it has reaped."""
+    cpu, faults = 0.0, 0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         r = resource.getrusage(who)
-        total += r.ru_utime + r.ru_stime
-    return total
+        cpu, faults = cpu + r.ru_utime + r.ru_stime, faults + r.ru_minflt
+    return cpu, faults
 
 
 def reap_children(timeout: float = 10.0) -> None:
@@ -95,14 +98,16 @@ def reap_children(timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def measured(fn) -> tuple[float, float, object]:
-    """(wall seconds, CPU seconds of this process and its workers, result) of ``fn()``."""
+def measured(fn) -> tuple[float, float, int, object]:
+    """(wall seconds, CPU seconds and minor page faults of this process and its workers, result) of
+    ``fn()``."""
     reap_children()
-    c0, t0 = cpu_seconds(), time.perf_counter()
+    (c0, f0), t0 = usage(), time.perf_counter()
     result = fn()
     wall = time.perf_counter() - t0
     reap_children()
-    return wall, cpu_seconds() - c0, result
+    c1, f1 = usage()
+    return wall, c1 - c0, f1 - f0, result
 
 
 def pool_loop(fn, files: list[str], arg, workers: int) -> None:
@@ -230,6 +235,7 @@ def summarise(rows: list[dict], n: int) -> list[dict]:
             "x PIL N-proc": pil[r["res"]] / r["wall"] if r["kind"] != "pil1" else "",
             "x PIL 1-proc": single / r["wall"],
             "CPU ms/img": r["cpu"] / n * 1e3,
+            "faults/img": r["faults"] / n,
         }
         if r["kind"] in ("fastlt", "ceiling"):
             t["% of ceiling"] = 100 * ceilings[r["res"], r["ceiling"]] / r["wall"]
@@ -276,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(measured(r["run"]))
             print(f"pass {p + 1} of {max(1, args.repeats)} done", flush=True)
         for r, out in zip(rows, runs):
-            r["wall"] = statistics.median(w for w, _, _ in out)
-            r["cpu"] = statistics.median(c for _, c, _ in out)
+            r["wall"] = statistics.median(w for w, _, _, _ in out)
+            r["cpu"] = statistics.median(c for _, c, _, _ in out)
+            r["faults"] = statistics.median(f for _, _, f, _ in out)
             if r["kind"] == "fastlt":  # the timings of the pass whose wall time is the median
-                r["timings"] = sorted(out, key=lambda m: m[0])[len(out) // 2][2]
+                r["timings"] = sorted(out, key=lambda m: m[0])[len(out) // 2][3]
         table = summarise(rows, n)
         cols = [
             "resolution",
@@ -289,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             "x PIL 1-proc",
             "% of ceiling",
             "CPU ms/img",
+            "faults/img",
             "decode ms/img",
             "resize+encode ms/img",
             "parent ms/img",
