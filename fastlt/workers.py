@@ -66,13 +66,20 @@ def forget(key: int) -> None:
     _INHERITED.pop(key, None)
 
 
-def _init_worker(parent: int) -> None:
+def keep_freed_memory() -> None:
+    """Have glibc's malloc recycle freed blocks below ``KEEP_BELOW`` in this process instead of unmapping
+    them (see the module docstring). No effect elsewhere than Linux with glibc."""
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc = ctypes.CDLL(None)
         if hasattr(libc, "mallopt"):  # glibc
             libc.mallopt(M_MMAP_THRESHOLD, KEEP_BELOW)
             libc.mallopt(M_TRIM_THRESHOLD, 4 * KEEP_BELOW)
+
+
+def _init_worker(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    keep_freed_memory()
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -14,7 +14,8 @@ so that a change of load on a shared machine falls on all of them), median repor
 * **PIL, 1 process** — ``Image.open → convert('RGB') → save(JPEG, q90)`` in a loop: the script people write.
 * **PIL, N processes** — the same loop over a ``multiprocessing.Pool(--workers)``, at each resolution
   (``Image.draft`` + a box-filter ``resize`` to the bound for the bounded rows): the same work with the same
-  cores — the baseline every ratio is taken against.
+  cores — the baseline every ratio is taken against. Its workers, and the one process of the row above,
+  start from a fresh interpreter each pass, as a script's do (see :func:`_fresh_context`).
 * **decode only** — libjpeg-turbo (strict, TurboJPEG API) decoding each file as the converter decodes it —
   to YUV planes at its DCT scale — and nothing else, over N processes: the ceiling of any converter that
   decodes every image once. At full size two: the full decode (the ceiling of ``--reencode``) and the
@@ -24,26 +25,30 @@ so that a change of load on a shared machine falls on all of them), median repor
   with ``--reencode`` (every image decoded and re-encoded at q90: the same work as the PIL loop).
 
 ``CPU ms/img`` is the CPU time of the command and all its worker processes per image: on a shared machine
-wall-clock rates move with other people's load, CPU per image much less so. ``faults/img``: their minor page
-faults per image — a loop that maps fresh memory for every image (PIL's buffers for a 512 px resize of an
-800 px photograph are above glibc's mmap threshold) pays one fault per 4 KB page, and what a fault costs
-varies from machine to machine and hour to hour on a virtual one. For the converter it is split
+wall-clock rates move with other people's load, CPU per image much less so. For the converter it is split
 into the workers' decoding (the validation), their resizing + encoding (the writing) and the parent's share
-(layout, checksum, index). FFCV is imported before anything is timed.
+(layout, checksum, index). ``faults/img``: their minor page faults per image. A loop that maps fresh memory
+for every image (PIL's buffers for a 512 px resize of an 800 px photograph are above glibc's mmap threshold)
+takes one fault per 4 KB page, and what a fault costs varies from machine to machine, and from hour to hour
+on a virtual one; the converter's workers, and the decode-only rows, recycle their buffers. FFCV is imported
+before anything is timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import multiprocessing as mp
 import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastlt.bench.report import print_table, write_json
+from fastlt.workers import keep_freed_memory
 
 
 def _pil_reencode(task) -> int:
@@ -98,27 +103,53 @@ def reap_children(timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+@dataclass(frozen=True)
+class PoolUsage:
+    """CPU seconds and minor page faults that a pool's workers spent on their tasks."""
+
+    cpu: float
+    faults: int
+
+
 def measured(fn) -> tuple[float, float, int, object]:
-    """(wall seconds, CPU seconds and minor page faults of this process and its workers, result) of
-    ``fn()``."""
+    """(wall seconds, CPU seconds and minor page faults of this process, its workers and any pool it ran,
+    result) of ``fn()``."""
     reap_children()
     (c0, f0), t0 = usage(), time.perf_counter()
     result = fn()
     wall = time.perf_counter() - t0
     reap_children()
     c1, f1 = usage()
-    return wall, c1 - c0, f1 - f0, result
+    pool = result if isinstance(result, PoolUsage) else PoolUsage(0.0, 0)
+    return wall, c1 - c0 + pool.cpu, f1 - f0 + pool.faults, result
 
 
-def pool_loop(fn, files: list[str], arg, workers: int) -> None:
-    tasks = [(f, arg) for f in files]
-    if workers <= 1:
-        for t in tasks:
-            fn(t)
-        return
-    with mp.get_context("fork").Pool(workers) as pool:
-        for _ in pool.imap_unordered(fn, tasks, chunksize=16):
-            pass
+def _fresh_context():
+    """Pools whose workers fork from a fresh interpreter (multiprocessing's fork server), as the pool of a
+    user's script does. Forked from this process instead, they would inherit its malloc state from the rows
+    before: glibc raises its mmap threshold after a process frees a large block, and a PIL loop forked
+    after a few rows took 4 page faults an image at 512 px instead of ~640, and ran 1.4x as fast."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["PIL.Image", "fastlt.bench.convert"])
+    return ctx
+
+
+def _usage_of(fn, task) -> tuple[float, int]:
+    """In a pool worker: ``fn(task)``, returning the CPU seconds and minor faults it took."""
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    fn(task)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
+
+
+def pool_loop(fn, files: list[str], arg, workers: int, initializer=None) -> PoolUsage:
+    """``fn((file, arg))`` for every file over ``workers`` fresh processes; what they spent on it."""
+    cpu, faults = 0.0, 0
+    with _fresh_context().Pool(max(1, workers), initializer=initializer) as pool:
+        tasks = [(f, arg) for f in files]
+        for c, f in pool.imap_unordered(functools.partial(_usage_of, fn), tasks, chunksize=16):
+            cpu, faults = cpu + c, faults + f
+    return PoolUsage(cpu, faults)
 
 
 def fastlt_convert(root: Path, out: Path, max_res: int | None, workers: int, reencode: bool = False) -> dict:
@@ -195,7 +226,7 @@ def plan(files: list[str], root: Path, out: Path, resolutions: list, workers: in
                     kind="ceiling",
                     ceiling="validate",
                     method=f"decode only at 1/8 (validation), {W} processes",
-                    run=lambda: pool_loop(_decode_only, files, "validate", W),
+                    run=lambda: pool_loop(_decode_only, files, "validate", W, keep_freed_memory),
                 )
             )
         rows.append(
@@ -204,7 +235,7 @@ def plan(files: list[str], root: Path, out: Path, resolutions: list, workers: in
                 kind="ceiling",
                 ceiling="decode",
                 method=f"decode only, as the converter decodes, {W} processes",
-                run=lambda res=res: pool_loop(_decode_only, files, res, W),
+                run=lambda res=res: pool_loop(_decode_only, files, res, W, keep_freed_memory),
             )
         )
         for reencode in (False, True) if res is None else (False,):
