@@ -128,7 +128,7 @@ def _fresh_context():
     """Pools whose workers fork from a fresh interpreter (multiprocessing's fork server), as the pool of a
     user's script does. Forked from this process instead, they would inherit its malloc state from the rows
     before: glibc raises its mmap threshold after a process frees a large block, and a PIL loop forked
-    after a few rows took 4 page faults an image at 512 px instead of ~640, and ran 1.4x as fast."""
+    after a few rows took 4 page faults an image at 512 px instead of ~600, and ran ~1.3x as fast."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["PIL.Image", "fastlt.bench.convert"])
     return ctx
