@@ -10,10 +10,11 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 
 from fastlt.convert import main as convert_main
-from fastlt.datasets.validate import escapes_root
+from fastlt.datasets.validate import escapes_root, is_int
 from fastlt.shards import open_shard
 from synth import save_jpeg, tiny_photo, write_cifar, write_inat
 
@@ -327,3 +328,13 @@ def test_report_is_in_line_order_whatever_check_found_it(tree, tmp_path, capsys)
 )
 def test_escapes_root_decides_on_the_text_of_the_path(rel, escapes):
     assert escapes_root(rel) is escapes
+
+
+@pytest.mark.parametrize("value", [0, 7, -1, np.int64(3), np.uint8(1), np.int32(-2)])
+def test_integer_ids_and_labels_are_ints(value):
+    assert is_int(value)
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), 3.0, np.float32(1), "3", None, [1]])
+def test_bools_floats_and_strings_are_not_integer_labels(value):
+    assert not is_int(value)

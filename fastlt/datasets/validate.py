@@ -297,8 +297,9 @@ def settle(job: Job, *, skip_bad: bool = False) -> list[Split]:
 
 # ------------------------------------------------------------------------------------ source files
 def is_int(v) -> bool:
-    """An integer label or id (JSON ints, numpy ints; not bools, not floats like 3.0)."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    """An integer label or id (JSON ints, numpy ints; not bools, not floats like 3.0). Three calls per iNat
+    entry: the exact-type test first (a bool's type is bool, not int)."""
+    return type(v) is int or isinstance(v, np.integer)
 
 
 def read_source_text(path: Path, problems: Problems, what: str = "file") -> str | None:
