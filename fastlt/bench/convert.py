@@ -2,7 +2,7 @@
 decode-only ceiling of the same files.
 
     tools/bench convert                                  # 2,000 synthetic JPEGs, 500–800 px, --workers 2
-    tools/bench convert --repeats 3 --out bench-results  # the README's figures
+    tools/bench convert --repeats 5 --out bench-results  # the README's figures
     tools/bench convert --images 4000 --max-resolution 256 512
 
 The data: ``tools/convert synth-inat`` photographs (iNat 2018 layout, long side 500–800 px, quality 90),
