@@ -790,9 +790,15 @@ def _source_rows(task) -> list[tuple]:
     return out
 
 
-def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def chunks(items: Sequence, workers: int, most: int) -> Iterator[Sequence]:
+    """``items`` in order, as the tasks of ``workers`` processes: at most ``most`` items each, fewer towards
+    the end (a quarter of each worker's share of what is left), so that the workers finish together instead
+    of one waiting on another's last task."""
+    at = 0
+    while at < len(items):
+        size = max(1, min(most, (len(items) - at) // (4 * max(1, workers))))
+        yield items[at : at + size]
+        at += size
 
 
 def write_shard(
@@ -854,9 +860,8 @@ def write_shard(
         with sigterm_as_interrupt():
             writer = staging.writer(split, len(labels))
             failures = []
-            size = max(1, min(64, len(order) // (4 * max(1, workers))))
             with WorkerPool(workers) as pool:
-                for results in pool.imap(_source_rows, ((key, spec, c) for c in chunks(order, size))):
+                for results in pool.imap(_source_rows, ((key, spec, c) for c in chunks(order, workers, 64))):
                     for i, row, error in results:
                         if error is None:
                             writer.add(i, row, labels[i])

@@ -16,6 +16,7 @@ from fastlt.shards import (
     HASH_BLOCK,
     ArraySource,
     ShardError,
+    chunks,
     class_groups,
     hash_file,
     open_shard,
@@ -200,3 +201,15 @@ def test_hash_file_is_the_sha256_of_the_bytes(tmp_path, size):
     path.write_bytes(data)
     assert hash_file(path) == hashlib.sha256(data).hexdigest()
     assert hash_file(path, "hashing", min_bar_bytes=1) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "n, workers, most", [(0, 2, 16), (5, 2, 16), (2000, 2, 16), (1000, 8, 64), (7, 1, 3)]
+)
+def test_chunks_cover_the_items_in_order_shrinking_towards_the_end(n, workers, most):
+    pieces = list(chunks(list(range(n)), workers, most))
+    assert [i for p in pieces for i in p] == list(range(n))
+    sizes = [len(p) for p in pieces]
+    assert all(1 <= s <= most for s in sizes) and sizes == sorted(sizes, reverse=True)
+    if n >= 8 * workers * most:  # a long split starts with full tasks and ends with single items
+        assert sizes[0] == most and sizes[-1] == 1

@@ -31,7 +31,7 @@ import numpy as np
 from fastlt.datasets import images, resize
 from fastlt.datasets.images import Clock, RowSpec
 from fastlt.datasets.validate import ConversionError, Job, Problems, Split, bad_entries, check_entries, settle
-from fastlt.shards import Shard, Staging, build_index, shard_paths, sigterm_as_interrupt
+from fastlt.shards import Shard, Staging, build_index, chunks, shard_paths, sigterm_as_interrupt
 from fastlt.workers import WorkerDied, WorkerPool
 
 
@@ -130,12 +130,7 @@ def _convert_split(
         writing = True  # until a problem turns the rest into validation only (without --skip-bad)
 
         def tasks():
-            # Up to 16 files a task, fewer towards the end (a quarter of each worker's share of what is
-            # left), so that the workers finish together instead of one waiting on the other's last task.
-            at = 0
-            while at < len(order):
-                size = max(1, min(16, (len(order) - at) // (4 * pool.workers)))
-                chunk, at = order[at : at + size], at + size
+            for chunk in chunks(order, pool.workers, 16):
                 yield FileRows(split.root, spec if writing else None), [(i, split.paths[i]) for i in chunk]
 
         for results, (decode_s, encode_s) in _imap(pool, tasks(), split):
