@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fastlt.recipes import RecipeError
+from fastlt.shards import hash_file
 
 PROMPT = "a photo of a {}"
 ENCODERS = ("auto", "clip", "minilm")
@@ -127,14 +128,6 @@ class MiniLMEncoder(TextEncoder):
         return _l2_normalise(emb)
 
 
-def _file_sha256(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 class OpenClipEncoder(TextEncoder):
     """A CLIP model from a local open_clip checkpoint. ``model`` is the whole CLIP (LFM uses its
     ``visual`` tower); ``mean``/``std``/``image_size`` are the checkpoint's image preprocessing."""
@@ -152,7 +145,7 @@ class OpenClipEncoder(TextEncoder):
                 )
             self.arch = f"local-dir:{path}"
             weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt"))
-            ident = [(p.name, _file_sha256(p)) for p in weights]
+            ident = [(p.name, hash_file(p)) for p in weights]
         else:
             if not model:
                 raise TextEncoderError(
@@ -160,13 +153,13 @@ class OpenClipEncoder(TextEncoder):
                     "(an open_clip model name such as ViT-B-32, or the path of an open_clip JSON config)"
                 )
             self.arch = str(model)
-            ident = [(path.name, _file_sha256(path))]
+            ident = [(path.name, hash_file(path))]
         arch_id = self.arch
         if self.arch.endswith(".json"):  # a custom config: its content is part of the identity
             cfg = Path(self.arch)
             if not cfg.is_file():
                 raise TextEncoderError(f"--clip-model {cfg}: no such open_clip config file")
-            arch_id = f"{cfg.stem}:{_file_sha256(cfg)[:16]}"
+            arch_id = f"{cfg.stem}:{hash_file(cfg)[:16]}"
         digest = hashlib.sha256(json.dumps([arch_id, ident]).encode()).hexdigest()[:16]
         self.key = f"clip-{re.sub(r'[^A-Za-z0-9.]+', '-', Path(arch_id.split(':')[0]).name)}-{digest}"
         self._model = None
