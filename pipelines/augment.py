@@ -47,7 +47,7 @@ from fastlt.pipelines.transforms import (
 
 # ---------------------------------------------------------------------------------------------- operations
 @dataclass(frozen=True)
-class ColorJitter:
+class ColorJitter(fast.Slotted):
     """``RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)``: factors uniform in
     ``[max(0, 1 − v), 1 + v]`` (hue: ``[−v, v]``), the four adjustments in a random order per row; a zero
     strength leaves that adjustment out, as torchvision does."""
@@ -65,10 +65,7 @@ class ColorJitter:
         return {"on": rng.random(n) < self.p, "order": np.argsort(rng.random((n, 4)), axis=1),
                 "factors": np.stack(factors, axis=1)}
 
-    def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
-        if fast.enabled(x):
-            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
-            return
+    def apply_torch(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
         adjust = (ops.brightness, ops.contrast, ops.saturation, ops.hue)
         active = (self.brightness, self.contrast, self.saturation, self.hue)
         for slot in range(4):
@@ -86,7 +83,7 @@ class ColorJitter:
 
 
 @dataclass(frozen=True)
-class Grayscale:
+class Grayscale(fast.Slotted):
     """``RandomGrayscale(p)``: three equal channels of the luma."""
 
     p: float = 0.2
@@ -94,10 +91,7 @@ class Grayscale:
     def draw(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         return {"on": rng.random(n) < self.p}
 
-    def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
-        if fast.enabled(x):
-            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
-            return
+    def apply_torch(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
         ops.update_rows(x, p["on"], lambda t, i: ops.grayscale(t))
 
     def slots(self, x: torch.Tensor, p: dict[str, np.ndarray]):
@@ -224,7 +218,7 @@ class Augmentation:
             segment = x[start:stop]
             for op in policy.ops:
                 p = {k: v[local] for k, v in op.draw(rng, end - first).items()}
-                if isinstance(op, _SLOTTED) and fast.enabled(x):  # later, with every other segment's
+                if isinstance(op, fast.Slotted) and fast.enabled(x):  # later, with every other segment's
                     pending.append((start, *op.slots(segment, p)))
                     continue
                 _run_pending(x, pending)  # an op without slots follows its rows' earlier ops
@@ -232,8 +226,6 @@ class Augmentation:
         _run_pending(x, pending)
         return images
 
-
-_SLOTTED = (ColorJitter, Grayscale, AutoAugment, RandAugment)
 
 
 def _run_pending(x: torch.Tensor, pending: list) -> None:

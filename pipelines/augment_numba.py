@@ -20,7 +20,7 @@ import torch
 
 from fastlt.kernels._dispatch import numba, pick, prange
 
-# Operation codes of :func:`color_ops` (−1: nothing in that slot) and what each one's factor is.
+# Operation codes of :func:`run_ops` (−1: nothing in that slot) and what each one's factor is.
 NONE, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAYSCALE = -1, 0, 1, 2, 3, 4  # factor, hue shift
 POSTERIZE, SOLARIZE, SOLARIZE_ADD, INVERT = 5, 6, 7, 8  # bits kept, threshold, amount added
 AUTOCONTRAST, AUTOCONTRAST_PIL, EQUALIZE, SATURATION_PIL, CONTRAST_PIL, SHARPNESS = 9, 10, 11, 12, 13, 14
@@ -537,8 +537,21 @@ if numba is not None:
 
 
 def enabled(x: torch.Tensor) -> bool:
-    """Whether :func:`color_ops` serves tensors like ``x`` (CPU, numba installed, not overridden)."""
+    """Whether :func:`run_ops` serves tensors like ``x`` (CPU, numba installed, not overridden)."""
     return x.device.type == "cpu" and pick(x.device, has_numba=numba is not None) == "numba"
+
+
+class Slotted:
+    """An augmentation op that can run as :func:`run_ops` slots. ``slots(x, p)`` gives its codes, factors,
+    matrices and fills per row; on tensors :func:`enabled` serves, :meth:`apply` is one :func:`run_ops` pass
+    over them (and ``Augmentation`` runs the slots of a step's segments together), elsewhere the op's
+    torch path ``apply_torch``."""
+
+    def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
+        if enabled(x):  # numba, in place: every row's ops in one parallel pass
+            run_ops(x, np.arange(len(x)), *self.slots(x, p))
+        else:
+            self.apply_torch(x, p)
 
 
 def run_ops(x: torch.Tensor, rows: np.ndarray, codes: np.ndarray, factors: np.ndarray,
@@ -547,7 +560,12 @@ def run_ops(x: torch.Tensor, rows: np.ndarray, codes: np.ndarray, factors: np.nd
     ``rows[k]`` of ``x``, slot after slot, in place, every row in one parallel pass; an ``AFFINE_*`` slot
     resamples through ``matrices[k, slot]`` (the 6 numbers of :func:`fastlt.pipelines.augment_ops.affine`)
     filling with ``fills[k, slot]`` (RGB). ``x``: uint8 ``[N, 3, H, W]`` on NHWC memory (a pipeline batch
-    permuted); ``rows`` distinct."""
+    permuted); ``rows`` distinct.
+
+    The affine slots sample as ``grid_sample`` does (zero padding, align_corners=False, bicubic A = −0.75,
+    taps summed across each stencil row, then down, as its CPU kernel does); the grid arithmetic is not
+    torch's matrix product, so a value can differ from the torch path by one grey level where the result sits
+    on a rounding boundary."""
     nhwc = x.permute(0, 2, 3, 1)
     if not nhwc.is_contiguous():
         raise ValueError("augment_numba works in place on NHWC memory; got a tensor laid out otherwise")
@@ -566,21 +584,3 @@ def run_ops(x: torch.Tensor, rows: np.ndarray, codes: np.ndarray, factors: np.nd
                     scratch)
     finally:
         numba.set_parallel_chunksize(chunk)
-
-
-def color_ops(x: torch.Tensor, codes: np.ndarray, factors: np.ndarray) -> None:
-    """Run ``codes[i, slot]`` (the constants above) with ``factors[i, slot]`` on row i of ``x`` (uint8
-    ``[N, 3, H, W]`` whose memory is NHWC — a pipeline batch permuted), slot after slot, in place."""
-    run_ops(x, np.arange(len(x)), codes, factors)
-
-
-def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, fill) -> None:
-    """:func:`fastlt.pipelines.augment_ops.affine` of ``x[rows]`` (``modes``: NEAREST / BILINEAR / BICUBIC per
-    row), in place, ``x`` uint8 ``[N, 3, H, W]`` on NHWC memory. Same sampling as ``grid_sample`` (zero
-    padding, align_corners=False, bicubic A = −0.75, taps summed across each stencil row, then down, as its
-    CPU kernel does); the grid arithmetic is not torch's matrix product, so a value can differ from the torch
-    path by one grey level where the result sits on a rounding boundary."""
-    n = len(rows)
-    codes = (AFFINE_NEAREST + np.asarray(modes, dtype=np.int64)).reshape(n, 1)
-    fills = np.broadcast_to(np.asarray(fill, dtype=np.float32), (n, 1, 3))
-    run_ops(x, rows, codes, np.zeros((n, 1)), np.asarray(matrices, dtype=np.float32).reshape(n, 1, 6), fills)

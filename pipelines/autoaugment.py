@@ -152,7 +152,7 @@ def _run_plain(name: str, x: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class AutoAugment:
+class AutoAugment(fast.Slotted):
     """torchvision v2 ``AutoAugment(CIFAR10, fill=fill)`` (module docstring)."""
 
     fill: tuple[int, int, int] = (128, 128, 128)
@@ -161,10 +161,7 @@ class AutoAugment:
         return {"sub": rng.integers(0, len(CIFAR10_POLICY), n), "u": rng.random((n, 2)),
                 "neg": rng.random((n, 2)) <= 0.5}
 
-    def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
-        if fast.enabled(x):  # numba, in place: every row's two ops in one parallel pass
-            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
-            return
+    def apply_torch(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
         H, W = x.shape[-2:]
         for k in (0, 1):
             names, on, mags = self._slot(k, p, H, W)
@@ -245,7 +242,7 @@ _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 
 
 @dataclass(frozen=True)
-class RandAugment:
+class RandAugment(fast.Slotted):
     """timm ``rand-n{layers}-m{magnitude}-mstd{magnitude_std}``, ``img_mean = fill`` (module docstring)."""
 
     layers: int = 2
@@ -264,10 +261,7 @@ class RandAugment:
                 "m": np.clip(m, 0.0, self.max_level), "neg": rng.random(shape) > 0.5,
                 "bicubic": rng.random(shape) < 0.5}
 
-    def apply(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
-        if fast.enabled(x):  # numba, in place: every row's layers in one parallel pass
-            fast.run_ops(x, np.arange(len(x)), *self.slots(x, p))
-            return
+    def apply_torch(self, x: torch.Tensor, p: dict[str, np.ndarray]) -> None:
         for k in range(self.layers):
             on, level, signed = self._layer(k, p)
             for j in np.unique(p["op"][on, k]):

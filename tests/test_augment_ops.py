@@ -19,6 +19,20 @@ from fastlt.pipelines import augment_numba as fast
 from fastlt.pipelines import augment_ops as ops
 from helpers import photo_crops
 
+
+def color_ops(x: torch.Tensor, codes: np.ndarray, factors: np.ndarray) -> None:
+    """``run_ops`` of every row of ``x`` (uint8 ``[N, 3, H, W]`` on NHWC memory), slot after slot."""
+    fast.run_ops(x, np.arange(len(x)), codes, factors)
+
+
+def affine_rows(x: torch.Tensor, rows: np.ndarray, matrices, modes: np.ndarray, fill) -> None:
+    """One ``AFFINE_*`` slot (``modes``: NEAREST / BILINEAR / BICUBIC per row) on ``x[rows]``."""
+    n = len(rows)
+    codes = (fast.AFFINE_NEAREST + np.asarray(modes, dtype=np.int64)).reshape(n, 1)
+    fills = np.broadcast_to(np.asarray(fill, dtype=np.float32), (n, 1, 3))
+    matrices = np.asarray(matrices, dtype=np.float32).reshape(n, 1, 6)
+    fast.run_ops(x, rows, codes, np.zeros((n, 1)), matrices, fills)
+
 N = 12
 
 
@@ -134,12 +148,12 @@ def test_the_numba_colour_path_is_the_torch_reference_byte_for_byte(batch):
     torch_ops = (ops.brightness, ops.contrast, ops.saturation, ops.hue, lambda x, f: ops.grayscale(x))
     for code, fn in enumerate(torch_ops):
         mine = batch.permute(0, 2, 3, 1).clone()
-        fast.color_ops(mine.permute(0, 3, 1, 2), np.full((N, 1), code), factors[:, code : code + 1])
+        color_ops(mine.permute(0, 3, 1, 2), np.full((N, 1), code), factors[:, code : code + 1])
         _exact(mine.permute(0, 3, 1, 2), fn(batch, factors[:, code]))
     order = np.argsort(rng.random((N, 5)), axis=1)
     codes = np.where(rng.random((N, 5)) < 0.8, order, fast.NONE)
     mine = batch.permute(0, 2, 3, 1).clone()
-    fast.color_ops(mine.permute(0, 3, 1, 2), codes, np.take_along_axis(factors, order, axis=1))
+    color_ops(mine.permute(0, 3, 1, 2), codes, np.take_along_axis(factors, order, axis=1))
     ref = batch.clone()
     for i in range(N):
         for code in codes[i]:
@@ -165,7 +179,7 @@ def test_the_numba_colour_jitter_is_the_torch_reference_on_every_colour_of_a_gri
     for code, f in factors.items():
         f = np.repeat(np.asarray(f, dtype=np.float64), 2)
         mine = x.permute(0, 2, 3, 1).clone()
-        fast.color_ops(mine.permute(0, 3, 1, 2), np.full((8, 1), code), f[:, None])
+        color_ops(mine.permute(0, 3, 1, 2), np.full((8, 1), code), f[:, None])
         _exact(mine.permute(0, 3, 1, 2), torch_ops[code](x, f))
 
 
@@ -189,7 +203,7 @@ def test_the_numba_point_ops_are_the_torch_reference_byte_for_byte(batch):
     ]
     for code, arg, reference in cases:
         mine = batch.permute(0, 2, 3, 1).clone()
-        fast.color_ops(mine.permute(0, 3, 1, 2), np.full((N, 1), code), arg[:, None])
+        color_ops(mine.permute(0, 3, 1, 2), np.full((N, 1), code), arg[:, None])
         _exact(mine.permute(0, 3, 1, 2), reference(batch, arg))
 
 
@@ -205,6 +219,6 @@ def test_the_numba_affine_is_the_torch_path_within_one_grey_level(batch, mode):
     fill = (124, 116, 104)
     mine = batch.permute(0, 2, 3, 1).clone()
     code = {"nearest": fast.NEAREST, "bilinear": fast.BILINEAR, "bicubic": fast.BICUBIC}[mode]
-    fast.affine_rows(mine.permute(0, 3, 1, 2), np.arange(N), mats, np.full(N, code), fill)
+    affine_rows(mine.permute(0, 3, 1, 2), np.arange(N), mats, np.full(N, code), fill)
     diff = (mine.permute(0, 3, 1, 2).int() - ops.affine(batch, mats, mode, fill).int()).abs()
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
