@@ -520,7 +520,7 @@ def _test_part(record: dict) -> str:
     """``test many … medium … few … all …``, leaving out a group the dataset has no class in."""
     if record["all"] is None:
         return "test n/a"
-    groups = [g for g in ("many", "medium", "few") if record[g] is not None]
+    groups = [g for g in M.GROUPS if record[g] is not None]
     return "test " + " ".join(f"{g} {record[g]:4.1f}" for g in (*groups, "all"))
 
 
